@@ -1,0 +1,1 @@
+"""Frozen item and user representations: text, image, audio, knowledge-graph, collaborative and fused."""

@@ -1,0 +1,1 @@
+"""Prefect flows that orchestrate pipeline stages (nightly embeddings, ranker training, batch lists)."""

@@ -1,0 +1,3 @@
+from m6rec.cli import main
+
+main()

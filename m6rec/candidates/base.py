@@ -1,0 +1,226 @@
+"""The candidate-source interface, its registry, and the shared top-k selection.
+
+A source is fitted on an :class:`InteractionMatrix`, returns scored candidates for a batch of users in
+index space, and saves itself as data (``source.json`` plus ``arrays.npz``, never a pickle).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+
+from m6rec.data.interactions import InteractionMatrix
+from m6rec.errors import ConfigError
+from m6rec.io import atomic_path, write_json
+
+_REGISTRY: dict[str, type[CandidateSource]] = {}
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Top-k candidates for a batch of users: ``items`` (int, -1 = no item) and ``scores`` (-inf there)."""
+
+    items: np.ndarray
+    scores: np.ndarray
+
+
+class CandidateSource(ABC):
+    """Base class of every candidate source.
+
+    Subclasses set ``name``, take their hyperparameters as keyword arguments, implement ``_fit`` and
+    ``score`` (a dense [users, items] block), and list their learned arrays in ``state_arrays``.
+    """
+
+    name: ClassVar[str]
+    state_arrays: ClassVar[tuple[str, ...]] = ()
+    batch_size: ClassVar[int] = 1024
+    needs_history: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "name", None):
+            _REGISTRY[cls.name] = cls
+
+    def __init__(self, **params):
+        self.params = params
+        self.n_items: int | None = None
+        self.seen: sp.csr_matrix | None = None
+
+    def fit(self, train: InteractionMatrix) -> CandidateSource:
+        """Learn from ``train``; returns self."""
+        self.n_items = train.n_items
+        self.seen = train.matrix.tocsr()
+        self._fit(train.matrix.tocsr())
+        return self
+
+    @abstractmethod
+    def _fit(self, matrix: sp.csr_matrix) -> None: ...
+
+    @abstractmethod
+    def score(self, user_rows: np.ndarray) -> np.ndarray:
+        """Dense float32 scores [len(user_rows), n_items] for the given user rows."""
+
+    def recommend(self, user_rows: np.ndarray, k: int, *, exclude_seen: bool = True) -> Candidates:
+        """Top-``k`` items per user, best first; seen items are removed unless ``exclude_seen`` is False.
+
+        Users without history get no candidates from sources that need one (``needs_history``).
+        ``k`` may exceed the catalogue: missing places are padded with item -1 and score -inf.
+        """
+        self._require_fitted()
+        user_rows = np.asarray(user_rows, dtype=np.int64)
+        items = np.full((len(user_rows), k), -1, dtype=np.int64)
+        scores = np.full((len(user_rows), k), -np.inf, dtype=np.float32)
+        for start in range(0, len(user_rows), self.batch_size):
+            rows = user_rows[start : start + self.batch_size]
+            block = np.asarray(self.score(rows), dtype=np.float32)
+            history = self._history(rows)
+            history_sizes = np.diff(history.indptr)
+            if exclude_seen:
+                block[np.repeat(np.arange(len(rows)), history_sizes), history.indices] = -np.inf
+            if self.needs_history:
+                block[history_sizes == 0] = -np.inf
+            top_items, top_scores = top_k(block, k)
+            items[start : start + len(rows)] = top_items
+            scores[start : start + len(rows)] = top_scores
+        return Candidates(items, scores)
+
+    def _history(self, user_rows: np.ndarray) -> sp.csr_matrix:
+        """Training interactions of ``user_rows`` as CSR; rows outside the training matrix (e.g. -1) are empty."""
+        user_rows = np.asarray(user_rows, dtype=np.int64)
+        known = (user_rows >= 0) & (user_rows < self.seen.shape[0])
+        if known.all():
+            return self.seen[user_rows]
+        selector = sp.csr_matrix(
+            (np.ones(int(known.sum()), dtype=self.seen.dtype), (np.flatnonzero(known), user_rows[known])),
+            shape=(len(user_rows), self.seen.shape[0]),
+        )
+        return (selector @ self.seen).tocsr()
+
+    def save(self, directory: Path) -> None:
+        """Write ``source.json`` (name, parameters) and ``arrays.npz`` (learned state) into ``directory``."""
+        self._require_fitted()
+        directory = Path(directory)
+        write_json({"name": self.name, "params": self.params, "n_items": self.n_items}, directory / "source.json")
+        arrays = {}
+        for name in (*self.state_arrays, "seen"):
+            arrays.update(_flatten(name, getattr(self, name)))
+        with atomic_path(directory / "arrays.npz") as temporary:
+            with open(temporary, "wb") as handle:
+                np.savez(handle, **arrays)
+
+    @classmethod
+    def load(cls, directory: Path) -> CandidateSource:
+        """Rebuild a fitted source saved with :meth:`save`."""
+        directory = Path(directory)
+        meta = json.loads((directory / "source.json").read_text())
+        source = create_source(meta["name"], **meta["params"])
+        with np.load(directory / "arrays.npz", allow_pickle=False) as arrays:
+            stored = dict(arrays)
+        for name in (*source.state_arrays, "seen"):
+            setattr(source, name, _unflatten(name, stored))
+        source.n_items = meta["n_items"]
+        return source
+
+    def _require_fitted(self) -> None:
+        if self.seen is None:
+            raise RuntimeError(f"{self.name} is not fitted; call fit() first")
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{key}={value!r}" for key, value in self.params.items())
+        return f"{type(self).__name__}({params})"
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the ``k`` largest finite scores per row, best first, -1/-inf padded.
+
+    Ties go to the lower index, so the result depends only on the scores. NaN and +inf count as missing.
+    """
+    scores = np.asarray(scores)
+    n_rows, n_cols = scores.shape
+    items = np.full((n_rows, k), -1, dtype=np.int64)
+    values = np.full((n_rows, k), -np.inf, dtype=np.float32)
+    take = min(k, n_cols)
+    if take == 0 or n_rows == 0:
+        return items, values
+    invalid = np.isnan(scores) | (scores == np.inf)
+    if invalid.any():
+        scores = np.where(invalid, -np.inf, scores)
+    if take < n_cols:
+        best = _lowest_index_on_ties(scores, np.argpartition(-scores, take - 1, axis=1)[:, :take])
+    else:
+        best = np.broadcast_to(np.arange(n_cols), (n_rows, n_cols))
+    best = np.sort(best, axis=1)
+    best_scores = np.take_along_axis(scores, best, axis=1)
+    order = np.argsort(-best_scores, axis=1, kind="stable")
+    best = np.take_along_axis(best, order, axis=1)
+    best_scores = np.take_along_axis(best_scores, order, axis=1)
+    finite = np.isfinite(best_scores)
+    items[:, :take] = np.where(finite, best, -1)
+    values[:, :take] = np.where(finite, best_scores, -np.inf)
+    return items, values
+
+
+def _lowest_index_on_ties(scores: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Re-pick ``chosen`` (a top set per row) so that ties at its lowest score keep the lowest indices.
+
+    ``argpartition`` picks arbitrary members of a tie that straddles the cut; only rows with such a tie
+    are redone.
+    """
+    take = chosen.shape[1]
+    chosen_scores = np.take_along_axis(scores, chosen, axis=1)
+    cut = chosen_scores.min(axis=1, keepdims=True)
+    straddling = np.flatnonzero((scores == cut).sum(axis=1) > (chosen_scores == cut).sum(axis=1))
+    if len(straddling) == 0:
+        return chosen
+    rows, cut = scores[straddling], cut[straddling]
+    above = rows > cut
+    tied = rows == cut
+    still_needed = take - above.sum(axis=1, keepdims=True)
+    keep = above | (tied & (np.cumsum(tied, axis=1) <= still_needed))
+    chosen = chosen.copy()
+    chosen[straddling] = np.nonzero(keep)[1].reshape(len(straddling), take)
+    return chosen
+
+
+def create_source(name: str, **params) -> CandidateSource:
+    """Instantiate a registered candidate source by name."""
+    _load_builtin_sources()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown candidate source {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**params)
+
+
+def registered_sources() -> list[str]:
+    """Names of every registered candidate source."""
+    _load_builtin_sources()
+    return sorted(_REGISTRY)
+
+
+def _load_builtin_sources() -> None:
+    from m6rec.candidates import ease, ials, itemknn, popularity  # noqa: F401
+
+
+def _flatten(name: str, value) -> dict[str, np.ndarray]:
+    """Arrays to store for one state attribute; sparse matrices are stored as their CSR parts."""
+    if sp.issparse(value):
+        value = value.tocsr()
+        return {
+            f"{name}.data": value.data,
+            f"{name}.indices": value.indices,
+            f"{name}.indptr": value.indptr,
+            f"{name}.shape": np.array(value.shape),
+        }
+    return {name: np.asarray(value)}
+
+
+def _unflatten(name: str, stored: dict[str, np.ndarray]):
+    if name in stored:
+        return stored[name]
+    parts = (stored[f"{name}.data"], stored[f"{name}.indices"], stored[f"{name}.indptr"])
+    return sp.csr_matrix(parts, shape=tuple(stored[f"{name}.shape"]))

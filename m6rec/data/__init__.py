@@ -1,0 +1,1 @@
+"""Dataset directory contract: reading, validating, indexing and splitting interaction data."""

@@ -1,0 +1,225 @@
+"""Loading a dataset directory into validated tables, with a report of what was skipped."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from m6rec.data import contract
+from m6rec.data.tables import RowProblem, find_table, id_problems, numeric_column, read_table, row_location
+from m6rec.errors import DataError
+
+MAX_PROBLEMS_LISTED = 200
+
+
+@dataclass
+class ValidationReport:
+    """What loading found: rows read and kept per table, and every skipped row by reason."""
+
+    rows_read: dict[str, int] = field(default_factory=dict)
+    rows_kept: dict[str, int] = field(default_factory=dict)
+    skipped: Counter = field(default_factory=Counter)
+    merged_duplicate_interactions: int = 0
+    problems: list[RowProblem] = field(default_factory=list)
+
+    def add(self, problems: list[RowProblem], reason: str) -> None:
+        self.skipped[reason] += len(problems)
+        self.problems.extend(problems)
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary; lists at most ``MAX_PROBLEMS_LISTED`` problems."""
+        return {
+            "rows_read": self.rows_read,
+            "rows_kept": self.rows_kept,
+            "skipped_rows": dict(self.skipped),
+            "skipped_total": sum(self.skipped.values()),
+            "merged_duplicate_interactions": self.merged_duplicate_interactions,
+            "problems": [str(problem) for problem in self.problems[:MAX_PROBLEMS_LISTED]],
+            "problems_not_listed": max(0, len(self.problems) - MAX_PROBLEMS_LISTED),
+        }
+
+
+@dataclass
+class Dataset:
+    """A validated dataset directory.
+
+    ``interactions`` and ``test`` have string ``user_id``/``item_id``, a float ``weight`` (1.0 when the
+    file has no weight column) and, when the file has one, an integer ``timestamp``.
+    """
+
+    directory: Path
+    interactions: pd.DataFrame
+    test: pd.DataFrame | None
+    items: pd.DataFrame | None
+    users: pd.DataFrame | None
+    kg: pd.DataFrame | None
+    weight_column: str | None
+    report: ValidationReport
+
+    @property
+    def has_timestamps(self) -> bool:
+        return contract.TIMESTAMP in self.interactions.columns
+
+
+class _RowPolicy:
+    """Fails on the first bad row, or skips bad rows and records them in the report."""
+
+    def __init__(self, skip_invalid_rows: bool, report: ValidationReport):
+        self.skip_invalid_rows = skip_invalid_rows
+        self.report = report
+
+    def apply(self, frame: pd.DataFrame, bad: np.ndarray, problems: list[RowProblem], reason: str) -> pd.DataFrame:
+        if not problems:
+            return frame
+        if not self.skip_invalid_rows:
+            first = problems[0]
+            more = f" ({len(problems) - 1} more rows with problems)" if len(problems) > 1 else ""
+            raise DataError(
+                first.file,
+                first.problem + more,
+                location=first.location,
+                hint="fix the file, or pass --skip-invalid-rows to skip bad rows and count them in the report",
+            )
+        self.report.add(problems, reason)
+        return frame.loc[~bad]
+
+
+def load_dataset(directory: str | Path, *, skip_invalid_rows: bool = False) -> Dataset:
+    """Read and validate every contract table in ``directory``.
+
+    With ``skip_invalid_rows`` bad rows are dropped and counted in ``Dataset.report``; otherwise the first
+    bad row raises :class:`DataError` naming file, row and problem.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(str(directory), "dataset directory does not exist")
+    report = ValidationReport()
+    policy = _RowPolicy(skip_invalid_rows, report)
+
+    items = _load_entities(directory, contract.ITEMS, contract.ITEM_ID, policy)
+    users = _load_entities(directory, contract.USERS, contract.USER_ID, policy)
+    interactions, weight_column = _load_interactions(directory, contract.INTERACTIONS, items, policy)
+    test_path = find_table(directory, contract.TEST)
+    test = _load_interactions(directory, contract.TEST, items, policy)[0] if test_path else None
+    kg = _load_kg(directory, policy)
+    for name, frame in (("interactions", interactions), ("test", test), ("items", items), ("users", users)):
+        if frame is not None:
+            report.rows_kept[name] = len(frame)
+    if kg is not None:
+        report.rows_kept["kg"] = len(kg)
+    return Dataset(directory, interactions, test, items, users, kg, weight_column, report)
+
+
+def _load_entities(directory: Path, spec: contract.TableSpec, id_column: str, policy: _RowPolicy):
+    path = find_table(directory, spec)
+    if path is None:
+        return None
+    frame = read_table(path, spec)
+    policy.report.rows_read[spec.stem] = len(frame)
+    bad, problems = id_problems(path, frame, spec.id_columns)
+    frame = policy.apply(frame, bad, problems, f"{spec.stem}: empty id")
+    duplicated = frame[id_column].duplicated(keep="first").to_numpy()
+    # Rows skipped above are gone from ``frame``; its index still holds each row's position in the file.
+    problems = [
+        RowProblem(
+            str(path), row_location(path, frame.index[position]), f"duplicate {id_column} {frame[id_column].iloc[position]!r}"
+        )
+        for position in np.flatnonzero(duplicated)
+    ]
+    frame = policy.apply(frame, duplicated, problems, f"{spec.stem}: duplicate id")
+    return frame.reset_index(drop=True)
+
+
+def _load_interactions(directory: Path, spec: contract.TableSpec, items: pd.DataFrame | None, policy: _RowPolicy):
+    path = find_table(directory, spec)
+    frame = read_table(path, spec)
+    policy.report.rows_read[spec.stem] = len(frame)
+    frame.index = np.arange(len(frame))
+    bad, problems = id_problems(path, frame, spec.id_columns)
+    weight_column = next((name for name in contract.WEIGHT_ALIASES if name in frame.columns), None)
+    columns = {contract.USER_ID: frame[contract.USER_ID], contract.ITEM_ID: frame[contract.ITEM_ID]}
+    if weight_column:
+        weight, bad_weight, weight_problems = numeric_column(path, frame, weight_column)
+        columns[contract.WEIGHT] = weight.fillna(1.0)
+        problems += [p for p, position in zip(weight_problems, np.flatnonzero(bad_weight)) if not bad[position]]
+        bad |= bad_weight
+    else:
+        columns[contract.WEIGHT] = pd.Series(1.0, index=frame.index)
+    if contract.TIMESTAMP in frame.columns:
+        timestamp, bad_time, time_problems = _timestamps(path, frame)
+        columns[contract.TIMESTAMP] = timestamp
+        problems += [p for p, position in zip(time_problems, np.flatnonzero(bad_time)) if not bad[position]]
+        bad |= bad_time
+    if items is not None:
+        known = frame[contract.ITEM_ID].isin(set(items[contract.ITEM_ID])).to_numpy()
+        unknown = ~known & ~bad
+        problems += [
+            RowProblem(
+                str(path),
+                row_location(path, position),
+                f"item_id {frame[contract.ITEM_ID].iloc[position]!r} is not in the items table",
+            )
+            for position in np.flatnonzero(unknown)
+        ]
+        bad |= unknown
+    problems.sort(key=lambda problem: _location_order(problem.location))
+    result = pd.DataFrame(columns)
+    result = policy.apply(result, bad, problems, f"{spec.stem}: invalid row")
+    return _merge_duplicates(result, policy.report), weight_column
+
+
+def _timestamps(path: Path, frame: pd.DataFrame) -> tuple[pd.Series, np.ndarray, list[RowProblem]]:
+    raw = frame[contract.TIMESTAMP]
+    numeric, bad, problems = numeric_column(path, frame, contract.TIMESTAMP)
+    if bad.any() and bad.sum() == raw.notna().sum():
+        parsed = pd.to_datetime(raw, errors="coerce", utc=True, format="ISO8601")
+        bad = raw.notna().to_numpy() & parsed.isna().to_numpy()
+        numeric = _unix_seconds(parsed)
+        problems = [
+            RowProblem(
+                str(path),
+                row_location(path, position),
+                f"timestamp {raw.iloc[position]!r} is neither a unix time nor an ISO 8601 date",
+            )
+            for position in np.flatnonzero(bad)
+        ]
+    elif pd.api.types.is_datetime64_any_dtype(raw):
+        numeric = _unix_seconds(raw)
+    return np.floor(numeric).astype("Int64"), bad, problems
+
+
+def _unix_seconds(times: pd.Series) -> pd.Series:
+    """Unix seconds of a datetime column of any resolution; naive times are UTC, NaT stays missing."""
+    if times.dt.tz is None:
+        times = times.dt.tz_localize("UTC")
+    return (times - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+
+
+def _merge_duplicates(frame: pd.DataFrame, report: ValidationReport) -> pd.DataFrame:
+    """Keep one row per (user, item): the latest one when timestamps exist, else the last one."""
+    if contract.TIMESTAMP in frame.columns:
+        frame = frame.sort_values(contract.TIMESTAMP, kind="stable")
+    before = len(frame)
+    frame = frame.drop_duplicates([contract.USER_ID, contract.ITEM_ID], keep="last").sort_index()
+    report.merged_duplicate_interactions += before - len(frame)
+    return frame.reset_index(drop=True)
+
+
+def _load_kg(directory: Path, policy: _RowPolicy) -> pd.DataFrame | None:
+    path = find_table(directory, contract.KG)
+    if path is None:
+        return None
+    frame = read_table(path, contract.KG)
+    policy.report.rows_read["kg"] = len(frame)
+    bad, problems = id_problems(path, frame, contract.KG.id_columns)
+    frame = policy.apply(frame, bad, problems, "kg: empty field")
+    columns = [contract.KG_HEAD, contract.KG_RELATION, contract.KG_TAIL]
+    return frame[columns].drop_duplicates().reset_index(drop=True)
+
+
+def _location_order(location: str) -> int:
+    return int(location.split()[-1])

@@ -1,0 +1,83 @@
+"""Raw-ID ↔ index mapping and the sparse user × item interaction matrix models train on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from m6rec.data.contract import ITEM_ID, USER_ID
+
+
+@dataclass(frozen=True)
+class IdIndex:
+    """A fixed ordering of raw IDs (strings); position in ``ids`` is the index models use."""
+
+    ids: np.ndarray
+
+    @classmethod
+    def from_values(cls, *columns: pd.Series | np.ndarray | None) -> IdIndex:
+        """Index of the distinct values across ``columns``, in order of first appearance."""
+        values = [np.asarray(column, dtype=object) for column in columns if column is not None]
+        ids = pd.unique(np.concatenate(values)) if values else np.array([], dtype=object)
+        return cls(np.asarray(ids, dtype=object))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def positions(self, values: pd.Series | np.ndarray) -> np.ndarray:
+        """Index of each value, -1 where the value is unknown."""
+        lookup = pd.Index(self.ids)
+        return lookup.get_indexer(np.asarray(values, dtype=object)).astype(np.int64)
+
+    def save(self, path: Path, column: str) -> None:
+        """Write the IDs in index order as a one-column Parquet file."""
+        from m6rec.io import write_parquet
+
+        write_parquet(pd.DataFrame({column: pd.Series(self.ids, dtype="string")}), path)
+
+    @classmethod
+    def load(cls, path: Path, column: str) -> IdIndex:
+        return cls(pd.read_parquet(path)[column].astype(object).to_numpy())
+
+
+@dataclass(frozen=True)
+class InteractionMatrix:
+    """Binary user × item matrix (CSR, float32) together with the ID indexes of its rows and columns."""
+
+    matrix: sp.csr_matrix
+    users: IdIndex
+    items: IdIndex
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, users: IdIndex, items: IdIndex) -> InteractionMatrix:
+        """Build the matrix of ``frame``'s (user_id, item_id) pairs; pairs with unknown IDs are dropped."""
+        rows = users.positions(frame[USER_ID])
+        cols = items.positions(frame[ITEM_ID])
+        keep = (rows >= 0) & (cols >= 0)
+        matrix = sp.csr_matrix(
+            (np.ones(int(keep.sum()), dtype=np.float32), (rows[keep], cols[keep])),
+            shape=(len(users), len(items)),
+        )
+        matrix.sum_duplicates()
+        matrix.data[:] = 1.0
+        return cls(matrix, users, items)
+
+    @property
+    def n_users(self) -> int:
+        return self.matrix.shape[0]
+
+    @property
+    def n_items(self) -> int:
+        return self.matrix.shape[1]
+
+    def item_popularity(self) -> np.ndarray:
+        """Number of users who interacted with each item."""
+        return np.asarray(self.matrix.sum(axis=0)).ravel()
+
+    def user_activity(self) -> np.ndarray:
+        """Number of items each user interacted with."""
+        return np.diff(self.matrix.indptr)

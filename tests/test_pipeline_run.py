@@ -1,0 +1,154 @@
+"""End-to-end tests of the main job (`pipelines.run.run_pipeline`) and its output contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from m6rec.config import BaselineConfig, RunConfig
+from pipelines import run as run_module
+from pipelines.run import run_pipeline
+
+ML100K = Path("../shared/data/ml-100k")
+
+
+@pytest.fixture(scope="module")
+def movielens_dir(tmp_path_factory) -> Path:
+    if not (ML100K / "u.data").exists():
+        pytest.skip("../shared/data/ml-100k is not available")
+    directory = tmp_path_factory.mktemp("ml100k")
+    ratings = pd.read_csv(ML100K / "u.data", sep="\t", names=["user_id", "item_id", "rating", "timestamp"])
+    ratings.to_csv(directory / "interactions.csv", index=False)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def movielens_run(movielens_dir, tmp_path_factory):
+    config = RunConfig(
+        split="random:0.25",
+        baselines=BaselineConfig(models=["popularity", "ease"], params={"ease": {"l2": 500.0}}),
+    )
+    out = tmp_path_factory.mktemp("ml100k-run")
+    return run_pipeline(movielens_dir, out, config)
+
+
+def test_ease_on_movielens_reaches_published_level(movielens_run):
+    metrics = json.loads((movielens_run.out_dir / "metrics.json").read_text())
+    assert set(metrics) == {"popularity", "ease", "final"}
+    assert metrics["ease"]["ndcg@10"] >= 0.47
+    assert metrics["ease"]["ndcg@10"] > metrics["popularity"]["ndcg@10"] + 0.15
+    assert metrics["final"]["n_users"] == 943
+
+
+def test_metrics_json_agrees_with_an_independent_sql_computation(movielens_run):
+    """NDCG@10, recall@10 and precision@10 recomputed in DuckDB from the two written Parquet files."""
+    out = movielens_run.out_dir
+    query = f"""
+        WITH recs AS (SELECT * FROM '{out / "recommendations.parquet"}' WHERE rank <= 10),
+        test AS (SELECT DISTINCT user_id, item_id FROM '{out / "test_interactions.parquet"}'),
+        per_user AS (
+            SELECT t.user_id,
+                   COUNT(*) AS n_relevant,
+                   (SELECT COALESCE(SUM(1.0 / log2(r.rank + 1)), 0) FROM recs r JOIN test t2
+                      ON r.user_id = t2.user_id AND r.item_id = t2.item_id WHERE r.user_id = t.user_id) AS dcg,
+                   (SELECT COUNT(*) FROM recs r JOIN test t2
+                      ON r.user_id = t2.user_id AND r.item_id = t2.item_id WHERE r.user_id = t.user_id) AS hits
+            FROM test t GROUP BY t.user_id
+        ),
+        ideal AS (
+            SELECT user_id, (SELECT SUM(1.0 / log2(i + 1)) FROM range(1, LEAST(n_relevant, 10) + 1) AS g(i)) AS idcg
+            FROM per_user
+        )
+        SELECT AVG(dcg / idcg), AVG(hits / n_relevant), AVG(hits / 10.0)
+        FROM per_user JOIN ideal USING (user_id)
+    """
+    ((ndcg, recall, precision),) = duckdb.sql(query).fetchall()
+    final = json.loads((out / "metrics.json").read_text())["final"]
+    assert final["ndcg@10"] == pytest.approx(ndcg, abs=1e-9)
+    assert final["recall@10"] == pytest.approx(recall, abs=1e-9)
+    assert final["precision@10"] == pytest.approx(precision, abs=1e-9)
+
+
+def test_recommendations_contract(movielens_run, movielens_dir):
+    recs = pd.read_parquet(movielens_run.recommendations_path)
+    assert list(recs.columns) == ["user_id", "item_id", "rank", "score", "source"]
+    assert recs.groupby("user_id").size().eq(10).all()
+    assert recs["user_id"].nunique() == 943
+    train = pd.read_csv(movielens_dir / "interactions.csv", dtype=str)
+    held_out = pd.read_parquet(movielens_run.out_dir / "test_interactions.parquet")
+    seen = train.merge(held_out, how="left", on=["user_id", "item_id"], indicator=True)
+    seen = seen[seen["_merge"] == "left_only"][["user_id", "item_id"]]
+    assert recs.merge(seen, on=["user_id", "item_id"]).empty, "seen training items must not be recommended"
+    ordered = recs.sort_values(["user_id", "rank"])
+    assert (ordered.groupby("user_id")["score"].diff().dropna() <= 1e-6).all()
+
+
+def _planted_dataset(directory: Path) -> Path:
+    """Two user groups, each liking its own half of 20 items; 'u-new' exists only in users.csv."""
+    rows = []
+    for user in range(12):
+        group = user % 2
+        for item in range(10):
+            if (user + item) % 5:
+                rows.append((f"u-{user:02d}", f"item-{group}-{item}", 1700000000 + user * 100 + item))
+    directory.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(
+        directory / "interactions.csv", index=False
+    )
+    users = [f"u-{user:02d}" for user in range(12)] + ["u-new"]
+    pd.DataFrame({"user_id": users, "segment": ["a"] * 13}).to_csv(directory / "users.csv", index=False)
+    return directory
+
+
+def test_run_without_test_set_serves_every_user_and_writes_no_metrics(tmp_path):
+    data = _planted_dataset(tmp_path / "data")
+    config = RunConfig(top_k=2, baselines=BaselineConfig(models=["popularity", "itemknn"]))
+    result = run_pipeline(data, tmp_path / "out", config)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+    recs = pd.read_parquet(result.recommendations_path)
+    assert set(recs["user_id"]) == {f"u-{user:02d}" for user in range(12)} | {"u-new"}
+    assert set(recs.loc[recs["user_id"] == "u-new", "source"]) == {"popularity"}
+    known = recs[recs["user_id"] != "u-new"]
+    own_group = known.apply(
+        lambda row: row["item_id"].split("-")[1] == str(int(row["user_id"][2:]) % 2), axis=1
+    )
+    assert own_group.all(), "each user has exactly two unseen items of their own group"
+
+
+def test_failed_run_leaves_previous_outputs_untouched(tmp_path, monkeypatch):
+    data = _planted_dataset(tmp_path / "data")
+    config = RunConfig(split="leave-last-out:1", baselines=BaselineConfig(models=["popularity"]))
+    out = tmp_path / "out"
+    run_pipeline(data, out, config)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(run_module, "write_json", crash)
+    with pytest.raises(OSError, match="disk full"):
+        run_pipeline(data, out, config)
+    after = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert after == before
+
+
+def test_same_seed_gives_identical_recommendations(tmp_path):
+    data = _planted_dataset(tmp_path / "data")
+    config = RunConfig(
+        split="random:0.25",
+        seed=3,
+        baselines=BaselineConfig(
+            models=["popularity", "ials"], params={"ials": {"factors": 4, "iterations": 3}}
+        ),
+    )
+    first = run_pipeline(data, tmp_path / "a", config)
+    second = run_pipeline(data, tmp_path / "b", config)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(first.recommendations_path), pd.read_parquet(second.recommendations_path)
+    )
+    assert np.isclose(first.metrics["final"]["ndcg@10"], second.metrics["final"]["ndcg@10"])
