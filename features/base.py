@@ -1,0 +1,92 @@
+"""The encoder contract: items in, one Parquet embedding file out (see ``features/store.py``).
+
+An encoder says which items carry its modality and what its input is (``prepare``), turns a batch of
+inputs into vectors (``encode``), and names itself (``identity``) so that content hashes change when the
+model or its options do. ``encode_items`` runs it incrementally.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import pandas as pd
+
+from features.store import EncodeResult, IncrementalReport, embed_incrementally
+from m6rec.errors import ConfigError
+
+_ENCODERS: dict[str, type[ItemEncoder]] = {}
+
+
+@dataclass(frozen=True)
+class EncoderInputs:
+    """Per item that carries the modality: its raw ID, the encoder input and a fingerprint of that input."""
+
+    keys: list[str]
+    inputs: list
+    fingerprints: list[str]
+
+
+class ItemEncoder(ABC):
+    """Base class of the frozen item encoders (text, image, audio)."""
+
+    modality: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "modality", None):
+            _ENCODERS[cls.modality] = cls
+
+    @abstractmethod
+    def identity(self) -> dict:
+        """Everything that determines the output for a given input: encoder name, weights, options."""
+
+    def metadata(self) -> dict:
+        """Schema metadata of the output file; at least ``encoder`` and ``weights``, plus ``pretrained``."""
+        return {**self.identity(), "modality": self.modality}
+
+    @abstractmethod
+    def prepare(self, items: pd.DataFrame, dataset_dir: Path) -> EncoderInputs:
+        """Select the items that carry this modality and build their inputs and fingerprints."""
+
+    @abstractmethod
+    def encode(self, inputs: list) -> EncodeResult:
+        """Vectors for a batch of inputs; failed positions get a reason instead of raising."""
+
+
+def create_encoder(modality: str, **params) -> ItemEncoder:
+    """Instantiate the registered encoder of ``modality`` with ``params``."""
+    _load_builtin_encoders()
+    if modality not in _ENCODERS:
+        raise ConfigError(f"unknown encoder {modality!r}; known: {', '.join(sorted(_ENCODERS))}")
+    return _ENCODERS[modality](**params)
+
+
+def encode_items(encoder: ItemEncoder, items: pd.DataFrame, dataset_dir: Path, out_path: Path) -> IncrementalReport:
+    """Embed ``items`` with ``encoder`` into ``out_path``, recomputing only new or changed items."""
+    prepared = encoder.prepare(items, Path(dataset_dir))
+    return embed_incrementally(
+        out_path,
+        modality=encoder.modality,
+        key_column="item_id",
+        keys=prepared.keys,
+        fingerprints=prepared.fingerprints,
+        inputs=prepared.inputs,
+        identity=encoder.identity(),
+        metadata=encoder.metadata(),
+        encode=encoder.encode,
+    )
+
+
+def _load_builtin_encoders() -> None:
+    import importlib
+
+    for module in ("features.text", "features.image", "features.audio"):
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            if error.name and error.name.startswith("features."):
+                continue
+            raise
