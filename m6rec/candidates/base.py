@@ -91,7 +91,7 @@ class CandidateSource(ABC):
         return Candidates(items, scores)
 
     def _history(self, user_rows: np.ndarray) -> sp.csr_matrix:
-        """Training interactions of ``user_rows`` as CSR; rows outside the training matrix (e.g. -1) are empty."""
+        """Training interactions of ``user_rows`` (CSR); rows outside the training matrix (-1) are empty."""
         user_rows = np.asarray(user_rows, dtype=np.int64)
         known = (user_rows >= 0) & (user_rows < self.seen.shape[0])
         if known.all():
@@ -106,7 +106,9 @@ class CandidateSource(ABC):
         """Write ``source.json`` (name, parameters) and ``arrays.npz`` (learned state) into ``directory``."""
         self._require_fitted()
         directory = Path(directory)
-        write_json({"name": self.name, "params": self.params, "n_items": self.n_items}, directory / "source.json")
+        write_json(
+            {"name": self.name, "params": self.params, "n_items": self.n_items}, directory / "source.json"
+        )
         arrays = {}
         for name in (*self.state_arrays, "seen"):
             arrays.update(_flatten(name, getattr(self, name)))
@@ -148,9 +150,9 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     take = min(k, n_cols)
     if take == 0 or n_rows == 0:
         return items, values
-    invalid = np.isnan(scores) | (scores == np.inf)
-    if invalid.any():
-        scores = np.where(invalid, -np.inf, scores)
+    usable = scores < np.inf  # False for NaN and +inf
+    if not usable.all():
+        scores = np.where(usable, scores, -np.inf)
     if take < n_cols:
         best = _lowest_index_on_ties(scores, np.argpartition(-scores, take - 1, axis=1)[:, :take])
     else:
@@ -169,22 +171,25 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def _lowest_index_on_ties(scores: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     """Re-pick ``chosen`` (a top set per row) so that ties at its lowest score keep the lowest indices.
 
-    ``argpartition`` picks arbitrary members of a tie that straddles the cut; only rows with such a tie
-    are redone.
+    ``argpartition`` picks arbitrary members of a tie that straddles the cut; in rows with such a tie the
+    slots holding the cut score are refilled with the lowest-index columns that have it.
     """
-    take = chosen.shape[1]
     chosen_scores = np.take_along_axis(scores, chosen, axis=1)
     cut = chosen_scores.min(axis=1, keepdims=True)
-    straddling = np.flatnonzero((scores == cut).sum(axis=1) > (chosen_scores == cut).sum(axis=1))
+    at_cut = scores == cut
+    slots = chosen_scores == cut
+    straddling = np.flatnonzero(at_cut.sum(axis=1) > slots.sum(axis=1))
     if len(straddling) == 0:
         return chosen
-    rows, cut = scores[straddling], cut[straddling]
-    above = rows > cut
-    tied = rows == cut
-    still_needed = take - above.sum(axis=1, keepdims=True)
-    keep = above | (tied & (np.cumsum(tied, axis=1) <= still_needed))
+    slots = slots[straddling]
+    tied_rows, tied_columns = np.nonzero(at_cut[straddling])  # row-major: columns ascend within a row
+    rank_in_row = (
+        np.arange(len(tied_rows)) - np.searchsorted(tied_rows, np.arange(len(straddling)))[tied_rows]
+    )
+    refilled = chosen[straddling]
+    refilled[slots] = tied_columns[rank_in_row < slots.sum(axis=1)[tied_rows]]
     chosen = chosen.copy()
-    chosen[straddling] = np.nonzero(keep)[1].reshape(len(straddling), take)
+    chosen[straddling] = refilled
     return chosen
 
 
@@ -193,7 +198,10 @@ def create_source(name: str, **params) -> CandidateSource:
     _load_builtin_sources()
     if name not in _REGISTRY:
         raise ConfigError(f"unknown candidate source {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**params)
+    try:
+        return _REGISTRY[name](**params)
+    except TypeError as error:
+        raise ConfigError(f"candidate source {name!r}: {error}") from None
 
 
 def registered_sources() -> list[str]:

@@ -9,7 +9,7 @@ from m6rec.candidates.base import CandidateSource
 
 
 class EASESource(CandidateSource):
-    """B = argmin ‖X − XB‖² + l2‖B‖² with diag(B) = 0, solved as B = I − P·diag(1/diag(P)), P = (XᵀX + l2·I)⁻¹.
+    """B = argmin ‖X − XB‖² + l2‖B‖² with diag(B) = 0, solved as B = I − P·diag(1/diag P), P = (XᵀX + l2·I)⁻¹.
 
     The inverse is dense in the number of items, so only the ``max_items`` most popular training items
     take part (all of them in catalogues up to that size); the others score zero.
@@ -25,7 +25,9 @@ class EASESource(CandidateSource):
         popularity = np.asarray(matrix.sum(axis=0)).ravel()
         active = np.flatnonzero(popularity > 0)
         if len(active) > self.params["max_items"]:
-            active = np.sort(active[np.argsort(-popularity[active], kind="stable")[: self.params["max_items"]]])
+            active = np.sort(
+                active[np.argsort(-popularity[active], kind="stable")[: self.params["max_items"]]]
+            )
         columns = matrix[:, active].astype(np.float64)
         gram = (columns.T @ columns).toarray()
         gram[np.diag_indices_from(gram)] += self.params["l2"]

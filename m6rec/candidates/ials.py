@@ -15,9 +15,17 @@ class IALSSource(CandidateSource):
     state_arrays = ("user_factors", "item_factors")
 
     def __init__(
-        self, *, factors: int = 64, regularization: float = 0.05, alpha: float = 10.0, iterations: int = 20, seed: int = 0
+        self,
+        *,
+        factors: int = 64,
+        regularization: float = 0.05,
+        alpha: float = 10.0,
+        iterations: int = 20,
+        seed: int = 0,
     ):
-        super().__init__(factors=factors, regularization=regularization, alpha=alpha, iterations=iterations, seed=seed)
+        super().__init__(
+            factors=factors, regularization=regularization, alpha=alpha, iterations=iterations, seed=seed
+        )
 
     def _fit(self, matrix: sp.csr_matrix) -> None:
         from implicit.cpu.als import AlternatingLeastSquares
@@ -40,5 +48,8 @@ class IALSSource(CandidateSource):
         user_rows = np.asarray(user_rows, dtype=np.int64)
         known = (user_rows >= 0) & (user_rows < len(self.user_factors))
         scores = np.zeros((len(user_rows), len(self.item_factors)), dtype=np.float32)
-        scores[known] = self.user_factors[user_rows[known]] @ self.item_factors.T
+        # float64 products of float32 factors are exact, so rounding back gives the same score whether BLAS
+        # runs a one-user gemv or a many-user gemm: a user's candidates do not depend on its batch.
+        user_factors = self.user_factors[user_rows[known]].astype(np.float64)
+        scores[known] = user_factors @ self.item_factors.T.astype(np.float64)
         return scores

@@ -51,5 +51,6 @@ def _keep_top_per_row(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:
         indices.append(cols)
         indptr.append(indptr[-1] + len(values))
     return sp.csr_matrix(
-        (np.concatenate(data).astype(np.float32), np.concatenate(indices), np.array(indptr)), shape=matrix.shape
+        (np.concatenate(data).astype(np.float32), np.concatenate(indices), np.array(indptr)),
+        shape=matrix.shape,
     )

@@ -15,6 +15,9 @@ class PopularitySource(CandidateSource):
     state_arrays = ("item_counts",)
     needs_history = False
 
+    def __init__(self):
+        super().__init__()
+
     def _fit(self, matrix: sp.csr_matrix) -> None:
         self.item_counts = np.asarray(matrix.sum(axis=0), dtype=np.float32).ravel()
 

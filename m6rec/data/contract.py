@@ -39,6 +39,8 @@ INTERACTIONS = TableSpec("interactions", (USER_ID, ITEM_ID), optional=False, id_
 TEST = TableSpec("test", (USER_ID, ITEM_ID), optional=True, id_columns=(USER_ID, ITEM_ID))
 ITEMS = TableSpec("items", (ITEM_ID,), optional=True, id_columns=(ITEM_ID,))
 USERS = TableSpec("users", (USER_ID,), optional=True, id_columns=(USER_ID,))
-KG = TableSpec("kg", (KG_HEAD, KG_RELATION, KG_TAIL), optional=True, id_columns=(KG_HEAD, KG_RELATION, KG_TAIL))
+KG = TableSpec(
+    "kg", (KG_HEAD, KG_RELATION, KG_TAIL), optional=True, id_columns=(KG_HEAD, KG_RELATION, KG_TAIL)
+)
 
 ALL_TABLES = (INTERACTIONS, TEST, ITEMS, USERS, KG)

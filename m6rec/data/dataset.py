@@ -72,7 +72,9 @@ class _RowPolicy:
         self.skip_invalid_rows = skip_invalid_rows
         self.report = report
 
-    def apply(self, frame: pd.DataFrame, bad: np.ndarray, problems: list[RowProblem], reason: str) -> pd.DataFrame:
+    def apply(
+        self, frame: pd.DataFrame, bad: np.ndarray, problems: list[RowProblem], reason: str
+    ) -> pd.DataFrame:
         if not problems:
             return frame
         if not self.skip_invalid_rows:
@@ -82,7 +84,8 @@ class _RowPolicy:
                 first.file,
                 first.problem + more,
                 location=first.location,
-                hint="fix the file, or pass --skip-invalid-rows to skip bad rows and count them in the report",
+                hint="fix the file, or pass --skip-invalid-rows to skip bad rows and count them in the "
+                "report",
             )
         self.report.add(problems, reason)
         return frame.loc[~bad]
@@ -126,7 +129,9 @@ def _load_entities(directory: Path, spec: contract.TableSpec, id_column: str, po
     # Rows skipped above are gone from ``frame``; its index still holds each row's position in the file.
     problems = [
         RowProblem(
-            str(path), row_location(path, frame.index[position]), f"duplicate {id_column} {frame[id_column].iloc[position]!r}"
+            str(path),
+            row_location(path, frame.index[position]),
+            f"duplicate {id_column} {frame[id_column].iloc[position]!r}",
         )
         for position in np.flatnonzero(duplicated)
     ]
@@ -134,7 +139,9 @@ def _load_entities(directory: Path, spec: contract.TableSpec, id_column: str, po
     return frame.reset_index(drop=True)
 
 
-def _load_interactions(directory: Path, spec: contract.TableSpec, items: pd.DataFrame | None, policy: _RowPolicy):
+def _load_interactions(
+    directory: Path, spec: contract.TableSpec, items: pd.DataFrame | None, policy: _RowPolicy
+):
     path = find_table(directory, spec)
     frame = read_table(path, spec)
     policy.report.rows_read[spec.stem] = len(frame)
@@ -145,14 +152,22 @@ def _load_interactions(directory: Path, spec: contract.TableSpec, items: pd.Data
     if weight_column:
         weight, bad_weight, weight_problems = numeric_column(path, frame, weight_column)
         columns[contract.WEIGHT] = weight.fillna(1.0)
-        problems += [p for p, position in zip(weight_problems, np.flatnonzero(bad_weight)) if not bad[position]]
+        problems += [
+            p
+            for p, position in zip(weight_problems, np.flatnonzero(bad_weight), strict=True)
+            if not bad[position]
+        ]
         bad |= bad_weight
     else:
         columns[contract.WEIGHT] = pd.Series(1.0, index=frame.index)
     if contract.TIMESTAMP in frame.columns:
         timestamp, bad_time, time_problems = _timestamps(path, frame)
         columns[contract.TIMESTAMP] = timestamp
-        problems += [p for p, position in zip(time_problems, np.flatnonzero(bad_time)) if not bad[position]]
+        problems += [
+            p
+            for p, position in zip(time_problems, np.flatnonzero(bad_time), strict=True)
+            if not bad[position]
+        ]
         bad |= bad_time
     if items is not None:
         known = frame[contract.ITEM_ID].isin(set(items[contract.ITEM_ID])).to_numpy()

@@ -16,7 +16,9 @@ from m6rec.data.contract import TIMESTAMP, USER_ID
 from m6rec.errors import ConfigError, DataError
 
 
-def random_split(frame: pd.DataFrame, test_ratio: float, *, seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame]:
+def random_split(
+    frame: pd.DataFrame, test_ratio: float, *, seed: int = 42
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per user, a seeded random ``test_ratio`` share of the interactions goes to test.
 
     Each user keeps ``round((1 - test_ratio) * n)`` interactions in train (at least one), the Microsoft
@@ -68,8 +70,10 @@ class SplitSpec:
     def parse(cls, text: str, *, seed: int = 42) -> SplitSpec:
         kind, _, value = text.partition(":")
         if kind not in cls.KINDS:
-            raise ConfigError(f"unknown split {text!r}; use one of: random:0.25, temporal:0.2, "
-                              "leave-last-out:1, cutoff:<unix time or ISO date>")
+            raise ConfigError(
+                f"unknown split {text!r}; use one of: random:0.25, temporal:0.2, "
+                "leave-last-out:1, cutoff:<unix time or ISO date>"
+            )
         defaults = {"random": "0.25", "temporal": "0.2", "leave-last-out": "1"}
         value = value or defaults.get(kind, "")
         if kind == "cutoff":
@@ -140,9 +144,6 @@ def _parse_time(value: str) -> int:
     except ValueError:
         pass
     try:
-        moment = pd.Timestamp(value, tz="UTC")
+        return int(pd.Timestamp(value, tz="UTC").timestamp())
     except ValueError:
-        moment = pd.NaT
-    if moment is pd.NaT:  # pd.Timestamp("") is NaT rather than an error
-        raise ConfigError(f"cutoff {value!r} is neither a unix time nor a date")
-    return int(moment.timestamp())
+        raise ConfigError(f"cutoff {value!r} is neither a unix time nor a date") from None

@@ -78,7 +78,9 @@ def read_table(path: Path, spec: TableSpec) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def id_problems(path: Path, frame: pd.DataFrame, columns: tuple[str, ...]) -> tuple[np.ndarray, list[RowProblem]]:
+def id_problems(
+    path: Path, frame: pd.DataFrame, columns: tuple[str, ...]
+) -> tuple[np.ndarray, list[RowProblem]]:
     """Rows whose ID columns are empty. Returns (bad row mask, problems)."""
     bad = np.zeros(len(frame), dtype=bool)
     problems = []
@@ -90,14 +92,18 @@ def id_problems(path: Path, frame: pd.DataFrame, columns: tuple[str, ...]) -> tu
     return bad, problems
 
 
-def numeric_column(path: Path, frame: pd.DataFrame, column: str) -> tuple[pd.Series, np.ndarray, list[RowProblem]]:
+def numeric_column(
+    path: Path, frame: pd.DataFrame, column: str
+) -> tuple[pd.Series, np.ndarray, list[RowProblem]]:
     """Parse ``column`` as float64. Returns (values, bad row mask, problems); missing values stay NaN."""
     raw = frame[column]
     values = pd.to_numeric(raw, errors="coerce").astype("float64")
     present = raw.notna().to_numpy() & (raw.astype("string").fillna("").str.strip() != "").to_numpy()
     bad = present & (values.isna().to_numpy() | ~np.isfinite(values.fillna(0).to_numpy()))
     problems = [
-        RowProblem(str(path), row_location(path, position), f"{column} {raw.iloc[position]!r} is not a number")
+        RowProblem(
+            str(path), row_location(path, position), f"{column} {raw.iloc[position]!r} is not a number"
+        )
         for position in np.flatnonzero(bad)
     ]
     return values, bad, problems
@@ -117,7 +123,9 @@ def _read_csv(path: Path) -> pd.DataFrame:
         line = raw[: error.start].count(b"\n") + 1
         byte = raw[error.start : error.start + 1].hex()
         raise DataError(
-            str(path), f"not valid UTF-8 (byte 0x{byte}); re-encode the file as UTF-8", location=f"line {line}"
+            str(path),
+            f"not valid UTF-8 (byte 0x{byte}); re-encode the file as UTF-8",
+            location=f"line {line}",
         ) from None
     if not text.strip():
         raise DataError(str(path), "file is empty")
@@ -140,7 +148,9 @@ def _malformed_csv(path: Path, message: str) -> DataError:
     if match := _UNCLOSED_QUOTE.search(message):
         # pandas counts rows from 0 with the header as row 0, so row N is line N + 1.
         return DataError(
-            str(path), "malformed CSV: a quote opened here is never closed", location=f"line {int(match[1]) + 1}"
+            str(path),
+            "malformed CSV: a quote opened here is never closed",
+            location=f"line {int(match[1]) + 1}",
         )
     return DataError(str(path), f"malformed CSV: {message}")
 

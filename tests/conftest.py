@@ -1,0 +1,63 @@
+"""Shared test fixtures. Keep each fixture's name specific to what it holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from m6rec.data.contract import ITEM_ID, USER_ID
+from m6rec.data.interactions import IdIndex, InteractionMatrix
+
+
+@dataclass(frozen=True)
+class CheckerboardInteractions:
+    """Two user groups × two item groups; each user saw every item of its own group but one (``held_out``).
+
+    ``held_out``, ``user_group`` and ``item_group`` are indexed by matrix row / column; ``frame`` holds the
+    training pairs as raw string IDs.
+    """
+
+    frame: pd.DataFrame
+    train: InteractionMatrix
+    held_out: np.ndarray
+    user_group: np.ndarray
+    item_group: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def checkerboard_interactions() -> CheckerboardInteractions:
+    """A 40-user × 22-item checkerboard (groups of 24 + 16 users, 12 + 10 items) with shuffled IDs.
+
+    The right answer for every user is the one in-group item it has not seen. The first group is larger,
+    so its items are the most popular ones, and popularity gets exactly the first group's users right.
+    """
+    users_per_group, items_per_group = (24, 16), (12, 10)
+    pairs, held_out_ids, user_group, user_ids = [], {}, {}, []
+    first_item = 0
+    for group, (n_users, n_items) in enumerate(zip(users_per_group, items_per_group, strict=True)):
+        group_items = [f"item-{first_item + offset}" for offset in range(n_items)]
+        for offset in range(n_users):
+            user = f"user-{len(user_ids)}"
+            user_ids.append(user)
+            user_group[user] = group
+            held_out_ids[user] = group_items[offset % n_items]
+            pairs.extend((user, item) for item in group_items if item != held_out_ids[user])
+        first_item += n_items
+    item_group = {f"item-{item}": int(item >= items_per_group[0]) for item in range(first_item)}
+
+    frame = pd.DataFrame(pairs, columns=[USER_ID, ITEM_ID])
+    frame = frame.sample(frac=1.0, random_state=7).reset_index(drop=True)
+    train = InteractionMatrix.from_frame(
+        frame, IdIndex.from_values(frame[USER_ID]), IdIndex.from_values(frame[ITEM_ID])
+    )
+    held_out = train.items.positions(np.array([held_out_ids[user] for user in train.users.ids], dtype=object))
+    return CheckerboardInteractions(
+        frame=frame,
+        train=train,
+        held_out=held_out,
+        user_group=np.array([user_group[user] for user in train.users.ids]),
+        item_group=np.array([item_group[item] for item in train.items.ids]),
+    )

@@ -1,0 +1,389 @@
+"""Candidate sources: one contract every registered source runs, known answers per source, and ``top_k``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from m6rec.candidates import CandidateSource, create_source, registered_sources
+from m6rec.candidates.base import top_k
+from m6rec.data.contract import ITEM_ID, USER_ID
+from m6rec.data.interactions import IdIndex, InteractionMatrix
+from m6rec.errors import ConfigError
+
+FAST_PARAMS = {
+    "popularity": {},
+    "itemknn": {"neighbours": 20, "shrink": 1.0},
+    "ease": {"l2": 1.0},
+    "ials": {"factors": 8, "iterations": 5, "regularization": 1.0, "seed": 0},
+}
+SOURCE_NAMES = registered_sources()
+HISTORY_SOURCE_NAMES = [name for name in SOURCE_NAMES if create_source(name).needs_history]
+
+
+def make_source(name: str) -> CandidateSource:
+    """A source with parameters small enough for tests (defaults for a source not listed above)."""
+    return create_source(name, **FAST_PARAMS.get(name, {}))
+
+
+def matrix_of(rows: np.ndarray) -> InteractionMatrix:
+    """An InteractionMatrix over a dense 0/1 array, IDs being the row / column numbers."""
+    rows = np.asarray(rows)
+    users = IdIndex(np.array([str(user) for user in range(rows.shape[0])], dtype=object))
+    items = IdIndex(np.array([str(item) for item in range(rows.shape[1])], dtype=object))
+    return InteractionMatrix(sp.csr_matrix(rows.astype(np.float32)), users, items)
+
+
+def assert_same_candidates(actual, expected) -> None:
+    np.testing.assert_array_equal(actual.items, expected.items)
+    np.testing.assert_array_equal(actual.scores, expected.scores)
+
+
+@pytest.fixture(scope="module")
+def fitted_sources(checkerboard_interactions) -> dict[str, CandidateSource]:
+    """Every registered source, fitted once on the checkerboard."""
+    return {name: make_source(name).fit(checkerboard_interactions.train) for name in SOURCE_NAMES}
+
+
+@pytest.mark.parametrize("name", SOURCE_NAMES)
+def test_recommend_returns_unseen_unique_sorted_items_padded_at_the_end(
+    name, fitted_sources, checkerboard_interactions
+):
+    source, train = fitted_sources[name], checkerboard_interactions.train
+    user_rows = np.arange(train.n_users)
+    k = train.n_items + 5
+
+    candidates = source.recommend(user_rows, k)
+
+    assert candidates.items.shape == candidates.scores.shape == (train.n_users, k)
+    assert candidates.items.dtype == np.int64 and candidates.scores.dtype == np.float32
+    present = candidates.items >= 0
+    assert np.all(present[:, :-1] >= present[:, 1:]), "padding must come only after the real candidates"
+    assert np.all(np.isfinite(candidates.scores) == present)
+    assert np.all(candidates.scores[~present] == -np.inf)
+    assert np.all(candidates.scores[:, :-1] >= candidates.scores[:, 1:])
+    seen = train.matrix.toarray() > 0
+    scores = source.score(user_rows)
+    for user, (items, row_present) in enumerate(zip(candidates.items, present, strict=True)):
+        items = items[row_present]
+        assert len(np.unique(items)) == len(items)
+        assert not seen[user, items].any()
+        assert len(items) <= train.n_items - seen[user].sum()
+        np.testing.assert_array_equal(candidates.scores[user, row_present], scores[user, items])
+
+
+@pytest.mark.parametrize("name", SOURCE_NAMES)
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_recommend_is_the_top_of_the_scores(name, exclude_seen, fitted_sources, checkerboard_interactions):
+    source, train = fitted_sources[name], checkerboard_interactions.train
+    user_rows = np.arange(train.n_users)
+    scores = source.score(user_rows)
+    if exclude_seen:
+        scores[train.matrix.toarray() > 0] = -np.inf
+
+    candidates = source.recommend(user_rows, 8, exclude_seen=exclude_seen)
+
+    expected_items, expected_scores = top_k(scores, 8)
+    np.testing.assert_array_equal(candidates.items, expected_items)
+    np.testing.assert_array_equal(candidates.scores, expected_scores)
+    if not exclude_seen:
+        assert (train.matrix.toarray()[user_rows[:, None], candidates.items] > 0).any(), (
+            "seen items may return"
+        )
+
+
+@pytest.mark.parametrize("name", HISTORY_SOURCE_NAMES)
+def test_history_sources_recommend_the_held_out_in_group_item_first(
+    name, fitted_sources, checkerboard_interactions
+):
+    board = checkerboard_interactions
+    user_rows = np.arange(board.train.n_users)
+    source = fitted_sources[name]
+
+    candidates = source.recommend(user_rows, 3)
+
+    np.testing.assert_array_equal(candidates.items[:, 0], board.held_out)
+    scores = source.score(user_rows)
+    out_of_group = board.item_group[None, :] != board.user_group[:, None]
+    best_out_of_group = np.where(out_of_group, scores, -np.inf).max(axis=1)
+    assert np.all(scores[user_rows, board.held_out] > best_out_of_group)
+
+
+@pytest.mark.parametrize("name", SOURCE_NAMES)
+def test_batch_recommendations_equal_one_user_at_a_time(
+    name, fitted_sources, checkerboard_interactions, monkeypatch
+):
+    source, train = fitted_sources[name], checkerboard_interactions.train
+    user_rows = np.random.default_rng(0).permutation(np.r_[np.arange(train.n_users), 3, 3])
+    monkeypatch.setattr(source, "batch_size", 7)
+
+    batch = source.recommend(user_rows, 6)
+
+    for position, user in enumerate(user_rows):
+        alone = source.recommend(np.array([user]), 6)
+        np.testing.assert_array_equal(batch.items[position], alone.items[0])
+        np.testing.assert_array_equal(batch.scores[position], alone.scores[0])
+
+
+@pytest.mark.parametrize("name", SOURCE_NAMES)
+def test_save_and_load_round_trip_exactly_without_pickle(
+    name, fitted_sources, checkerboard_interactions, tmp_path
+):
+    source, train = fitted_sources[name], checkerboard_interactions.train
+    user_rows = np.r_[np.arange(train.n_users), -1, train.n_users]
+    directory = tmp_path / "saved" / name
+
+    source.save(directory)
+    loaded = CandidateSource.load(directory)
+
+    assert sorted(path.name for path in directory.iterdir()) == ["arrays.npz", "source.json"]
+    assert json.loads((directory / "source.json").read_text())["name"] == name
+    with np.load(directory / "arrays.npz", allow_pickle=False) as arrays:
+        assert all(arrays[key].dtype != object for key in arrays.files)
+    assert type(loaded) is type(source) and loaded.params == source.params
+    np.testing.assert_array_equal(
+        loaded.score(np.arange(train.n_users)), source.score(np.arange(train.n_users))
+    )
+    for exclude_seen in (True, False):
+        assert_same_candidates(
+            loaded.recommend(user_rows, train.n_items + 2, exclude_seen=exclude_seen),
+            source.recommend(user_rows, train.n_items + 2, exclude_seen=exclude_seen),
+        )
+
+
+@pytest.mark.parametrize("name", SOURCE_NAMES)
+def test_users_without_history_get_nothing_or_the_popular_items(name, checkerboard_interactions):
+    frame = checkerboard_interactions.frame
+    users = IdIndex.from_values(frame[USER_ID], np.array(["cold-user"], dtype=object))
+    train = InteractionMatrix.from_frame(frame, users, IdIndex.from_values(frame[ITEM_ID]))
+    cold_rows = np.array([train.n_users - 1, -1, train.n_users + 3])
+    source = make_source(name).fit(train)
+
+    candidates = source.recommend(cold_rows, 5)
+
+    if source.needs_history:
+        assert np.all(candidates.items == -1) and np.all(candidates.scores == -np.inf)
+    else:
+        popular = np.argsort(-train.item_popularity(), kind="stable")[:5]
+        np.testing.assert_array_equal(candidates.items, np.tile(popular, (len(cold_rows), 1)))
+        np.testing.assert_array_equal(candidates.scores[0], train.item_popularity()[popular])
+
+
+@pytest.mark.parametrize("name", SOURCE_NAMES)
+def test_same_parameters_give_identical_outputs(name, checkerboard_interactions):
+    train = checkerboard_interactions.train
+    user_rows = np.arange(train.n_users)
+
+    first, second = make_source(name).fit(train), make_source(name).fit(train)
+
+    assert first.score(user_rows).tobytes() == second.score(user_rows).tobytes()
+    assert_same_candidates(first.recommend(user_rows, 10), second.recommend(user_rows, 10))
+
+
+def test_unknown_source_name_is_a_config_error_naming_the_known_sources():
+    with pytest.raises(ConfigError) as error:
+        create_source("no-such-source")
+
+    assert "no-such-source" in str(error.value)
+    assert {"popularity", "itemknn", "ease", "ials"} <= set(SOURCE_NAMES)
+    assert all(name in str(error.value) for name in SOURCE_NAMES)
+
+
+def test_recommend_before_fit_is_an_error():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        make_source("popularity").recommend(np.array([0]), 3)
+
+
+def test_top_k_returns_the_largest_scores_best_first():
+    scores = np.array([[0.1, 0.9, 0.5, 0.3], [4.0, -2.0, 7.0, 1.0]], dtype=np.float32)
+
+    items, values = top_k(scores, 2)
+
+    np.testing.assert_array_equal(items, [[1, 2], [2, 0]])
+    np.testing.assert_array_equal(values, np.array([[0.9, 0.5], [7.0, 4.0]], dtype=np.float32))
+
+
+def test_top_k_breaks_ties_by_lower_index():
+    scores = np.array([[1.0, 3.0, 3.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+
+    assert top_k(scores, 2)[0].tolist() == [[1, 2], [0, 1]]
+    assert top_k(scores, 4)[0].tolist() == [[1, 2, 4, 3], [0, 1, 2, 3]]
+    wide_tie = np.zeros((2, 200))
+    wide_tie[1, 150:] = 1.0
+    assert top_k(wide_tie, 5)[0].tolist() == [[0, 1, 2, 3, 4], [150, 151, 152, 153, 154]]
+    assert top_k(wide_tie, 60)[0][1].tolist() == [*range(150, 200), *range(10)]
+
+
+def test_top_k_never_returns_minus_inf_nan_or_plus_inf_and_pads_at_the_end():
+    scores = np.array([[-np.inf, 1.0, -np.inf, 0.0, np.nan, np.inf], [-np.inf] * 6])
+
+    items, values = top_k(scores, 4)
+
+    np.testing.assert_array_equal(items, [[1, 3, -1, -1], [-1, -1, -1, -1]])
+    np.testing.assert_array_equal(values, [[1.0, 0.0, -np.inf, -np.inf], [-np.inf] * 4])
+
+
+def test_top_k_pads_when_k_exceeds_the_width():
+    items, values = top_k(np.array([[0.5, 2.0, 1.0]]), 5)
+
+    np.testing.assert_array_equal(items, [[1, 2, 0, -1, -1]])
+    np.testing.assert_array_equal(values, [[2.0, 1.0, 0.5, -np.inf, -np.inf]])
+    assert items.dtype == np.int64 and values.dtype == np.float32
+
+
+def test_top_k_handles_k_zero_and_zero_rows():
+    items, values = top_k(np.ones((3, 4)), 0)
+    assert items.shape == values.shape == (3, 0)
+
+    items, values = top_k(np.ones((0, 4)), 2)
+    assert items.shape == values.shape == (0, 2)
+
+    items, values = top_k(np.ones((2, 0)), 2)
+    np.testing.assert_array_equal(items, [[-1, -1], [-1, -1]])
+
+
+def test_top_k_agrees_with_sorting_every_row():
+    rng = np.random.default_rng(5)
+    scores = rng.integers(0, 4, size=(30, 25)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.2] = -np.inf
+
+    for k in (1, 3, 10, 25, 30):
+        items, values = top_k(scores, k)
+        for row, row_scores in enumerate(scores):
+            ranked = [item for item in sorted(range(25), key=lambda item: (-row_scores[item], item))]
+            ranked = [item for item in ranked if np.isfinite(row_scores[item])][:k]
+            expected = ranked + [-1] * (k - len(ranked))
+            assert items[row].tolist() == expected
+            np.testing.assert_array_equal(values[row, : len(ranked)], row_scores[ranked])
+
+
+def test_popularity_ranks_items_by_their_interaction_counts():
+    rng = np.random.default_rng(1)
+    interactions = (rng.random((40, 12)) < np.linspace(0.05, 0.9, 12)).astype(np.float32)
+    train = matrix_of(interactions)
+    counts = interactions.sum(axis=0)
+
+    source = create_source("popularity").fit(train)
+    candidates = source.recommend(np.array([0, 7]), 12, exclude_seen=False)
+
+    np.testing.assert_array_equal(source.item_counts, counts)
+    np.testing.assert_array_equal(candidates.items, np.tile(np.argsort(-counts, kind="stable"), (2, 1)))
+    np.testing.assert_array_equal(candidates.scores[0], counts[candidates.items[0]])
+
+
+ITEMKNN_INTERACTIONS = np.array(
+    [
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 0, 1],
+        [1, 1, 0, 1, 0],
+        [0, 0, 1, 1, 1],
+        [0, 0, 0, 1, 1],
+        [1, 1, 0, 0, 1],
+        [0, 0, 1, 0, 1],
+    ]
+)
+
+
+def brute_force_shrunk_cosine(interactions: np.ndarray, shrink: float) -> np.ndarray:
+    """``dot(i, j) / (‖i‖·‖j‖ + shrink)`` for every pair of item columns, zero on the diagonal."""
+    columns = interactions.astype(np.float64)
+    norms = np.linalg.norm(columns, axis=0)
+    similarity = columns.T @ columns / (np.outer(norms, norms) + shrink)
+    np.fill_diagonal(similarity, 0.0)
+    return similarity
+
+
+def test_itemknn_similarity_is_the_shrunk_cosine_and_identical_items_are_nearest():
+    expected = brute_force_shrunk_cosine(ITEMKNN_INTERACTIONS, shrink=2.0)
+
+    source = create_source("itemknn", neighbours=10, shrink=2.0).fit(matrix_of(ITEMKNN_INTERACTIONS))
+
+    similarity = source.similarity.toarray()
+    np.testing.assert_allclose(similarity, expected, rtol=1e-6)
+    assert similarity[0, 1] == similarity.max() and similarity[1, 0] == similarity.max()
+    assert np.argmax(similarity[0]) == 1 and np.argmax(similarity[1]) == 0
+    np.testing.assert_allclose(
+        source.score(np.arange(len(ITEMKNN_INTERACTIONS))), ITEMKNN_INTERACTIONS @ expected, rtol=1e-6
+    )
+
+
+def test_itemknn_keeps_only_each_items_nearest_neighbours():
+    expected = brute_force_shrunk_cosine(ITEMKNN_INTERACTIONS, shrink=2.0)
+    nearest = expected.argmax(axis=1)
+    assert all(np.sum(row == row.max()) == 1 for row in expected), (
+        "the known answer needs a unique nearest item"
+    )
+
+    source = create_source("itemknn", neighbours=1, shrink=2.0).fit(matrix_of(ITEMKNN_INTERACTIONS))
+
+    kept = source.similarity.toarray().T
+    for item, neighbour in enumerate(nearest):
+        assert np.flatnonzero(kept[item]).tolist() == [neighbour]
+        assert kept[item, neighbour] == pytest.approx(expected[item, neighbour], rel=1e-6)
+
+
+def ease_closed_form(interactions: np.ndarray, l2: float) -> np.ndarray:
+    """B = I − P·diag(1/diag(P)) with P = (XᵀX + l2·I)⁻¹, by a direct numpy solve."""
+    columns = interactions.astype(np.float64)
+    precision = np.linalg.solve(columns.T @ columns + l2 * np.eye(columns.shape[1]), np.eye(columns.shape[1]))
+    return np.eye(columns.shape[1]) - precision @ np.diag(1.0 / np.diag(precision))
+
+
+def test_ease_weights_equal_the_closed_form_with_a_zero_diagonal():
+    rng = np.random.default_rng(2)
+    interactions = (rng.random((25, 7)) < 0.4).astype(np.float32)
+    interactions[np.arange(7), np.arange(7)] = 1.0
+
+    source = create_source("ease", l2=3.0).fit(matrix_of(interactions))
+
+    expected = ease_closed_form(interactions, 3.0)
+    np.testing.assert_array_equal(source.active_items, np.arange(7))
+    np.testing.assert_allclose(source.weights, expected, rtol=1e-5, atol=1e-6)
+    assert np.all(np.diag(source.weights) == 0.0)
+    np.testing.assert_allclose(source.score(np.arange(25)), interactions @ expected, rtol=1e-5, atol=1e-6)
+
+
+def test_ease_max_items_keeps_the_most_popular_items_and_scores_the_others_zero():
+    rng = np.random.default_rng(3)
+    interactions = (rng.random((60, 8)) < np.array([0.2, 0.9, 0.1, 0.7, 0.3, 0.8, 0.05, 0.4])).astype(
+        np.float32
+    )
+    popularity = interactions.sum(axis=0)
+    assert len(np.unique(popularity)) == 8, "the known answer needs distinct popularities"
+    most_popular = np.sort(np.argsort(-popularity)[:3])
+
+    source = create_source("ease", l2=2.0, max_items=3).fit(matrix_of(interactions))
+
+    np.testing.assert_array_equal(source.active_items, most_popular)
+    np.testing.assert_allclose(
+        source.weights, ease_closed_form(interactions[:, most_popular], 2.0), rtol=1e-5, atol=1e-6
+    )
+    others = np.setdiff1d(np.arange(8), most_popular)
+    assert np.all(source.score(np.arange(60))[:, others] == 0.0)
+
+
+def held_out_hits(source: CandidateSource, checkerboard) -> np.ndarray:
+    """Whether each user's first candidate is its held-out item."""
+    first = source.recommend(np.arange(checkerboard.train.n_users), 1).items[:, 0]
+    return first == checkerboard.held_out
+
+
+def test_ials_beats_popularity_on_the_checkerboard_hold_out(fitted_sources, checkerboard_interactions):
+    ials_hits = held_out_hits(fitted_sources["ials"], checkerboard_interactions)
+    popularity_hits = held_out_hits(fitted_sources["popularity"], checkerboard_interactions)
+
+    np.testing.assert_array_equal(popularity_hits, checkerboard_interactions.user_group == 0)
+    assert ials_hits.mean() > popularity_hits.mean()
+
+
+def test_ials_seed_changes_the_factors(checkerboard_interactions):
+    params = {**FAST_PARAMS["ials"], "seed": 1}
+
+    reseeded = create_source("ials", **params).fit(checkerboard_interactions.train)
+    baseline = make_source("ials").fit(checkerboard_interactions.train)
+
+    assert not np.array_equal(reseeded.item_factors, baseline.item_factors)
+    assert reseeded.item_factors.shape == (checkerboard_interactions.train.n_items, params["factors"])
