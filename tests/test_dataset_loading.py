@@ -497,3 +497,15 @@ def test_interaction_matrix_is_binary_with_duplicates_collapsed():
     assert matrix.matrix.nnz == 3
     assert matrix.item_popularity().tolist() == [1, 2, 0]
     assert matrix.user_activity().tolist() == [2, 1, 0]
+
+
+def test_line_numbers_count_blank_lines_and_multi_line_fields(tmp_path):
+    (tmp_path / "interactions.csv").write_text("user_id,item_id,rating\n1,a,3\n\n2,b,x\n")
+    with pytest.raises(DataError) as error:
+        load_dataset(tmp_path)
+    assert error.value.location == "line 4"
+    (tmp_path / "interactions.csv").write_text("user_id,item_id\n1,a\n")
+    (tmp_path / "items.csv").write_text('item_id,description\na,"two\nlines"\n,x\n')
+    with pytest.raises(DataError) as error:
+        load_dataset(tmp_path)
+    assert (error.value.location, error.value.problem) == ("line 4", "empty item_id")

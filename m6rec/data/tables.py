@@ -8,6 +8,8 @@ caller can fail on the first one or skip and count them.
 from __future__ import annotations
 
 import codecs
+import csv
+import functools
 import io
 import re
 from dataclasses import dataclass
@@ -48,10 +50,31 @@ def find_table(directory: Path, spec: TableSpec) -> Path | None:
 
 
 def row_location(path: Path, row_position: int) -> str:
-    """Human location of the data row at 0-based ``row_position``: the CSV line or the Parquet row."""
-    if path.suffix == ".csv":
-        return f"line {row_position + 2}"
-    return f"row {row_position + 1}"
+    """Human location of the data row at 0-based ``row_position``: the CSV line or the Parquet row.
+
+    CSV lines count blank lines and multi-line quoted fields, as an editor shows them.
+    """
+    if path.suffix != ".csv":
+        return f"row {row_position + 1}"
+    starts = _record_start_lines(Path(path), Path(path).stat().st_mtime_ns)
+    data_starts = starts[1:]
+    if row_position < len(data_starts):
+        return f"line {data_starts[row_position]}"
+    return f"line {row_position + 2}"
+
+
+@functools.lru_cache(maxsize=8)
+def _record_start_lines(path: Path, _mtime_ns: int) -> tuple[int, ...]:
+    """First physical line of every non-blank CSV record (the header included); computed only for errors."""
+    text = path.read_bytes().removeprefix(codecs.BOM_UTF8).decode("utf-8", errors="replace")
+    reader = csv.reader(io.StringIO(text))
+    starts = []
+    previous_end = 0
+    for record in reader:
+        if record:
+            starts.append(previous_end + 1)
+        previous_end = reader.line_num
+    return tuple(starts)
 
 
 def read_table(path: Path, spec: TableSpec) -> pd.DataFrame:
