@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from features.store import write_embeddings
 from m6rec.candidates import CandidateSource, create_source, registered_sources
 from m6rec.candidates.base import top_k
-from m6rec.data.contract import ITEM_ID, USER_ID
+from m6rec.data.contract import ITEM_ID, KG_HEAD, KG_RELATION, KG_TAIL, USER_ID
 from m6rec.data.interactions import IdIndex, InteractionMatrix
 from m6rec.errors import ConfigError
 
@@ -19,14 +22,28 @@ FAST_PARAMS = {
     "itemknn": {"neighbours": 20, "shrink": 1.0},
     "ease": {"l2": 1.0},
     "ials": {"factors": 8, "iterations": 5, "regularization": 1.0, "seed": 0},
+    "trend": {"window_days": 14.0, "half_life_days": 7.0},
+    "two_tower": {"embeddings": "cf_items.parquet", "user_embeddings": "cf_users.parquet"},
+    "content": {"embeddings": "content.parquet", "half_life_days": None},
+    "kg_neighbours": {"kg": "kg.parquet", "recent": 5},
 }
+# Parameters naming an input file: FAST_PARAMS holds the file name, written by the source_files fixture.
+FILE_PARAMS = ("embeddings", "user_embeddings", "kg")
+
+
+def make_source(name: str, source_files: Path) -> CandidateSource:
+    """A source with parameters small enough for tests (defaults for a source not listed above), its
+    input files read from ``source_files``."""
+    params = {
+        key: str(source_files / value) if key in FILE_PARAMS else value
+        for key, value in FAST_PARAMS.get(name, {}).items()
+    }
+    return create_source(name, **params)
+
+
 SOURCE_NAMES = registered_sources()
-HISTORY_SOURCE_NAMES = [name for name in SOURCE_NAMES if create_source(name).needs_history]
-
-
-def make_source(name: str) -> CandidateSource:
-    """A source with parameters small enough for tests (defaults for a source not listed above)."""
-    return create_source(name, **FAST_PARAMS.get(name, {}))
+# Building a source reads no file (fitting does), so a folder that does not exist serves here.
+HISTORY_SOURCE_NAMES = [name for name in SOURCE_NAMES if make_source(name, Path("unbuilt")).needs_history]
 
 
 def matrix_of(rows: np.ndarray) -> InteractionMatrix:
@@ -43,9 +60,51 @@ def assert_same_candidates(actual, expected) -> None:
 
 
 @pytest.fixture(scope="module")
-def fitted_sources(checkerboard_interactions) -> dict[str, CandidateSource]:
+def source_files(tmp_path_factory, checkerboard_interactions) -> Path:
+    """Inputs of the file-backed sources, planted with the checkerboard's groups.
+
+    Content and two-tower vectors point along their group's axis plus a little item- or user-specific
+    noise (so no two scores tie); in the knowledge graph every item links to its group's genre and to an
+    entity of its own.
+    """
+    board = checkerboard_interactions
+    folder = tmp_path_factory.mktemp("source_files")
+    rng = np.random.default_rng(11)
+    axes = np.eye(8, dtype=np.float32)
+
+    def planted(groups: np.ndarray) -> np.ndarray:
+        return axes[groups] + 0.05 * rng.standard_normal((len(groups), 8)).astype(np.float32)
+
+    metadata = {"encoder": "planted", "weights": "none"}
+    item_ids, user_ids = board.train.items.ids, board.train.users.ids
+    write_embeddings(
+        folder / "content.parquet", ITEM_ID, item_ids, planted(board.item_group), metadata=metadata
+    )
+    write_embeddings(
+        folder / "cf_items.parquet", ITEM_ID, item_ids, planted(board.item_group), metadata=metadata
+    )
+    write_embeddings(
+        folder / "cf_users.parquet", USER_ID, user_ids, planted(board.user_group), metadata=metadata
+    )
+    kg = pd.DataFrame(
+        {
+            KG_HEAD: np.r_[item_ids, item_ids],
+            KG_RELATION: ["genre"] * len(item_ids) + ["label"] * len(item_ids),
+            KG_TAIL: np.r_[
+                [f"genre-{group}" for group in board.item_group], [f"label-{item}" for item in item_ids]
+            ],
+        }
+    )
+    kg.to_parquet(folder / "kg.parquet")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fitted_sources(checkerboard_interactions, source_files) -> dict[str, CandidateSource]:
     """Every registered source, fitted once on the checkerboard."""
-    return {name: make_source(name).fit(checkerboard_interactions.train) for name in SOURCE_NAMES}
+    return {
+        name: make_source(name, source_files).fit(checkerboard_interactions.train) for name in SOURCE_NAMES
+    }
 
 
 @pytest.mark.parametrize("name", SOURCE_NAMES)
@@ -139,7 +198,8 @@ def test_save_and_load_round_trip_exactly_without_pickle(
     source.save(directory)
     loaded = CandidateSource.load(directory)
 
-    assert sorted(path.name for path in directory.iterdir()) == ["arrays.npz", "source.json"]
+    expected_files = sorted(["arrays.npz", "source.json", *source.extra_files])
+    assert sorted(path.name for path in directory.iterdir()) == expected_files
     assert json.loads((directory / "source.json").read_text())["name"] == name
     with np.load(directory / "arrays.npz", allow_pickle=False) as arrays:
         assert all(arrays[key].dtype != object for key in arrays.files)
@@ -155,12 +215,14 @@ def test_save_and_load_round_trip_exactly_without_pickle(
 
 
 @pytest.mark.parametrize("name", SOURCE_NAMES)
-def test_users_without_history_get_nothing_or_the_popular_items(name, checkerboard_interactions):
+def test_users_without_history_get_nothing_or_the_popular_items(
+    name, checkerboard_interactions, source_files
+):
     frame = checkerboard_interactions.frame
     users = IdIndex.from_values(frame[USER_ID], np.array(["cold-user"], dtype=object))
     train = InteractionMatrix.from_frame(frame, users, IdIndex.from_values(frame[ITEM_ID]))
     cold_rows = np.array([train.n_users - 1, -1, train.n_users + 3])
-    source = make_source(name).fit(train)
+    source = make_source(name, source_files).fit(train)
 
     candidates = source.recommend(cold_rows, 5)
 
@@ -173,11 +235,11 @@ def test_users_without_history_get_nothing_or_the_popular_items(name, checkerboa
 
 
 @pytest.mark.parametrize("name", SOURCE_NAMES)
-def test_same_parameters_give_identical_outputs(name, checkerboard_interactions):
+def test_same_parameters_give_identical_outputs(name, checkerboard_interactions, source_files):
     train = checkerboard_interactions.train
     user_rows = np.arange(train.n_users)
 
-    first, second = make_source(name).fit(train), make_source(name).fit(train)
+    first, second = make_source(name, source_files).fit(train), make_source(name, source_files).fit(train)
 
     assert first.score(user_rows).tobytes() == second.score(user_rows).tobytes()
     assert_same_candidates(first.recommend(user_rows, 10), second.recommend(user_rows, 10))
@@ -194,7 +256,7 @@ def test_unknown_source_name_is_a_config_error_naming_the_known_sources():
 
 def test_recommend_before_fit_is_an_error():
     with pytest.raises(RuntimeError, match="not fitted"):
-        make_source("popularity").recommend(np.array([0]), 3)
+        create_source("popularity").recommend(np.array([0]), 3)
 
 
 def test_top_k_returns_the_largest_scores_best_first():
@@ -383,7 +445,7 @@ def test_ials_seed_changes_the_factors(checkerboard_interactions):
     params = {**FAST_PARAMS["ials"], "seed": 1}
 
     reseeded = create_source("ials", **params).fit(checkerboard_interactions.train)
-    baseline = make_source("ials").fit(checkerboard_interactions.train)
+    baseline = create_source("ials", **FAST_PARAMS["ials"]).fit(checkerboard_interactions.train)
 
     assert not np.array_equal(reseeded.item_factors, baseline.item_factors)
     assert reseeded.item_factors.shape == (checkerboard_interactions.train.n_items, params["factors"])

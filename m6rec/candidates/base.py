@@ -34,13 +34,16 @@ class CandidateSource(ABC):
     """Base class of every candidate source.
 
     Subclasses set ``name``, take their hyperparameters as keyword arguments, implement ``_fit`` and
-    ``score`` (a dense [users, items] block), and list their learned arrays in ``state_arrays``.
+    ``score`` (a dense [users, items] block), and list their learned arrays in ``state_arrays``. State
+    that is not an array (a FAISS index) goes through ``_save_extra`` / ``_load_extra``, which write and
+    read the files named in ``extra_files``.
     """
 
     name: ClassVar[str]
     state_arrays: ClassVar[tuple[str, ...]] = ()
     batch_size: ClassVar[int] = 1024
     needs_history: ClassVar[bool] = True
+    extra_files: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -115,6 +118,13 @@ class CandidateSource(ABC):
         with atomic_path(directory / "arrays.npz") as temporary:
             with open(temporary, "wb") as handle:
                 np.savez(handle, **arrays)
+        self._save_extra(directory)
+
+    def _save_extra(self, directory: Path) -> None:  # noqa: B027 - an optional hook, empty by default
+        """Write state kept outside ``arrays.npz`` (the files in ``extra_files``); nothing by default."""
+
+    def _load_extra(self, directory: Path) -> None:  # noqa: B027 - an optional hook, empty by default
+        """Read what :meth:`_save_extra` wrote, after the arrays are restored; nothing by default."""
 
     @classmethod
     def load(cls, directory: Path) -> CandidateSource:
@@ -127,6 +137,7 @@ class CandidateSource(ABC):
         for name in (*source.state_arrays, "seen"):
             setattr(source, name, _unflatten(name, stored))
         source.n_items = meta["n_items"]
+        source._load_extra(directory)
         return source
 
     def _require_fitted(self) -> None:
@@ -211,7 +222,15 @@ def registered_sources() -> list[str]:
 
 
 def _load_builtin_sources() -> None:
-    from m6rec.candidates import ease, ials, itemknn, popularity  # noqa: F401
+    from m6rec.candidates import (  # noqa: F401
+        ease,
+        embedding_sources,
+        ials,
+        itemknn,
+        kg_neighbours,
+        popularity,
+        trend,
+    )
 
 
 def _flatten(name: str, value) -> dict[str, np.ndarray]:

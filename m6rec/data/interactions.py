@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from m6rec.data.contract import ITEM_ID, USER_ID
+from m6rec.data.contract import ITEM_ID, TIMESTAMP, USER_ID
 
 
 @dataclass(frozen=True)
@@ -46,15 +46,24 @@ class IdIndex:
 
 @dataclass(frozen=True)
 class InteractionMatrix:
-    """Binary user × item matrix (CSR, float32) together with the ID indexes of its rows and columns."""
+    """Binary user × item matrix (CSR, float32) together with the ID indexes of its rows and columns.
+
+    ``timestamps`` (CSR, float64, the same sparsity as ``matrix``) holds the unix time in seconds of each
+    pair's latest interaction (NaN where that time is unknown); it is None when there are no times.
+    """
 
     matrix: sp.csr_matrix
     users: IdIndex
     items: IdIndex
+    timestamps: sp.csr_matrix | None = None
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, users: IdIndex, items: IdIndex) -> InteractionMatrix:
-        """Build the matrix of ``frame``'s (user_id, item_id) pairs; pairs with unknown IDs are dropped."""
+        """Build the matrix of ``frame``'s (user_id, item_id) pairs; pairs with unknown IDs are dropped.
+
+        A ``timestamp`` column (unix seconds or datetimes) fills ``timestamps``; without one, or when it
+        holds no time at all, ``timestamps`` is None.
+        """
         rows = users.positions(frame[USER_ID])
         cols = items.positions(frame[ITEM_ID])
         keep = (rows >= 0) & (cols >= 0)
@@ -64,7 +73,11 @@ class InteractionMatrix:
         )
         matrix.sum_duplicates()
         matrix.data[:] = 1.0
-        return cls(matrix, users, items)
+        timestamps = None
+        times = _unix_seconds(frame[TIMESTAMP]) if TIMESTAMP in frame.columns else None
+        if times is not None and not np.isnan(times).all():
+            timestamps = _latest_times(rows[keep], cols[keep], times[keep], matrix.shape)
+        return cls(matrix, users, items, timestamps)
 
     @property
     def n_users(self) -> int:
@@ -81,3 +94,27 @@ class InteractionMatrix:
     def user_activity(self) -> np.ndarray:
         """Number of items each user interacted with."""
         return np.diff(self.matrix.indptr)
+
+
+def _unix_seconds(column: pd.Series) -> np.ndarray:
+    """A time column as float64 unix seconds, NaN where missing; naive datetimes are taken as UTC."""
+    if pd.api.types.is_datetime64_any_dtype(column):
+        moment = column.dt.tz_localize("UTC") if column.dt.tz is None else column
+        seconds = (moment - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+        return seconds.to_numpy(dtype=np.float64, na_value=np.nan)
+    return pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _latest_times(
+    rows: np.ndarray, cols: np.ndarray, times: np.ndarray, shape: tuple[int, int]
+) -> sp.csr_matrix:
+    """CSR of the latest time of each distinct (row, col) pair, in canonical order (NaN if none is known)."""
+    pair_keys = rows * shape[1] + cols
+    order = np.argsort(pair_keys, kind="stable")
+    pair_keys, known_times = pair_keys[order], np.nan_to_num(times[order], nan=-np.inf)
+    starts = np.flatnonzero(np.r_[True, pair_keys[1:] != pair_keys[:-1]])
+    latest = np.maximum.reduceat(known_times, starts) if len(starts) else np.zeros(0)
+    latest[np.isneginf(latest)] = np.nan
+    unique_keys = pair_keys[starts]
+    indptr = np.r_[0, np.cumsum(np.bincount(unique_keys // shape[1], minlength=shape[0]))]
+    return sp.csr_matrix((latest, unique_keys % shape[1], indptr), shape=shape)

@@ -1,0 +1,259 @@
+"""Candidate sources that retrieve items by nearest-neighbour search in an embedding space (FAISS).
+
+Both read their vectors from m6rec embedding Parquet files (paths in their parameters, so a config
+stays JSON) and align them to the training matrix's item and user IDs. Item vectors go into a
+:class:`~m6rec.candidates.faiss_index.VectorIndex` — every item with a vector, interactions or not, so
+cold items can be reached — and a user's query vector retrieves the nearest items.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from m6rec.candidates.base import Candidates, CandidateSource
+from m6rec.candidates.faiss_index import VectorIndex, build_index, normalise_rows
+from m6rec.data.contract import ITEM_ID, TIMESTAMP, USER_ID
+from m6rec.data.interactions import InteractionMatrix
+from m6rec.errors import ConfigError
+
+INDEX_FILE = "index.faiss"
+# Cap on the float64 values gathered at once to re-score retrieved items: bounds memory to about 128 MB.
+RESCORE_CHUNK_VALUES = 16_000_000
+
+
+class EmbeddingSource(CandidateSource):
+    """Shared machinery: fit aligns item and query vectors and builds the index; recommend searches it.
+
+    Subclasses implement :meth:`_vectors`. Scores are cosine similarities between the normalised query
+    and item vectors; items without a vector and users without a query score -inf (never candidates).
+    """
+
+    state_arrays = ("item_vectors", "indexed_items", "query_vectors", "has_query")
+    extra_files = (INDEX_FILE, "index.json")
+    batch_size = 256
+
+    def __init__(
+        self,
+        *,
+        factory: str | None = None,
+        exact_below: int = 50_000,
+        nprobe: int | None = None,
+        seed: int = 0,
+        use_gpu: bool | None = None,
+        **params,
+    ):
+        super().__init__(
+            **params, factory=factory, exact_below=exact_below, nprobe=nprobe, seed=seed, use_gpu=use_gpu
+        )
+        self.index: VectorIndex | None = None
+
+    def fit(self, train: InteractionMatrix) -> EmbeddingSource:
+        """Align the embeddings to ``train``'s IDs and index the item vectors; returns self."""
+        item_vectors, item_present, query_vectors, has_query = self._vectors(train)
+        if not item_present.any():
+            raise ConfigError(
+                f"{self.name}: none of the {train.n_items} training items has a vector in "
+                f"{self.params['embeddings']}; is it an item embedding file of this dataset?"
+            )
+        self.item_vectors = normalise_rows(item_vectors)
+        self.indexed_items = np.flatnonzero(item_present).astype(np.int64)
+        self.query_vectors = normalise_rows(query_vectors)
+        self.has_query = np.asarray(has_query, dtype=bool)
+        return super().fit(train)
+
+    @abstractmethod
+    def _vectors(self, train: InteractionMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(item_vectors [n_items, d], item_present, query_vectors [n_users, d], has_query)``."""
+
+    def _fit(self, matrix: sp.csr_matrix) -> None:
+        self.index = build_index(
+            self.item_vectors[self.indexed_items],
+            factory=self.params["factory"],
+            exact_below=self.params["exact_below"],
+            nprobe=self.params["nprobe"],
+            seed=self.params["seed"],
+            use_gpu=self.params["use_gpu"],
+        )
+
+    def score(self, user_rows: np.ndarray) -> np.ndarray:
+        user_rows = np.asarray(user_rows, dtype=np.int64)
+        served = self._served(user_rows)
+        scores = np.full((len(user_rows), self.n_items), -np.inf, dtype=np.float32)
+        queries = self.query_vectors[user_rows[served]].astype(np.float64)
+        block = queries @ self.item_vectors[self.indexed_items].T.astype(np.float64)
+        scores[np.ix_(np.flatnonzero(served), self.indexed_items)] = block.astype(np.float32)
+        return scores
+
+    def recommend(self, user_rows: np.ndarray, k: int, *, exclude_seen: bool = True) -> Candidates:
+        """Top-``k`` items per user from the index, best first; seen items removed unless asked not to.
+
+        The index is searched ``k`` plus the batch's largest history deep, seen items are dropped, and the
+        rest are re-scored exactly (as :meth:`score` does), so a user's list does not depend on its batch.
+        Users without a query vector get nothing; missing places are -1 with score -inf.
+        """
+        self._require_fitted()
+        user_rows = np.asarray(user_rows, dtype=np.int64)
+        items = np.full((len(user_rows), k), -1, dtype=np.int64)
+        scores = np.full((len(user_rows), k), -np.inf, dtype=np.float32)
+        for start in range(0, len(user_rows), self.batch_size):
+            rows = user_rows[start : start + self.batch_size]
+            served = np.flatnonzero(self._served(rows))
+            if len(served) == 0 or k == 0:
+                continue
+            batch_items, batch_scores = self._retrieve(rows[served], k, exclude_seen)
+            items[start + served] = batch_items
+            scores[start + served] = batch_scores
+        return Candidates(items, scores)
+
+    def _retrieve(self, rows: np.ndarray, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Search, drop seen items, re-score exactly and keep the best ``k`` for users with a query."""
+        history = self._history(rows) if exclude_seen else sp.csr_matrix((len(rows), self.n_items))
+        depth = k + int(np.diff(history.indptr).max(initial=0))
+        # A breadth fixed by k alone, not by this batch, keeps a user's list independent of its batch.
+        breadth = k + int(np.diff(self.seen.indptr).max(initial=0))
+        positions, _ = self.index.search(self.query_vectors[rows], depth, breadth=breadth)
+        columns = np.where(positions >= 0, self.indexed_items[np.maximum(positions, 0)], -1)
+        keep = (columns >= 0) & ~_is_seen(history, columns)
+        scores = np.where(keep, self._pair_scores(rows, np.maximum(columns, 0)), -np.inf).astype(np.float32)
+        columns = np.where(keep, columns, self.n_items)
+        order = np.lexsort((columns, -scores), axis=-1)[:, :k]
+        columns = np.take_along_axis(columns, order, axis=1)
+        scores = np.take_along_axis(scores, order, axis=1)
+        found = np.isfinite(scores)
+        items = np.full((len(rows), k), -1, dtype=np.int64)
+        best = np.full((len(rows), k), -np.inf, dtype=np.float32)
+        items[:, : columns.shape[1]] = np.where(found, columns, -1)
+        best[:, : scores.shape[1]] = np.where(found, scores, -np.inf)
+        return items, best
+
+    def _pair_scores(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """Float32-rounded float64 dot products of each row's query with the items in its ``columns``."""
+        scores = np.empty(columns.shape, dtype=np.float32)
+        per_chunk = max(1, RESCORE_CHUNK_VALUES // max(1, columns.shape[1] * self.item_vectors.shape[1]))
+        for start in range(0, len(rows), per_chunk):
+            chunk = slice(start, start + per_chunk)
+            queries = self.query_vectors[rows[chunk]].astype(np.float64)
+            gathered = self.item_vectors[columns[chunk]].astype(np.float64)
+            scores[chunk] = np.einsum("ud,ukd->uk", queries, gathered).astype(np.float32)
+        return scores
+
+    def _served(self, user_rows: np.ndarray) -> np.ndarray:
+        """Which of ``user_rows`` have a query vector (rows outside the training matrix have none)."""
+        known = (user_rows >= 0) & (user_rows < len(self.has_query))
+        served = np.zeros(len(user_rows), dtype=bool)
+        served[known] = self.has_query[user_rows[known]]
+        return served
+
+    def _save_extra(self, directory: Path) -> None:
+        self.index.save(Path(directory) / INDEX_FILE)
+
+    def _load_extra(self, directory: Path) -> None:
+        self.index = VectorIndex.load(Path(directory) / INDEX_FILE, use_gpu=self.params["use_gpu"])
+
+
+class TwoTowerSource(EmbeddingSource):
+    """Retrieval with the two-tower model's exported vectors: the user tower's vector queries the items.
+
+    ``embeddings`` is the item file (``cf_items.parquet``), ``user_embeddings`` the user file
+    (``cf_users.parquet``). A user without a vector in the user file gets nothing; one with a vector is
+    served even without training history (the user tower reads attributes too).
+    """
+
+    name = "two_tower"
+
+    def __init__(self, *, embeddings: str, user_embeddings: str, **index_params):
+        super().__init__(embeddings=str(embeddings), user_embeddings=str(user_embeddings), **index_params)
+
+    def _vectors(self, train: InteractionMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        item_table = _read_table(self.params["embeddings"], ITEM_ID)
+        user_table = _read_table(self.params["user_embeddings"], USER_ID)
+        if item_table.dimension != user_table.dimension:
+            raise ConfigError(
+                f"two_tower: the item vectors in {self.params['embeddings']} have dimension "
+                f"{item_table.dimension} but the user vectors in {self.params['user_embeddings']} "
+                f"have {user_table.dimension}"
+            )
+        item_vectors, item_present = item_table.lookup(train.items.ids)
+        user_vectors, user_present = user_table.lookup(train.users.ids)
+        return item_vectors, item_present, user_vectors, user_present
+
+
+class ContentSource(EmbeddingSource):
+    """Retrieval in a content space (fused, text, image, ...): a user's profile queries the items.
+
+    The profile is the recency-weighted mean of the content vectors of the user's training items
+    (:func:`features.profiles.user_profiles`, half-life ``half_life_days``, latest ``max_history``
+    items; uniform weights without timestamps). Items with content but no interactions are indexed too,
+    which is how cold items become candidates.
+    """
+
+    name = "content"
+
+    def __init__(
+        self,
+        *,
+        embeddings: str,
+        half_life_days: float | None = 30.0,
+        max_history: int | None = 200,
+        **index_params,
+    ):
+        super().__init__(
+            embeddings=str(embeddings), half_life_days=half_life_days, max_history=max_history, **index_params
+        )
+
+    def _vectors(self, train: InteractionMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        from features.profiles import user_profiles
+
+        table = _read_table(self.params["embeddings"], ITEM_ID)
+        item_vectors, item_present = table.lookup(train.items.ids)
+        profile_users, profiles, has_profile = user_profiles(
+            _training_pairs(train),
+            table,
+            half_life_days=self.params["half_life_days"],
+            max_history=self.params["max_history"],
+        )
+        query_vectors = np.zeros((train.n_users, table.dimension), dtype=np.float32)
+        has_query = np.zeros(train.n_users, dtype=bool)
+        rows = train.users.positions(profile_users)
+        query_vectors[rows], has_query[rows] = profiles, has_profile
+        return item_vectors, item_present, query_vectors, has_query
+
+
+def _read_table(path: str, key_column: str):
+    """Read an embedding file and check that it is keyed by ``key_column``."""
+    from features.store import read_embeddings
+
+    if not Path(path).exists():
+        raise ConfigError(f"embedding file {path} not found; run the embedding stage first")
+    table = read_embeddings(Path(path))
+    if table.key_column != key_column:
+        raise ConfigError(f"{path} holds {table.key_column} embeddings, expected {key_column} embeddings")
+    return table
+
+
+def _training_pairs(train: InteractionMatrix) -> pd.DataFrame:
+    """The training matrix's (user_id, item_id[, timestamp]) pairs as a frame of raw IDs."""
+    pairs = (train.timestamps if train.timestamps is not None else train.matrix).tocsr()
+    user_rows = np.repeat(np.arange(train.n_users), np.diff(pairs.indptr))
+    frame = pd.DataFrame(
+        {USER_ID: train.users.ids[user_rows].astype(str), ITEM_ID: train.items.ids[pairs.indices].astype(str)}
+    )
+    if train.timestamps is not None:
+        frame[TIMESTAMP] = pairs.data.astype(np.float64)
+    return frame
+
+
+def _is_seen(history: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
+    """Mask of the entries of ``columns`` [rows, depth] that are in the matching row of ``history``."""
+    width = history.shape[1] + 1
+    history = history.tocsr()
+    history.sort_indices()
+    seen_keys = np.repeat(np.arange(history.shape[0]), np.diff(history.indptr)) * width + history.indices
+    keys = np.arange(columns.shape[0])[:, None] * width + columns
+    where = np.minimum(np.searchsorted(seen_keys, keys), max(len(seen_keys) - 1, 0))
+    return seen_keys[where] == keys if len(seen_keys) else np.zeros(columns.shape, dtype=bool)

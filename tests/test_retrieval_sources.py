@@ -1,0 +1,331 @@
+"""Retrieval sources on planted data: embedding (two-tower, content), trend and knowledge-graph neighbours.
+
+Also the interaction timestamps they read (``InteractionMatrix.timestamps``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.store import write_embeddings
+from m6rec.candidates import CandidateSource, create_source
+from m6rec.candidates.trend import SECONDS_PER_DAY
+from m6rec.data.contract import ITEM_ID, KG_HEAD, KG_RELATION, KG_TAIL, TIMESTAMP, USER_ID
+from m6rec.data.interactions import IdIndex, InteractionMatrix
+from m6rec.errors import ConfigError
+
+METADATA = {"encoder": "planted", "weights": "none"}
+DAY = SECONDS_PER_DAY
+LATEST = 1_700_000_000.0
+
+
+def interactions(pairs: list[tuple], *, items: list[str] | None = None, users: list[str] | None = None):
+    """An InteractionMatrix of (user, item[, timestamp]) tuples; ``items``/``users`` fix the ID order."""
+    columns = [USER_ID, ITEM_ID, TIMESTAMP][: len(pairs[0])]
+    frame = pd.DataFrame(pairs, columns=columns)
+    user_index = IdIndex(np.array(users, dtype=object)) if users else IdIndex.from_values(frame[USER_ID])
+    item_index = IdIndex(np.array(items, dtype=object)) if items else IdIndex.from_values(frame[ITEM_ID])
+    return InteractionMatrix.from_frame(frame, user_index, item_index)
+
+
+@pytest.fixture(scope="module")
+def planted_catalogue(tmp_path_factory):
+    """Two groups of 6 users and 8 items (+1 cold item per group, never interacted with).
+
+    Each user saw 4 items of its own group; item and user vectors point along their group's axis with a
+    little noise, the cold items exactly along it. Users ``u0``..``u5`` are group 0, ``u6``..``u11`` group 1.
+    """
+    rng = np.random.default_rng(5)
+    folder = tmp_path_factory.mktemp("planted")
+    items = [f"i{group}-{n}" for group in range(2) for n in range(8)] + ["cold-0", "cold-1"]
+    item_group = np.array([0] * 8 + [1] * 8 + [0, 1])
+    users = [f"u{n}" for n in range(12)]
+    user_group = np.repeat([0, 1], 6)
+    pairs = [
+        (user, f"i{group}-{n}")
+        for user, group in zip(users, user_group, strict=True)
+        for n in rng.choice(8, size=4, replace=False)
+    ]
+    axes = np.eye(6, dtype=np.float32)
+    noise = 0.1 * rng.standard_normal((len(items), 6)).astype(np.float32)
+    noise[-2:] = 0.0
+    write_embeddings(folder / "content.parquet", ITEM_ID, items, axes[item_group] + noise, metadata=METADATA)
+    write_embeddings(folder / "items.parquet", ITEM_ID, items, axes[item_group] + noise, metadata=METADATA)
+    user_vectors = axes[user_group] + 0.1 * rng.standard_normal((12, 6)).astype(np.float32)
+    # u11 has no user vector; "new" has one but no interactions
+    write_embeddings(
+        folder / "users.parquet",
+        USER_ID,
+        [*users[:11], "new"],
+        np.vstack([user_vectors[:11], axes[1]]),
+        metadata=METADATA,
+    )
+    train = interactions(pairs, items=items, users=[*users, "new"])
+    return folder, train, item_group, np.r_[user_group, 1]
+
+
+def group_of_candidates(candidates, item_group: np.ndarray) -> np.ndarray:
+    return np.where(candidates.items >= 0, item_group[np.maximum(candidates.items, 0)], -1)
+
+
+def test_two_tower_recommends_in_group_items_and_nothing_to_users_without_a_vector(planted_catalogue):
+    folder, train, item_group, user_group = planted_catalogue
+    source = create_source(
+        "two_tower", embeddings=str(folder / "items.parquet"), user_embeddings=str(folder / "users.parquet")
+    ).fit(train)
+
+    candidates = source.recommend(np.arange(train.n_users), 5)
+
+    served = np.arange(train.n_users) != 11
+    assert np.all(group_of_candidates(candidates, item_group)[served] == user_group[served, None])
+    assert np.all(candidates.items[11] == -1), "u11 has no user vector"
+    assert np.all(candidates.items[12] >= 0), "a user with a vector is served without history"
+    seen = train.matrix.toarray() > 0
+    assert not any(seen[user, items[items >= 0]].any() for user, items in enumerate(candidates.items))
+
+
+def test_content_source_reaches_the_cold_item_of_the_users_group(planted_catalogue):
+    folder, train, item_group, user_group = planted_catalogue
+    assert train.item_popularity()[-2:].tolist() == [0, 0], "the cold items have no interactions"
+    source = create_source("content", embeddings=str(folder / "content.parquet")).fit(train)
+
+    candidates = source.recommend(np.arange(train.n_users), 5)
+
+    has_history = train.user_activity() > 0
+    assert np.all(group_of_candidates(candidates, item_group)[has_history] == user_group[has_history, None])
+    cold_item = np.where(user_group == 0, train.n_items - 2, train.n_items - 1)
+    assert all(cold_item[user] in candidates.items[user] for user in np.flatnonzero(has_history))
+    assert np.all(candidates.items[~has_history] == -1), "a profile needs history"
+    assert np.isin(train.n_items - 2, source.indexed_items)
+
+
+def test_content_profiles_weigh_recent_items_more(tmp_path):
+    """A user with three old group-1 items and one recent group-0 item: recency decides the group."""
+    items = ["a0", "a1", "a2", "b0", "b1", "b2", "b3"]
+    vectors = np.array([[1, 0]] * 3 + [[0, 1]] * 4, dtype=np.float32) + np.arange(7)[:, None] * 1e-3
+    write_embeddings(tmp_path / "content.parquet", ITEM_ID, items, vectors, metadata=METADATA)
+    pairs = [
+        ("u", "b0", LATEST - 300 * DAY),
+        ("u", "b1", LATEST - 300 * DAY),
+        ("u", "b2", LATEST - 300 * DAY),
+    ]
+    pairs.append(("u", "a0", LATEST))
+    train = interactions(pairs, items=items)
+
+    recent_first = create_source("content", embeddings=str(tmp_path / "content.parquet"), half_life_days=10.0)
+    uniform = create_source("content", embeddings=str(tmp_path / "content.parquet"), half_life_days=None)
+
+    assert recent_first.fit(train).recommend(np.array([0]), 2).items[0].tolist() == [1, 2]
+    assert uniform.fit(train).recommend(np.array([0]), 1).items[0].tolist() == [6]
+
+
+def test_an_hnsw_index_gives_the_exact_lists_on_the_planted_data(planted_catalogue, tmp_path):
+    folder, train, _, _ = planted_catalogue
+    params = {"embeddings": str(folder / "content.parquet")}
+    exact = create_source("content", **params).fit(train)
+    approximate = create_source("content", **params, factory="HNSW32").fit(train)
+
+    approximate.save(tmp_path / "content")
+    loaded = CandidateSource.load(tmp_path / "content")
+
+    assert approximate.index.factory == loaded.index.factory == "HNSW32"
+    users = np.arange(train.n_users)
+    for source in (approximate, loaded):
+        np.testing.assert_array_equal(source.recommend(users, 6).items, exact.recommend(users, 6).items)
+        np.testing.assert_array_equal(source.recommend(users, 6).scores, exact.recommend(users, 6).scores)
+
+
+def test_embedding_files_of_the_wrong_kind_or_catalogue_are_config_errors(planted_catalogue, tmp_path):
+    folder, train, _, _ = planted_catalogue
+    write_embeddings(tmp_path / "other.parquet", ITEM_ID, ["x", "y"], np.eye(2), metadata=METADATA)
+
+    with pytest.raises(ConfigError, match="expected item_id"):
+        create_source("content", embeddings=str(folder / "users.parquet")).fit(train)
+    with pytest.raises(ConfigError, match="none of the 18 training items"):
+        create_source("content", embeddings=str(tmp_path / "other.parquet")).fit(train)
+    with pytest.raises(ConfigError, match="not found"):
+        create_source("content", embeddings=str(tmp_path / "missing.parquet")).fit(train)
+    with pytest.raises(ConfigError, match="user_embeddings"):
+        create_source("two_tower", embeddings=str(folder / "items.parquet"))
+
+
+def test_trend_favours_recently_popular_items_over_old_popular_ones():
+    old_hits = [(f"u{n}", "old-hit", LATEST - 60 * DAY) for n in range(6)]
+    recent = [("u0", "new", LATEST), ("u1", "new", LATEST - 7 * DAY), ("u2", "week", LATEST - 7 * DAY)]
+    recent.append(("u3", "edge", LATEST - 20 * DAY))
+    train = interactions(old_hits + recent, items=["old-hit", "new", "week", "edge"])
+
+    trend = create_source("trend").fit(train)
+    popularity = create_source("popularity").fit(train)
+
+    np.testing.assert_allclose(trend.item_trend, [-np.inf, 1.5, 0.5, -np.inf])
+    assert trend.recommend(np.array([5]), 4).items[0].tolist() == [1, 2, -1, -1]
+    assert popularity.recommend(np.array([5]), 1, exclude_seen=False).items[0].tolist() == [0]
+    wider = create_source("trend", window_days=30.0, half_life_days=7.0).fit(train)
+    assert wider.recommend(np.array([5]), 4).items[0].tolist() == [1, 2, 3, -1]
+
+
+def test_trend_without_timestamps_falls_back_to_popularity_with_a_warning(caplog):
+    train = interactions([("u0", "a"), ("u1", "a"), ("u1", "b")])
+
+    with caplog.at_level(logging.WARNING, logger="m6rec"):
+        trend = create_source("trend").fit(train)
+
+    assert "no timestamps" in caplog.text
+    np.testing.assert_array_equal(trend.item_trend, [2.0, 1.0])
+
+
+def test_trend_parameters_must_be_positive():
+    with pytest.raises(ConfigError, match="half_life_days"):
+        create_source("trend", half_life_days=0)
+
+
+def write_kg(path: Path, triples: list[tuple[str, str, str]]) -> str:
+    frame = pd.DataFrame(triples, columns=[KG_HEAD, KG_RELATION, KG_TAIL])
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path)
+    return str(path)
+
+
+# X comes after the items it must outrank, so only the entity weights can put it first.
+KG_ITEMS = ["A", "B", "Y", "Z", "F1", "X", "V", "F2"]
+KG_TRIPLES = [
+    ("B", "label", "rare-label"),
+    ("X", "label", "rare-label"),
+    ("B", "genre", "rock"),
+    ("Y", "genre", "rock"),
+    ("Z", "genre", "rock"),
+    ("F1", "genre", "rock"),
+    ("A", "artist", "someone"),
+    ("someone", "produced", "V"),
+]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_kg_neighbour_sharing_a_rare_entity_with_the_last_item_ranks_first(suffix, tmp_path):
+    kg = write_kg(tmp_path / f"kg{suffix}", KG_TRIPLES)
+    train = interactions([("u", "A", LATEST - DAY), ("u", "B", LATEST)], items=KG_ITEMS)
+
+    source = create_source("kg_neighbours", kg=kg, recent=1).fit(train)
+    candidates = source.recommend(np.array([0]), 6)
+
+    assert candidates.items[0].tolist() == [5, 2, 3, 4, -1, -1]
+    np.testing.assert_allclose(
+        candidates.scores[0, :4], [np.log(8 / 2), np.log(8 / 4), np.log(8 / 4), np.log(8 / 4)]
+    )
+
+
+def test_kg_neighbours_of_older_items_count_once_they_are_recent(tmp_path):
+    kg = write_kg(tmp_path / "kg.parquet", KG_TRIPLES)
+    train = interactions([("u", "A", LATEST - DAY), ("u", "B", LATEST)], items=KG_ITEMS)
+    untimed = interactions([("u", "A"), ("u", "B")], items=KG_ITEMS)
+
+    two_recent = create_source("kg_neighbours", kg=kg, recent=2).fit(train)
+    without_times = create_source("kg_neighbours", kg=kg, recent=1).fit(untimed)
+
+    expected = [5, 6, 2, 3, 4]  # X and V (rare entities, tie: lower index first), then the rock items
+    assert two_recent.recommend(np.array([0]), 5).items[0].tolist() == expected
+    assert without_times.recommend(np.array([0]), 5).items[0].tolist() == expected
+
+
+def test_kg_neighbours_never_recommend_an_item_for_its_own_entities(tmp_path):
+    kg = write_kg(tmp_path / "kg.parquet", KG_TRIPLES)
+    train = interactions([("u", "B", LATEST)], items=KG_ITEMS)
+
+    scores = create_source("kg_neighbours", kg=kg).fit(train).score(np.array([0]))[0]
+
+    assert scores[1] == -np.inf, "B shares its entities only with itself among its history"
+    assert np.isneginf(scores[[0, 6, 7]]).all()
+
+
+def test_kg_neighbours_missing_file_is_a_config_error(tmp_path):
+    train = interactions([("u", "A")], items=KG_ITEMS)
+    with pytest.raises(ConfigError, match="not found"):
+        create_source("kg_neighbours", kg=str(tmp_path / "none.parquet")).fit(train)
+
+
+def test_timestamps_hold_the_latest_time_of_each_pair_with_the_matrix_sparsity():
+    frame = pd.DataFrame(
+        {
+            USER_ID: ["a", "a", "b", "b", "a", "c"],
+            ITEM_ID: ["x", "y", "x", "x", "x", "unknown"],
+            TIMESTAMP: pd.array([5, 7, 3, None, 9, 1], dtype="Int64"),
+        }
+    )
+    train = InteractionMatrix.from_frame(
+        frame, IdIndex.from_values(frame[USER_ID]), IdIndex.from_values(["x", "y"])
+    )
+
+    np.testing.assert_array_equal(train.timestamps.indptr, train.matrix.indptr)
+    np.testing.assert_array_equal(train.timestamps.indices, train.matrix.indices)
+    np.testing.assert_array_equal(train.timestamps.toarray(), [[9.0, 7.0], [3.0, 0.0], [0.0, 0.0]])
+    assert (
+        InteractionMatrix.from_frame(frame.drop(columns=TIMESTAMP), train.users, train.items).timestamps
+        is None
+    )
+
+
+def test_datetime_timestamps_become_unix_seconds_and_unknown_times_nan():
+    frame = pd.DataFrame(
+        {
+            USER_ID: ["a", "b"],
+            ITEM_ID: ["x", "x"],
+            TIMESTAMP: pd.to_datetime(["2023-11-14T22:13:20", None]),
+        }
+    )
+
+    train = InteractionMatrix.from_frame(
+        frame, IdIndex.from_values(frame[USER_ID]), IdIndex.from_values(["x"])
+    )
+
+    assert train.timestamps.data[0] == LATEST
+    assert np.isnan(train.timestamps.data[1])
+
+
+@pytest.fixture(scope="module")
+def movielens_100k() -> pd.DataFrame:
+    path = Path("../shared/data/ml-100k/u.data")
+    if not path.exists():
+        pytest.skip("the shared MovieLens-100K data is not available")
+    frame = pd.read_csv(
+        path, sep="\t", names=[USER_ID, ITEM_ID, "rating", TIMESTAMP], dtype={USER_ID: str, ITEM_ID: str}
+    )
+    return frame
+
+
+def test_trend_on_movielens_ranks_items_of_its_last_two_weeks(movielens_100k):
+    frame = movielens_100k
+    train = InteractionMatrix.from_frame(
+        frame, IdIndex.from_values(frame[USER_ID]), IdIndex.from_values(frame[ITEM_ID])
+    )
+
+    trend = create_source("trend").fit(train)
+    top = trend.recommend(np.array([-1]), 10).items[0]
+
+    assert train.timestamps.nnz == train.matrix.nnz == 100_000
+    assert np.nanmax(train.timestamps.data) == frame[TIMESTAMP].max()
+    recent = frame[frame[TIMESTAMP] >= frame[TIMESTAMP].max() - 14 * DAY]
+    assert set(train.items.ids[top]) <= set(recent[ITEM_ID])
+    assert np.isfinite(trend.item_trend).sum() == recent[ITEM_ID].nunique()
+    popular = create_source("popularity").fit(train).recommend(np.array([-1]), 10).items[0]
+    assert not np.array_equal(top, popular)
+
+
+def test_hnsw_retrieval_in_a_batch_equals_one_user_at_a_time(planted_catalogue):
+    folder, train, _, _ = planted_catalogue
+    source = create_source("content", embeddings=str(folder / "content.parquet"), factory="HNSW8").fit(train)
+    users = np.r_[np.arange(train.n_users), 4, -1]
+
+    batch = source.recommend(users, 7)
+
+    for position, user in enumerate(users):
+        alone = source.recommend(np.array([user]), 7)
+        np.testing.assert_array_equal(batch.items[position], alone.items[0])
+        np.testing.assert_array_equal(batch.scores[position], alone.scores[0])
