@@ -64,7 +64,9 @@ def create_encoder(modality: str, **params) -> ItemEncoder:
     return _ENCODERS[modality](**params)
 
 
-def encode_items(encoder: ItemEncoder, items: pd.DataFrame, dataset_dir: Path, out_path: Path) -> IncrementalReport:
+def encode_items(
+    encoder: ItemEncoder, items: pd.DataFrame, dataset_dir: Path, out_path: Path
+) -> IncrementalReport:
     """Embed ``items`` with ``encoder`` into ``out_path``, recomputing only new or changed items."""
     prepared = encoder.prepare(items, Path(dataset_dir))
     return embed_incrementally(
@@ -81,12 +83,4 @@ def encode_items(encoder: ItemEncoder, items: pd.DataFrame, dataset_dir: Path, o
 
 
 def _load_builtin_encoders() -> None:
-    import importlib
-
-    for module in ("features.text", "features.image", "features.audio"):
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            if error.name and error.name.startswith("features."):
-                continue
-            raise
+    from features import audio, image, text  # noqa: F401

@@ -128,15 +128,21 @@ def read_embeddings(path: Path) -> EmbeddingTable:
     table = pq.read_table(path)
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     if raw is None:
-        raise ValueError(f"{path}: not an m6rec embedding file (no '{METADATA_KEY.decode()}' schema metadata)")
+        raise ValueError(
+            f"{path}: not an m6rec embedding file (no '{METADATA_KEY.decode()}' schema metadata)"
+        )
     metadata = json.loads(raw)
     key_column = table.schema.names[0]
     column = table.column("embedding").combine_chunks()
     dimension = column.type.list_size
     if dimension != metadata["dimension"]:
-        raise ValueError(f"{path}: embedding size {dimension} differs from metadata dimension {metadata['dimension']}")
+        raise ValueError(
+            f"{path}: embedding size {dimension} differs from metadata dimension {metadata['dimension']}"
+        )
     valid = column.is_valid().to_numpy(zero_copy_only=False)
-    vectors = column.values.to_numpy(zero_copy_only=False).reshape(-1, dimension).astype(np.float32, copy=True)
+    vectors = (
+        column.values.to_numpy(zero_copy_only=False).reshape(-1, dimension).astype(np.float32, copy=True)
+    )
     vectors[~valid] = 0.0
     return EmbeddingTable(
         key_column=key_column,
@@ -213,13 +219,22 @@ def embed_incrementally(
         else:
             vectors[position] = new_vectors[index]
     write_embeddings(
-        path, key_column, keys, vectors, valid=valid, content_hashes=hashes, problems=problems, metadata=metadata
+        path,
+        key_column,
+        keys,
+        vectors,
+        valid=valid,
+        content_hashes=hashes,
+        problems=problems,
+        metadata=metadata,
     )
     problem_rows = [
         {"modality": modality, key_column: keys[position], "problem": problems[position]}
         for position in np.flatnonzero(~valid)
     ]
-    return IncrementalReport(modality, len(keys), len(todo), len(keys) - len(todo), int((~valid).sum()), problem_rows)
+    return IncrementalReport(
+        modality, len(keys), len(todo), len(keys) - len(todo), int((~valid).sum()), problem_rows
+    )
 
 
 def _previous_rows(path: Path) -> dict[str, tuple[np.ndarray | None, str | None]]:

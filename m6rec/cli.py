@@ -65,6 +65,45 @@ def run(
 
 
 @app.command()
+def embed(
+    data_dir: Annotated[
+        Path, typer.Argument(help="Dataset directory (items with text, image_path, audio_path; kg).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory; files go to OUT/features/.")],
+    config: Annotated[
+        Path | None, typer.Option(help="YAML run configuration (its 'embeddings' section).")
+    ] = None,
+    modalities: Annotated[str | None, typer.Option(help="Comma-separated: text,image,audio,kg,cf.")] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="Ignore any GPU.")] = False,
+    skip_invalid_rows: Annotated[
+        bool, typer.Option(help="Skip and count bad rows instead of failing.")
+    ] = False,
+) -> None:
+    """Compute frozen item embeddings (text, image, audio, KG), the two-tower vectors, the fused vectors and
+    user profiles into OUT/features/*.parquet. Re-runs embed only new or changed items.
+
+    Example: m6rec embed demo-out/catalogue --out demo-out/run
+    """
+    from m6rec.config import RunConfig
+    from m6rec.data.dataset import load_dataset
+    from pipelines.embeddings import compute_embeddings
+
+    run_config = RunConfig.from_yaml(config) if config else RunConfig()
+    embedding_config = run_config.embeddings
+    if modalities:
+        embedding_config.modalities = [name.strip() for name in modalities.split(",") if name.strip()]
+        embedding_config.__post_init__()
+    embedding_config.force_cpu = cpu or embedding_config.force_cpu
+    dataset = load_dataset(data_dir, skip_invalid_rows=skip_invalid_rows or run_config.skip_invalid_rows)
+    result = compute_embeddings(dataset, out / "features", embedding_config)
+    for name, counts in result.counts.items():
+        typer.echo(f"{name}: {counts}")
+    typer.echo(
+        f"features: {result.features_dir} ({len(result.problems)} items with problems, see problems.json)"
+    )
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where the catalogue and the run go.")] = Path(
         "demo-out"

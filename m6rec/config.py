@@ -27,8 +27,60 @@ class BaselineConfig:
     models: list[str] = field(default_factory=lambda: ["popularity", "itemknn", "ease", "ials"])
     search_spaces: dict[str, dict[str, list]] = field(default_factory=lambda: dict(DEFAULT_SEARCH_SPACES))
     params: dict[str, dict] = field(default_factory=dict)
-    validation_ratio: float = 0.1
+    validation_ratio: float = 0.2
     selection_k: int = 10
+
+
+@dataclass
+class EmbeddingConfig:
+    """The nightly embedding stage: which modalities run and each one's options.
+
+    ``text``, ``image``, ``audio`` are keyword arguments of the encoders in ``features/`` (e.g.
+    ``text: {model: /path/or/hub-id, template: "{title}. {genres}"}``, ``image: {model: ViT-B-32,
+    pretrained: laion2b_s34b_b79k}`` or ``{checkpoint: /path/to/weights.pt}``); ``kg`` of
+    ``features.kg.KGConfig``; ``two_tower`` of ``features.two_tower.TwoTowerConfig``. ``fusion.mode`` is
+    ``concat`` (weighted concatenation of normalised blocks) or ``attention`` (learned with the two-tower
+    objective). Without pretrained image weights the image encoder falls back to a randomly initialised
+    network, warns loudly and records ``pretrained: false`` in the file metadata, unless
+    ``image: {allow_random_weights: false}`` makes that an error.
+    """
+
+    modalities: list[str] = field(default_factory=lambda: ["text", "image", "audio", "kg", "cf"])
+    text: dict = field(default_factory=dict)
+    image: dict = field(default_factory=lambda: {"allow_random_weights": True})
+    audio: dict = field(default_factory=dict)
+    kg: dict = field(default_factory=dict)
+    two_tower: dict = field(default_factory=dict)
+    fusion: dict = field(default_factory=lambda: {"mode": "concat"})
+    profile_half_life_days: float = 30.0
+    force_cpu: bool = False
+
+    MODALITIES = ("text", "image", "audio", "kg", "cf")
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.modalities if name not in self.MODALITIES]
+        if unknown:
+            raise ConfigError(
+                f"embeddings: unknown modality {unknown[0]!r}; known: {', '.join(self.MODALITIES)}"
+            )
+
+
+@dataclass
+class RankerConfig:
+    """The second stage: which extra candidate sources feed it and how the LightGBM ranker is trained.
+
+    The baselines are always candidate sources; ``extra_sources`` adds ``trend`` (needs timestamps),
+    ``two_tower`` and ``content`` (need the embeddings) and ``kg_neighbours`` (needs a kg file) where their
+    inputs exist. ``params`` are keyword arguments of ``ranker.model.LightGBMRanker``.
+    """
+
+    enabled: bool = True
+    extra_sources: list[str] = field(
+        default_factory=lambda: ["trend", "two_tower", "content", "kg_neighbours"]
+    )
+    candidates_per_source: int = 100
+    early_stopping_share: float = 0.2
+    params: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -47,6 +99,8 @@ class RunConfig:
     candidate_depth: int = 100
     skip_invalid_rows: bool = False
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    embeddings: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:

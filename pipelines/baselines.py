@@ -1,4 +1,5 @@
-"""Baseline stage: tune each candidate source on a validation fold, refit it, and produce its lists."""
+"""Candidate-source stage: tune each source on a validation fold, keep the fold-fitted best for training
+the ranker, and refit the best on all training data for the final lists."""
 
 from __future__ import annotations
 
@@ -20,10 +21,49 @@ from m6rec.evaluation.metrics import ranking_metrics
 log = logging.getLogger("m6rec")
 
 
+@dataclass(frozen=True)
+class Fold:
+    """Training data cut in two: ``history`` (what sources learn from) and ``labels`` (what they must find).
+
+    Sources are tuned on it, and the ranker learns from candidates of the history-fitted sources with
+    labels from the label part, so no label ever leaks into a feature.
+    """
+
+    history_frame: pd.DataFrame
+    label_frame: pd.DataFrame
+    full_frame: pd.DataFrame
+    history: InteractionMatrix
+    labels: InteractionMatrix
+    full: InteractionMatrix
+
+    @property
+    def label_users(self) -> np.ndarray:
+        return np.flatnonzero(np.diff(self.labels.matrix.indptr) > 0)
+
+
+def make_fold(
+    train_frame: pd.DataFrame, users: IdIndex, items: IdIndex, ratio: float, *, temporal: bool, seed: int
+):
+    """Per user, the latest (``temporal``) or a random ``ratio`` share of ``train_frame`` becomes labels."""
+    if temporal and TIMESTAMP in train_frame.columns and train_frame[TIMESTAMP].notna().all():
+        history, labels = temporal_split(train_frame, ratio)
+    else:
+        history, labels = random_split(train_frame, ratio, seed=seed + 1)
+    return Fold(
+        history,
+        labels,
+        train_frame,
+        InteractionMatrix.from_frame(history, users, items),
+        InteractionMatrix.from_frame(labels, users, items),
+        InteractionMatrix.from_frame(train_frame, users, items),
+    )
+
+
 @dataclass
 class TunedSource:
-    """A fitted source with the parameters chosen for it and every validation result of its search."""
+    """A source tuned on the fold: fitted on the fold's history and, refitted, on all training data."""
 
+    history_source: CandidateSource
     source: CandidateSource
     params: dict
     validation_ndcg: float
@@ -32,40 +72,42 @@ class TunedSource:
 
 
 def tune_and_fit(
-    train_frame: pd.DataFrame,
-    users: IdIndex,
-    items: IdIndex,
+    fold: Fold,
+    models: list[str],
     config: BaselineConfig,
     *,
-    temporal: bool,
-    seed: int,
+    history_params: dict[str, dict] | None = None,
+    full_params: dict[str, dict] | None = None,
 ) -> dict[str, TunedSource]:
-    """For each configured model, grid-search its parameters on a validation fold cut from ``train_frame``
-    (per user, the last or a random ``validation_ratio`` share), then refit the best on all of it."""
-    fit_frame, validation_frame = _validation_fold(train_frame, config.validation_ratio, temporal, seed)
-    fit_matrix = InteractionMatrix.from_frame(fit_frame, users, items)
-    validation = InteractionMatrix.from_frame(validation_frame, users, items).matrix
-    full_matrix = InteractionMatrix.from_frame(train_frame, users, items)
-    validation_users = np.flatnonzero(np.diff(validation.indptr) > 0)
+    """Grid-search each model's parameters on ``fold`` (NDCG@``selection_k`` of its label part), then
+    refit the best on all training data.
+
+    ``history_params`` / ``full_params`` add fixed parameters that differ between the two fits, such as
+    the embedding files of models trained on the fold's history versus on all training data.
+    """
+    history_params, full_params = history_params or {}, full_params or {}
+    label_users = fold.label_users
+    key = f"ndcg@{config.selection_k}"
     tuned = {}
-    for name in config.models:
+    for name in models:
         started = time.perf_counter()
-        trials = []
+        trials, best_source, best_score = [], None, -np.inf
         for params in _grid(config.search_spaces.get(name, {}), config.params.get(name, {})):
-            source = create_source(name, **params).fit(fit_matrix)
-            lists = source.recommend(validation_users, config.selection_k)
+            source = create_source(name, **params, **history_params.get(name, {})).fit(fold.history)
+            lists = source.recommend(label_users, config.selection_k)
             score = ranking_metrics(
                 lists.items,
-                validation[validation_users],
+                fold.labels.matrix[label_users],
                 k_values=(config.selection_k,),
-                n_catalogue_items=len(items),
-            )[f"ndcg@{config.selection_k}"]
-            trials.append({"params": params, f"ndcg@{config.selection_k}": score})
-            log.info("tuning %s %s: validation ndcg@%d = %.4f", name, params, config.selection_k, score)
-        best = max(trials, key=lambda trial: trial[f"ndcg@{config.selection_k}"])
-        source = create_source(name, **best["params"]).fit(full_matrix)
+                n_catalogue_items=fold.full.n_items,
+            )[key]
+            trials.append({"params": params, key: score})
+            log.info("tuning %s %s: validation %s = %.4f", name, params, key, score)
+            if score > best_score:
+                best_source, best_score, best_params = source, score, params
+        source = create_source(name, **best_params, **full_params.get(name, {})).fit(fold.full)
         tuned[name] = TunedSource(
-            source, best["params"], best[f"ndcg@{config.selection_k}"], trials, time.perf_counter() - started
+            best_source, source, best_params, float(best_score), trials, time.perf_counter() - started
         )
     return tuned
 
@@ -75,27 +117,28 @@ def select_final(tuned: dict[str, TunedSource]) -> str:
     return max(tuned, key=lambda name: tuned[name].validation_ndcg)
 
 
-def final_lists(
-    tuned: dict[str, TunedSource], selected: str, fallback: CandidateSource, user_rows: np.ndarray, depth: int
-) -> tuple[dict[str, Candidates], Candidates, np.ndarray]:
-    """Every source's lists, and the final list: the selected source's, with users it cannot serve
-    (no history) served by ``fallback``. Returns (per-source lists, final list, source name per user)."""
-    lists = {name: entry.source.recommend(user_rows, depth) for name, entry in tuned.items()}
-    items = lists[selected].items.copy()
-    scores = lists[selected].scores.copy()
-    origin = np.full(len(user_rows), selected, dtype=object)
+def recommend_all(
+    sources: dict[str, CandidateSource], user_rows: np.ndarray, depth: int
+) -> dict[str, Candidates]:
+    """Each source's top-``depth`` list for ``user_rows``."""
+    return {name: source.recommend(user_rows, depth) for name, source in sources.items()}
+
+
+def with_fallback(
+    lists: Candidates, fallback: CandidateSource, user_rows: np.ndarray, depth: int, name: str
+) -> tuple[Candidates, np.ndarray]:
+    """``lists`` with users it cannot serve (empty list) served by ``fallback``; returns the lists and the
+    name of the source behind each user's list."""
+    items, scores = lists.items.copy(), lists.scores.copy()
+    origin = np.full(len(user_rows), name, dtype=object)
     unserved = items[:, 0] < 0
     if unserved.any():
         backup = fallback.recommend(user_rows[unserved], depth)
-        items[unserved], scores[unserved] = backup.items, backup.scores
+        width = min(depth, items.shape[1])
+        items[unserved], scores[unserved] = -1, -np.inf
+        items[unserved, :width], scores[unserved, :width] = backup.items[:, :width], backup.scores[:, :width]
         origin[unserved] = fallback.name
-    return lists, Candidates(items, scores), origin
-
-
-def _validation_fold(frame: pd.DataFrame, ratio: float, temporal: bool, seed: int):
-    if temporal and TIMESTAMP in frame.columns and frame[TIMESTAMP].notna().all():
-        return temporal_split(frame, ratio)
-    return random_split(frame, ratio, seed=seed + 1)
+    return Candidates(items, scores), origin
 
 
 def _grid(space: dict[str, list], fixed: dict) -> list[dict]:

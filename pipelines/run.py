@@ -1,8 +1,9 @@
-"""The main job: dataset directory in, recommendation lists and metrics out.
+"""The main job: dataset directory in, recommendation lists, features and metrics out.
 
-``run_pipeline`` reads like the pipeline diagram: load → split → index → tune and fit the candidate
-sources → lists → evaluate → write. Outputs are staged in a temporary folder and moved into place only
-when every file is complete, so a failed run leaves the previous outputs untouched.
+``run_pipeline`` reads like the pipeline diagram: load → split → fold → item embeddings → collaborative
+embeddings (on the fold and on all training data) → candidate sources (tuned on the fold) → ranker
+(trained on the fold) → final lists → evaluate → publish. Lists and metrics are staged and moved into
+place only when complete, so a failed run leaves the previous outputs untouched.
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ import pandas as pd
 
 from m6rec import __version__
 from m6rec.candidates import Candidates, create_source
+from m6rec.candidates.merge import ITEM, SOURCES, USER_ROW
 from m6rec.config import RunConfig
+from m6rec.data import contract
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset, load_dataset
 from m6rec.data.interactions import IdIndex, InteractionMatrix
 from m6rec.data.splits import SplitSpec
+from m6rec.data.tables import find_table
 from m6rec.evaluation.metrics import ranking_metrics
 from m6rec.io import write_json, write_parquet
-from pipelines.baselines import final_lists, select_final, tune_and_fit
+from pipelines.baselines import Fold, make_fold, select_final, tune_and_fit, with_fallback
 
 log = logging.getLogger("m6rec")
 
@@ -35,6 +39,9 @@ METRICS = "metrics.json"
 RUN_SUMMARY = "run.json"
 VALIDATION_REPORT = "validation_report.json"
 HELD_OUT = "test_interactions.parquet"
+RANKER_FEATURES = "ranker_features.parquet"
+RANKER_DIR = "ranker"
+FINAL = "final"
 
 
 @dataclass
@@ -59,54 +66,80 @@ class _Protocol:
     temporal: bool
 
 
+class _Clock:
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = round(now - self._last, 3)
+        self._last = now
+
+
 def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | None = None) -> RunResult:
     """Run the job on ``data_dir`` and write its outputs into ``out_dir``.
 
-    Writes ``recommendations.parquet`` (user_id, item_id, rank, score, source), ``run.json`` and
-    ``validation_report.json``; when a test set exists also ``metrics.json`` and the held-out
-    interactions it was computed on, ``test_interactions.parquet``.
+    Writes ``recommendations.parquet`` (user_id, item_id, rank, score, source, sources and each candidate
+    source's rank), ``run.json``, ``validation_report.json``, the embeddings under ``features/``, the
+    ranker under ``ranker/`` with its feature table; with a test set also ``metrics.json`` and the
+    held-out interactions it was computed on, ``test_interactions.parquet``.
     """
     config = config or RunConfig()
     out_dir = Path(out_dir)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[stage] = round(now - clock, 3)
-        clock = now
+    clock = _Clock()
 
     dataset = load_dataset(data_dir, skip_invalid_rows=config.skip_invalid_rows)
     protocol = _protocol(dataset, config)
     users, items = _indexes(dataset, protocol)
-    train = InteractionMatrix.from_frame(protocol.train, users, items)
+    fold = make_fold(
+        protocol.train,
+        users,
+        items,
+        config.baselines.validation_ratio,
+        temporal=protocol.temporal,
+        seed=config.seed,
+    )
     log.info(
         "%d users, %d items, %d training interactions (%s)",
         len(users),
         len(items),
-        train.matrix.nnz,
+        fold.full.matrix.nnz,
         protocol.description,
     )
-    lap("load")
+    clock.lap("load")
 
+    embeddings = _embeddings(dataset, fold, out_dir / "features", config)
+    clock.lap("embeddings")
+
+    history_params, full_params = _source_files(dataset, embeddings)
+    models = list(config.baselines.models)
+    if config.ranker.enabled:
+        models += [name for name in config.ranker.extra_sources if name in full_params or name == "trend"]
+        if fold.full.timestamps is None and "trend" in models:
+            models.remove("trend")
     tuned = tune_and_fit(
-        protocol.train, users, items, config.baselines, temporal=protocol.temporal, seed=config.seed
+        fold, models, config.baselines, history_params=history_params, full_params=full_params
     )
-    selected = select_final(tuned)
-    fallback = tuned["popularity"].source if "popularity" in tuned else create_source("popularity").fit(train)
-    lap("fit")
+    fallback = (
+        tuned["popularity"].source if "popularity" in tuned else create_source("popularity").fit(fold.full)
+    )
+    clock.lap("candidates")
 
     all_users = np.arange(len(users))
     depth = max(config.candidate_depth, config.top_k, *config.k_values)
-    lists, final, origin = final_lists(tuned, selected, fallback, all_users, depth)
-    lap("recommend")
+    lists = {name: entry.source.recommend(all_users, depth) for name, entry in tuned.items()}
+    selected, final, candidates, ranker_summary = _final_lists(
+        dataset, fold, tuned, lists, embeddings, all_users, depth, out_dir, config
+    )
+    final, origin = with_fallback(final, fallback, all_users, depth, selected)
+    clock.lap("ranking")
 
     metrics = {}
     if protocol.test is not None:
-        metrics = _evaluate(lists, final, protocol.test, train, config)
-        log.info("final list (%s): %s", selected, _headline(metrics["final"]))
-    lap("evaluate")
+        metrics = _evaluate(lists, final, candidates, protocol.test, fold.full, config)
+        log.info("final list (%s): %s", selected, _headline(metrics[FINAL]))
+    clock.lap("evaluate")
 
     summary = {
         "m6rec_version": __version__,
@@ -115,7 +148,7 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
         "counts": {
             "users": len(users),
             "items": len(items),
-            "train_interactions": int(train.matrix.nnz),
+            "train_interactions": int(fold.full.matrix.nnz),
             "test_interactions": 0 if protocol.test is None else len(protocol.test),
         },
         "selected_model": selected,
@@ -128,9 +161,11 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
             }
             for name, entry in tuned.items()
         },
-        "timings_seconds": timings,
+        "ranker": ranker_summary,
+        "embeddings": embeddings["summary"] if embeddings else None,
+        "timings_seconds": clock.timings,
     }
-    recommendations = _recommendation_frame(final, origin, users, items, config.top_k)
+    recommendations = _recommendation_frame(final, origin, candidates, users, items, config.top_k)
     _publish(out_dir, recommendations, metrics, protocol.test, summary, dataset.report.to_dict())
     return RunResult(out_dir, metrics, selected, summary)
 
@@ -164,9 +199,129 @@ def _indexes(dataset: Dataset, protocol: _Protocol) -> tuple[IdIndex, IdIndex]:
     return users, items
 
 
+def _embeddings(dataset: Dataset, fold: Fold, features_dir: Path, config: RunConfig) -> dict | None:
+    """Item embeddings once, then the collaborative model twice: on the fold's history (for training the
+    ranker) into ``features/fold/`` and on all training data into ``features/``."""
+    if not config.ranker.enabled or not config.embeddings.modalities:
+        return None
+    from features.store import read_embeddings
+    from pipelines.embeddings import compute_item_embeddings, train_collaborative
+
+    item_result = compute_item_embeddings(dataset, features_dir, config.embeddings)
+    on_history = train_collaborative(
+        dataset, fold.history_frame, item_result, features_dir / "fold", config.embeddings
+    )
+    on_train = train_collaborative(dataset, fold.full_frame, item_result, features_dir, config.embeddings)
+    content = item_result.content_tables(read_embeddings)
+    summary = {**item_result.summary(), "collaborative": on_train.summary(), "fold": on_history.summary()}
+    write_json(item_result.problems, features_dir / "problems.json")
+    write_json(summary, features_dir / "embeddings.json")
+    return {
+        "items": item_result,
+        "history": on_history,
+        "train": on_train,
+        "content": content,
+        "summary": summary,
+    }
+
+
+def _source_files(dataset: Dataset, embeddings: dict | None) -> tuple[dict, dict]:
+    """Fixed file parameters of the embedding-backed sources, for the fold fit and the full fit."""
+    history, full = {}, {}
+    if embeddings:
+        for name, result in (("history", embeddings["history"]), ("train", embeddings["train"])):
+            target = history if name == "history" else full
+            paths = {**embeddings["items"].paths, **result.paths}
+            if "cf_items" in paths and "cf_users" in paths:
+                target["two_tower"] = {
+                    "embeddings": str(paths["cf_items"]),
+                    "user_embeddings": str(paths["cf_users"]),
+                }
+            content = paths.get("fused") or paths.get("text")
+            if content:
+                target["content"] = {"embeddings": str(content)}
+    kg_path = find_table(dataset.directory, contract.KG)
+    if kg_path is not None:
+        history["kg_neighbours"] = full["kg_neighbours"] = {"kg": str(kg_path)}
+    return history, full
+
+
+def _final_lists(dataset, fold, tuned, lists, embeddings, all_users, depth, out_dir, config):
+    """The ranker's lists when it beats every single source on held-out fold users, else the best source's.
+    Returns (name, lists, merged final candidates or None, ranker summary)."""
+    best_source = select_final(tuned)
+    if not config.ranker.enabled or len(tuned) < 2:
+        return best_source, lists[best_source], None, None
+    from pipelines.ranking import candidate_table, rank_candidates, train_ranker
+    from ranker.features import write_feature_table
+
+    training = train_ranker(
+        fold,
+        {name: entry.history_source for name, entry in tuned.items()},
+        _ranker_context(dataset, fold.history, embeddings, "history"),
+        config.ranker,
+        seed=config.seed,
+    )
+    candidates, _ = candidate_table(
+        {name: entry.source for name, entry in tuned.items()},
+        all_users,
+        config.ranker.candidates_per_source,
+        fold.full.matrix,
+    )
+    table = _ranker_features(candidates, dataset, fold.full, embeddings)
+    training.ranker.save(out_dir / RANKER_DIR)
+    write_feature_table(table, out_dir / RANKER_FEATURES)
+    summary = {
+        "validation_ndcg@10": training.validation,
+        "fold_candidate_recall": training.candidate_recall,
+        "used": training.beats_sources,
+        "features": training.columns,
+        "best_iteration": training.ranker.best_iteration_,
+    }
+    if not training.beats_sources:
+        log.warning(
+            "the ranker did not beat the best single source (%s) on held-out fold users; using %s",
+            best_source,
+            best_source,
+        )
+        return best_source, lists[best_source], candidates, summary
+    final = rank_candidates(training.ranker, table, training.columns, all_users, depth)
+    return "ranker", final, candidates, summary
+
+
+def _ranker_context(dataset, matrix, embeddings, which):
+    from features.store import read_embeddings
+    from ranker.features import RankerContext
+
+    content, cf_users, cf_items = {}, None, None
+    if embeddings:
+        content = embeddings["content"]
+        paths = embeddings[which].paths
+        if "cf_users" in paths:
+            cf_users, cf_items = read_embeddings(paths["cf_users"]), read_embeddings(paths["cf_items"])
+        if "fused" in paths:
+            content = {**content, "fused": read_embeddings(paths["fused"])}
+    return RankerContext(
+        train=matrix,
+        item_embeddings=content,
+        two_tower_user_vectors=cf_users,
+        two_tower_item_vectors=cf_items,
+        items=dataset.items,
+        users=dataset.users,
+        kg=dataset.kg,
+    )
+
+
+def _ranker_features(candidates, dataset, matrix, embeddings):
+    from ranker.features import build_ranker_features
+
+    return build_ranker_features(candidates, _ranker_context(dataset, matrix, embeddings, "train"))
+
+
 def _evaluate(
     lists: dict[str, Candidates],
     final: Candidates,
+    candidates: pd.DataFrame | None,
     test: pd.DataFrame,
     train: InteractionMatrix,
     config: RunConfig,
@@ -174,23 +329,37 @@ def _evaluate(
     relevant = InteractionMatrix.from_frame(test, train.users, train.items).matrix
     popularity = train.item_popularity()
     metrics = {}
-    for name, candidates in [*lists.items(), ("final", final)]:
+    for name, lists_of_source in [*lists.items(), (FINAL, final)]:
         metrics[name] = ranking_metrics(
-            candidates.items,
+            lists_of_source.items,
             relevant,
             k_values=tuple(config.k_values),
             n_catalogue_items=train.n_items,
             item_popularity=popularity,
         )
+    if candidates is not None and relevant.nnz:
+        found = (
+            np.asarray(relevant[candidates[USER_ROW].to_numpy(), candidates[ITEM].to_numpy()]).ravel().sum()
+        )
+        metrics[FINAL]["candidate_recall"] = float(found / relevant.nnz)
     return metrics
 
 
-def _recommendation_frame(final: Candidates, origin: np.ndarray, users: IdIndex, items: IdIndex, top_k: int):
+def _recommendation_frame(
+    final: Candidates,
+    origin: np.ndarray,
+    candidates: pd.DataFrame | None,
+    users: IdIndex,
+    items: IdIndex,
+    top_k: int,
+) -> pd.DataFrame:
     top_items = final.items[:, :top_k]
     user_rows, ranks = np.nonzero(top_items >= 0)
     item_rows = top_items[user_rows, ranks]
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
+            USER_ROW: user_rows,
+            ITEM: item_rows,
             USER_ID: pd.Series(users.ids[user_rows], dtype="string"),
             ITEM_ID: pd.Series(items.ids[item_rows], dtype="string"),
             "rank": (ranks + 1).astype(np.int32),
@@ -198,6 +367,11 @@ def _recommendation_frame(final: Candidates, origin: np.ndarray, users: IdIndex,
             "source": pd.Series(origin[user_rows], dtype="string"),
         }
     )
+    if candidates is not None:
+        provenance = [SOURCES] + [column for column in candidates.columns if column.endswith("_rank")]
+        frame = frame.merge(candidates[[USER_ROW, ITEM, *provenance]], on=[USER_ROW, ITEM], how="left")
+        frame[SOURCES] = frame[SOURCES].astype("string")
+    return frame.drop(columns=[USER_ROW, ITEM])
 
 
 def _publish(
@@ -229,8 +403,5 @@ def _publish(
 
 
 def _headline(metrics: dict[str, float]) -> str:
-    keys = [key for key in metrics if key.startswith(("ndcg@", "recall@"))]
+    keys = [key for key in metrics if key.startswith(("ndcg@", "recall@", "candidate_recall"))]
     return ", ".join(f"{key}={metrics[key]:.4f}" for key in keys)
-
-
-__all__ = ["RunResult", "run_pipeline"]

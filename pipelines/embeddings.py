@@ -1,0 +1,273 @@
+"""The nightly embedding stage: frozen content encoders, KG embeddings, the two-tower model, fusion and
+user profiles, each written as an embedding Parquet file under ``OUT_DIR/features/``.
+
+Content encoders run incrementally (only new or changed items are embedded); the KG and two-tower
+models are retrained only when their inputs change. One bad media file gives its item a null embedding
+and a line in ``problems.json``; it never stops the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from m6rec.config import EmbeddingConfig
+from m6rec.data.contract import AUDIO_PATH, IMAGE_PATH, ITEM_ID, USER_ID
+from m6rec.data.dataset import Dataset
+from m6rec.data.interactions import IdIndex, InteractionMatrix
+from m6rec.errors import ConfigError
+from m6rec.io import write_json
+
+log = logging.getLogger("m6rec")
+
+CONTENT_MODALITIES = ("text", "image", "audio")
+PROFILE_MODALITIES = ("text", "image", "audio", "kg", "fused")
+REQUIRED_COLUMN = {"image": IMAGE_PATH, "audio": AUDIO_PATH}
+
+
+@dataclass
+class EmbeddingResult:
+    """Paths of the embedding files written, and per-stage counts (total, computed, reused, failed)."""
+
+    features_dir: Path
+    paths: dict[str, Path] = field(default_factory=dict)
+    counts: dict[str, dict] = field(default_factory=dict)
+    problems: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def merge(self, other: EmbeddingResult) -> None:
+        """Add the files, counts, problems and timings of ``other``."""
+        self.paths.update(other.paths)
+        self.counts.update(other.counts)
+        self.problems.extend(other.problems)
+        self.timings.update(other.timings)
+
+    def content_tables(self, read) -> dict:
+        """The item embedding tables a two-tower model or a ranker reads: text, image, audio, kg, fused."""
+        return {
+            name: read(self.paths[name])
+            for name in ("text", "image", "audio", "kg", "fused")
+            if name in self.paths
+        }
+
+    def summary(self) -> dict:
+        return {
+            "files": {name: str(path) for name, path in self.paths.items()},
+            "counts": self.counts,
+            "problems": len(self.problems),
+            "timings_seconds": self.timings,
+        }
+
+
+def compute_embeddings(
+    dataset: Dataset,
+    features_dir: Path,
+    config: EmbeddingConfig | None = None,
+    *,
+    train: pd.DataFrame | None = None,
+) -> EmbeddingResult:
+    """Compute every configured embedding of ``dataset`` into ``features_dir``: the item embeddings, then
+    the collaborative model and user profiles learned from ``train`` (default: all interactions)."""
+    config = config or EmbeddingConfig()
+    result = compute_item_embeddings(dataset, features_dir, config)
+    collaborative = train_collaborative(
+        dataset, dataset.interactions if train is None else train, result, features_dir, config
+    )
+    result.merge(collaborative)
+    write_json(result.problems, Path(features_dir) / "problems.json")
+    write_json(result.summary(), Path(features_dir) / "embeddings.json")
+    return result
+
+
+def compute_item_embeddings(dataset: Dataset, features_dir: Path, config: EmbeddingConfig) -> EmbeddingResult:
+    """Frozen item embeddings that do not depend on interactions: text, image, audio and KG, and their
+    weighted concatenation ``fused.parquet`` (unless fusion is learned by the two-tower model)."""
+    from features.store import read_embeddings
+
+    features_dir = Path(features_dir)
+    result = EmbeddingResult(features_dir)
+    for modality in CONTENT_MODALITIES:
+        if modality in config.modalities and _has_modality(dataset, modality):
+            _timed(
+                result, modality, lambda m=modality: _encode_content(dataset, m, features_dir, config, result)
+            )
+    if "kg" in config.modalities:
+        _timed(result, "kg", lambda: _train_kg(dataset, features_dir, config, result))
+    content = result.content_tables(read_embeddings)
+    learned_fusion = "cf" in config.modalities and config.fusion.get("mode") == "attention"
+    if content and not learned_fusion:
+        _timed(result, "fused", lambda: _concat_fusion(dataset, content, features_dir, config, result))
+    return result
+
+
+def train_collaborative(
+    dataset: Dataset, train: pd.DataFrame, items: EmbeddingResult, out_dir: Path, config: EmbeddingConfig
+) -> EmbeddingResult:
+    """Two-tower vectors (and attention-fused vectors) learned from ``train`` over the frozen item
+    embeddings in ``items``, plus per-modality user profiles, written to ``out_dir``."""
+    from features.store import read_embeddings
+
+    out_dir = Path(out_dir)
+    result = EmbeddingResult(out_dir)
+    content = items.content_tables(read_embeddings)
+    if "cf" in config.modalities and train is not None and len(train):
+        _timed(result, "cf", lambda: _train_two_tower(dataset, train, content, out_dir, config, result))
+    profile_sources = {**items.paths, **result.paths}
+    _timed(result, "profiles", lambda: _profiles(train, out_dir, config, profile_sources, result))
+    return result
+
+
+def _encode_content(
+    dataset: Dataset, modality: str, features_dir: Path, config: EmbeddingConfig, result
+) -> None:
+    from features.base import create_encoder, encode_items
+
+    params = dict(getattr(config, modality))
+    params.setdefault("force_cpu", config.force_cpu)
+    try:
+        encoder = create_encoder(modality, **params)
+    except TypeError as error:
+        raise ConfigError(f"embeddings: {modality}: {error}") from None
+    path = features_dir / f"{modality}.parquet"
+    report = encode_items(encoder, dataset.items, dataset.directory, path)
+    _record(result, modality, path, report)
+
+
+def _train_kg(dataset: Dataset, features_dir: Path, config: EmbeddingConfig, result) -> None:
+    from features.kg import KGConfig, build_kg_triples, train_kg_embeddings
+
+    triples = build_kg_triples(dataset.kg, dataset.items, config.kg.get("attribute_columns"))
+    if triples.empty:
+        log.info("kg: no knowledge-graph triples and no categorical item attributes; skipped")
+        return
+    params = dict(config.kg)
+    params.setdefault("force_cpu", config.force_cpu)
+    path = features_dir / "kg.parquet"
+    report = train_kg_embeddings(triples, _catalogue(dataset).ids, path, KGConfig(**params))
+    _record(result, "kg", path, report)
+
+
+def _train_two_tower(
+    dataset: Dataset, train: pd.DataFrame, content: dict, features_dir: Path, config: EmbeddingConfig, result
+) -> None:
+    from features.store import read_embeddings
+    from features.two_tower import TwoTowerConfig, train_two_tower
+
+    users = IdIndex.from_values(train[USER_ID], None if dataset.users is None else dataset.users[USER_ID])
+    matrix = InteractionMatrix.from_frame(train, users, _catalogue(dataset))
+    params = {**config.two_tower, "fusion": config.two_tower.get("fusion", config.fusion)}
+    params.setdefault("force_cpu", config.force_cpu)
+    model = train_two_tower(
+        matrix, content, TwoTowerConfig(**params), users=dataset.users, interactions=train
+    )
+    exported = model.export(features_dir)
+    for name, path in (("cf_items", exported.items), ("cf_users", exported.users), ("fused", exported.fused)):
+        if path is not None:
+            table = read_embeddings(path)
+            result.paths[name] = path
+            result.counts[name] = {
+                "total": len(table.keys),
+                "computed": len(table.keys),
+                "reused": 0,
+                "failed": int((~table.valid).sum()),
+            }
+
+
+def _concat_fusion(
+    dataset: Dataset, content: dict, features_dir: Path, config: EmbeddingConfig, result
+) -> None:
+    from features.fusion import concat_fusion
+    from features.store import write_embeddings
+
+    item_ids = _catalogue(dataset).ids
+    vectors, present = concat_fusion(content, item_ids, config.fusion.get("weights"))
+    path = features_dir / "fused.parquet"
+    metadata = {
+        "encoder": "concat-fusion",
+        "weights": ",".join(
+            f"{name}:{content[name].metadata.get('file_hash', '')[:12]}" for name in sorted(content)
+        ),
+        "pretrained": all(table.metadata.get("pretrained", True) for table in content.values()),
+        "modalities": sorted(content),
+        "modality_weights": config.fusion.get("weights"),
+    }
+    problems = [None if found else "no content block" for found in present]
+    write_embeddings(path, ITEM_ID, item_ids, vectors, valid=present, problems=problems, metadata=metadata)
+    result.paths["fused"] = path
+    result.counts["fused"] = {
+        "total": len(item_ids),
+        "computed": len(item_ids),
+        "reused": 0,
+        "failed": int((~present).sum()),
+    }
+
+
+def _profiles(
+    train: pd.DataFrame, features_dir: Path, config: EmbeddingConfig, sources: dict, result
+) -> None:
+    from features.profiles import user_profiles
+    from features.store import read_embeddings, write_embeddings
+
+    for modality in PROFILE_MODALITIES:
+        if modality not in sources:
+            continue
+        table = read_embeddings(sources[modality])
+        user_ids, vectors, present = user_profiles(train, table, half_life_days=config.profile_half_life_days)
+        path = features_dir / f"profile_{modality}.parquet"
+        metadata = {
+            "encoder": f"profile:{table.metadata.get('encoder')}",
+            "weights": table.metadata.get("file_hash", ""),
+            "pretrained": table.metadata.get("pretrained", True),
+            "half_life_days": config.profile_half_life_days,
+        }
+        write_embeddings(path, USER_ID, user_ids, vectors, valid=present, metadata=metadata)
+        result.paths[f"profile_{modality}"] = path
+
+
+def _record(result: EmbeddingResult, name: str, path: Path, report) -> None:
+    result.paths[name] = path
+    result.counts[name] = {
+        "total": report.total,
+        "computed": report.computed,
+        "reused": report.reused,
+        "failed": report.failed,
+    }
+    result.problems.extend(report.problems)
+    log.info(
+        "%s: %d items, %d computed, %d reused, %d without embedding",
+        name,
+        report.total,
+        report.computed,
+        report.reused,
+        report.failed,
+    )
+
+
+def _timed(result: EmbeddingResult, stage: str, work) -> None:
+    started = time.perf_counter()
+    work()
+    result.timings[stage] = round(time.perf_counter() - started, 3)
+
+
+def _has_modality(dataset: Dataset, modality: str) -> bool:
+    if dataset.items is None:
+        return False
+    column = REQUIRED_COLUMN.get(modality)
+    if column is None:
+        return True
+    return (
+        column in dataset.items.columns
+        and dataset.items[column].fillna("").astype(str).str.strip().ne("").any()
+    )
+
+
+def _catalogue(dataset: Dataset) -> IdIndex:
+    return IdIndex.from_values(
+        None if dataset.items is None else dataset.items[ITEM_ID],
+        dataset.interactions[ITEM_ID],
+        None if dataset.test is None else dataset.test[ITEM_ID],
+    )

@@ -1,0 +1,199 @@
+"""User profiles (recency-weighted means of item vectors) and modality fusion, on hand-computed answers."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from features.fusion import (
+    FusionConfig,
+    ModalityAttention,
+    attention_fusion,
+    concat_fusion,
+    mean_attention_weights,
+)
+from features.profiles import user_profiles
+from features.store import EmbeddingTable
+
+DAY = 86_400
+
+
+def embedding_table(vectors: dict[str, list[float] | None], dimension: int) -> EmbeddingTable:
+    """A table whose ``None`` entries are null (invalid) embeddings."""
+    keys = list(vectors)
+    matrix = np.array([v if v is not None else [0.0] * dimension for v in vectors.values()], dtype=np.float32)
+    valid = np.array([v is not None for v in vectors.values()])
+    none = np.array([None] * len(keys), dtype=object)
+    return EmbeddingTable("item_id", np.array(keys, dtype=object), matrix, valid, none, none, {})
+
+
+@pytest.fixture
+def item_table() -> EmbeddingTable:
+    return embedding_table({"a": [2.0, 0.0], "b": [0.0, 1.0], "null": None}, dimension=2)
+
+
+def profile_of(user: str, user_ids, vectors, present) -> tuple[np.ndarray, bool]:
+    position = list(user_ids).index(user)
+    return vectors[position], bool(present[position])
+
+
+def test_profile_is_the_recency_weighted_mean_skipping_null_items(item_table):
+    t0 = 1_700_000_000
+    interactions = pd.DataFrame(
+        {
+            "user_id": ["u1", "u1", "u2", "u1"],
+            "item_id": ["a", "b", "b", "null"],
+            "timestamp": [t0, t0 + 30 * DAY, t0, t0 + 20 * DAY],
+        }
+    )
+    user_ids, vectors, present = user_profiles(interactions, item_table, half_life_days=30.0)
+    # a is one half-life older than b: 0.5 * [2, 0] + 1 * [0, 1] = [1, 1], over a total weight of 1.5.
+    vector, found = profile_of("u1", user_ids, vectors, present)
+    assert found
+    np.testing.assert_allclose(vector, [np.sqrt(0.5), np.sqrt(0.5)], rtol=1e-6)
+    assert list(user_ids) == ["u1", "u2"]
+    assert vectors.dtype == np.float32
+
+
+def test_profile_without_usable_items_is_absent(item_table):
+    interactions = pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["a", "null"]})
+    user_ids, vectors, present = user_profiles(interactions, item_table)
+    vector, found = profile_of("u2", user_ids, vectors, present)
+    assert not found
+    assert not vector.any()
+
+
+@pytest.mark.parametrize("timestamps", [False, True])
+def test_profile_is_uniform_without_timestamps_or_half_life(item_table, timestamps):
+    interactions = pd.DataFrame({"user_id": ["u", "u"], "item_id": ["a", "b"]})
+    if timestamps:
+        interactions["timestamp"] = [0, 400 * DAY]
+    _, vectors, _ = user_profiles(interactions, item_table, half_life_days=None if timestamps else 30.0)
+    np.testing.assert_allclose(vectors[0], np.array([2.0, 1.0]) / np.sqrt(5.0), rtol=1e-6)
+
+
+def test_max_history_keeps_the_latest_usable_items(item_table):
+    interactions = pd.DataFrame(
+        {"user_id": ["u", "u", "u"], "item_id": ["b", "a", "null"], "timestamp": [20, 10, 30]}
+    )
+    _, vectors, _ = user_profiles(interactions, item_table, max_history=1)
+    np.testing.assert_allclose(vectors[0], [0.0, 1.0])
+    _, vectors, _ = user_profiles(interactions.drop(columns="timestamp"), item_table, max_history=1)
+    np.testing.assert_allclose(vectors[0], [1.0, 0.0])
+
+
+def test_datetime_timestamps_give_the_same_profiles_as_unix_seconds(item_table):
+    interactions = pd.DataFrame(
+        {"user_id": ["u", "u", "v"], "item_id": ["a", "b", "a"], "timestamp": [0, 10 * DAY, 5]}
+    )
+    as_dates = interactions.assign(timestamp=pd.to_datetime(interactions["timestamp"], unit="s", utc=True))
+    _, expected, _ = user_profiles(interactions, item_table, half_life_days=7.0)
+    _, vectors, _ = user_profiles(as_dates, item_table, half_life_days=7.0)
+    np.testing.assert_allclose(vectors, expected, rtol=1e-6)
+
+
+def test_profiles_match_a_per_user_computation():
+    rng = np.random.default_rng(0)
+    n_items, n_rows = 40, 3000
+    item_vectors = rng.standard_normal((n_items, 5))
+    table = embedding_table({f"i{k}": list(item_vectors[k]) for k in range(n_items)}, dimension=5)
+    interactions = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 60, n_rows).astype(str),
+            "item_id": [f"i{k}" for k in rng.integers(0, n_items, n_rows)],
+            "timestamp": rng.integers(0, 200 * DAY, n_rows),
+        }
+    )
+    user_ids, vectors, present = user_profiles(interactions, table, half_life_days=20.0, max_history=30)
+    assert present.all()
+    for user in user_ids[:10]:
+        rows = interactions[interactions["user_id"] == user].sort_values("timestamp", kind="stable").tail(30)
+        ages = (rows["timestamp"].max() - rows["timestamp"]) / DAY
+        weights = 0.5 ** (ages.to_numpy() / 20.0)
+        expected = weights @ item_vectors[rows["item_id"].str[1:].astype(int)]
+        vector, _ = profile_of(user, user_ids, vectors, present)
+        np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_concat_fusion_weights_normalised_blocks():
+    blocks = {
+        "text": embedding_table({"a": [3.0, 4.0], "b": None}, dimension=2),
+        "image": embedding_table({"a": [0.0, 0.0, 2.0], "b": [5.0, 0.0, 0.0]}, dimension=3),
+    }
+    vectors, present = concat_fusion(blocks, ["a", "b", "unknown"], {"image": 2.0})
+    # Sorted modality order (image, text); each block unit length, image doubled, then normalised.
+    expected_a = np.array([0.0, 0.0, 2.0, 0.6, 0.8]) / np.sqrt(5.0)
+    expected_b = np.array([1.0, 0.0, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(vectors[0], expected_a, rtol=1e-6)
+    np.testing.assert_allclose(vectors[1], expected_b, rtol=1e-6)
+    assert not vectors[2].any()
+    assert present.tolist() == [True, True, False]
+
+
+def test_concat_fusion_rejects_weights_for_absent_modalities():
+    with pytest.raises(ValueError, match="audio"):
+        concat_fusion({"text": embedding_table({"a": [1.0]}, 1)}, ["a"], {"audio": 1.0})
+
+
+def test_fusion_config_rejects_an_unknown_mode():
+    with pytest.raises(ValueError, match="fusion.mode"):
+        FusionConfig(mode="sum")
+
+
+def test_modality_attention_averages_available_blocks_with_a_zero_query():
+    torch.manual_seed(0)
+    module = ModalityAttention([2, 3], dimension=4)
+    with torch.no_grad():
+        module.query.zero_()
+    x_text = torch.tensor([[1.0, 2.0], [0.0, 0.0], [0.0, 0.0]])
+    x_image = torch.tensor([[1.0, 0.0, 1.0], [0.0, 3.0, 0.0], [0.0, 0.0, 0.0]])
+    masks = [torch.tensor([True, False, False]), torch.tensor([True, True, False])]
+    fused, attention = module([x_text, x_image], masks)
+    projected_text, projected_image = module.projections[0](x_text), module.projections[1](x_image)
+    # Equal scores: the weights are uniform over the blocks an item has.
+    np.testing.assert_allclose(attention.detach().numpy(), [[0.5, 0.5], [0.0, 1.0], [0.0, 0.0]])
+    torch.testing.assert_close(fused[0], 0.5 * projected_text[0] + 0.5 * projected_image[0])
+    torch.testing.assert_close(fused[1], projected_image[1])
+    assert not fused[2].any()
+
+
+def test_modality_attention_weights_follow_the_query():
+    torch.manual_seed(0)
+    module = ModalityAttention([2, 2], dimension=2)
+    with torch.no_grad():
+        for projection in module.projections:
+            projection.weight.copy_(torch.eye(2))
+            projection.bias.zero_()
+        module.query.copy_(torch.tensor([1.0, 0.0]))
+    blocks = [torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])]
+    masks = [torch.tensor([True]), torch.tensor([True])]
+    _, attention = module(blocks, masks)
+    scores = np.array([np.tanh(1.0), 0.0])
+    np.testing.assert_allclose(
+        attention.detach().numpy()[0], np.exp(scores) / np.exp(scores).sum(), rtol=1e-6
+    )
+
+
+def test_attention_fusion_export_and_mean_weights():
+    torch.manual_seed(0)
+    module = ModalityAttention([2, 3], dimension=4)
+    rng = np.random.default_rng(0)
+    blocks = [rng.standard_normal((5, 2)).astype(np.float32), rng.standard_normal((5, 3)).astype(np.float32)]
+    masks = [np.array([1, 1, 0, 0, 1], bool), np.array([1, 0, 1, 0, 1], bool)]
+    vectors, present, attention = attention_fusion(module, blocks, masks, batch_size=2)
+    with torch.no_grad():
+        fused, expected_attention = module(
+            [torch.from_numpy(b) for b in blocks], [torch.from_numpy(m) for m in masks]
+        )
+    np.testing.assert_allclose(vectors, fused.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(attention, expected_attention.numpy(), rtol=1e-6)
+    assert present.tolist() == [True, True, True, False, True]
+    assert not vectors[3].any()
+    weights = mean_attention_weights(np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 0.0]]), ["image", "text"])
+    assert weights == pytest.approx({"image": 0.75, "text": 0.25})
