@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import update_section  # noqa: E402
 
-from m6rec.config import RunConfig  # noqa: E402
+from m6rec.config import RankerConfig, RunConfig  # noqa: E402
 from m6rec.data.prepare import prepare_dataset  # noqa: E402
 from pipelines.run import run_pipeline  # noqa: E402
 
@@ -48,7 +48,9 @@ def main() -> None:
             for seed in args.seeds:
                 started = time.perf_counter()
                 result = run_pipeline(
-                    data_dir, Path(scratch) / f"{name}-{seed}", RunConfig(split=split, seed=seed)
+                    data_dir,
+                    Path(scratch) / f"{name}-{seed}",
+                    RunConfig(split=split, seed=seed, ranker=RankerConfig(enabled=False)),
                 )
                 per_seed.append((result, time.perf_counter() - started))
                 print(

@@ -271,6 +271,8 @@ def _final_lists(dataset, fold, tuned, lists, embeddings, all_users, depth, out_
     table = _ranker_features(candidates, dataset, fold.full, embeddings)
     training.ranker.save(out_dir / RANKER_DIR)
     write_feature_table(table, out_dir / RANKER_FEATURES)
+    fold.full.users.save(out_dir / "index" / "users.parquet", USER_ID)
+    fold.full.items.save(out_dir / "index" / "items.parquet", ITEM_ID)
     summary = {
         "validation_ndcg@10": training.validation,
         "fold_candidate_recall": training.candidate_recall,

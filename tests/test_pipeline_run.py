@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from m6rec.config import BaselineConfig, RunConfig
+from m6rec.config import BaselineConfig, RankerConfig, RunConfig
 from pipelines import run as run_module
 from pipelines.run import run_pipeline
 
@@ -32,6 +32,7 @@ def movielens_run(movielens_dir, tmp_path_factory):
     config = RunConfig(
         split="random:0.25",
         baselines=BaselineConfig(models=["popularity", "ease"], params={"ease": {"l2": 500.0}}),
+        ranker=RankerConfig(enabled=False),
     )
     out = tmp_path_factory.mktemp("ml100k-run")
     return run_pipeline(movielens_dir, out, config)
@@ -107,7 +108,11 @@ def _planted_dataset(directory: Path) -> Path:
 
 def test_run_without_test_set_serves_every_user_and_writes_no_metrics(tmp_path):
     data = _planted_dataset(tmp_path / "data")
-    config = RunConfig(top_k=2, baselines=BaselineConfig(models=["popularity", "itemknn"]))
+    config = RunConfig(
+        top_k=2,
+        baselines=BaselineConfig(models=["popularity", "itemknn"]),
+        ranker=RankerConfig(enabled=False),
+    )
     result = run_pipeline(data, tmp_path / "out", config)
     assert not (tmp_path / "out" / "metrics.json").exists()
     recs = pd.read_parquet(result.recommendations_path)
@@ -122,7 +127,11 @@ def test_run_without_test_set_serves_every_user_and_writes_no_metrics(tmp_path):
 
 def test_failed_run_leaves_previous_outputs_untouched(tmp_path, monkeypatch):
     data = _planted_dataset(tmp_path / "data")
-    config = RunConfig(split="leave-last-out:1", baselines=BaselineConfig(models=["popularity"]))
+    config = RunConfig(
+        split="leave-last-out:1",
+        baselines=BaselineConfig(models=["popularity"]),
+        ranker=RankerConfig(enabled=False),
+    )
     out = tmp_path / "out"
     run_pipeline(data, out, config)
     before = {path.name: path.read_bytes() for path in out.iterdir()}
@@ -145,6 +154,7 @@ def test_same_seed_gives_identical_recommendations(tmp_path):
         baselines=BaselineConfig(
             models=["popularity", "ials"], params={"ials": {"factors": 4, "iterations": 3}}
         ),
+        ranker=RankerConfig(enabled=False),
     )
     first = run_pipeline(data, tmp_path / "a", config)
     second = run_pipeline(data, tmp_path / "b", config)
