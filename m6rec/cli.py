@@ -124,6 +124,27 @@ def demo(
 
 
 @app.command()
+def recommend(
+    out: Annotated[Path, typer.Argument(help="Output directory of a run (holds recommendations.parquet).")],
+    user: Annotated[str, typer.Option("--user", "-u", help="Raw user ID.")],
+    top_features: Annotated[int, typer.Option(help="How many ranker features to show per item.")] = 3,
+) -> None:
+    """Print one user's list with reasons: the candidate sources that proposed each item (with their ranks)
+    and the ranker features that pushed it up.
+
+    Example: m6rec recommend demo-out/run --user user-0001
+    """
+    from pipelines.explain import explain_user
+
+    frame = explain_user(out, user, top_features=top_features)
+    label = next((column for column in ("title", "name", "description") if column in frame.columns), None)
+    for _, row in frame.iterrows():
+        name = f"  {row[label]}" if label and isinstance(row[label], str) else ""
+        typer.echo(f"{row['rank']:>3}. {row['item_id']}{name}  score {row['score']:.3f}")
+        typer.echo(f"     because: {row['reasons']}")
+
+
+@app.command()
 def validate(
     data_dir: Annotated[Path, typer.Argument(help="Dataset directory to check.")],
     skip_invalid_rows: Annotated[

@@ -189,6 +189,12 @@ class LightGBMRanker:
         self._require_fitted()
         return np.asarray(self.booster_.predict(self._matrix(X), num_iteration=self.best_iteration_))
 
+    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Per row, each feature's additive contribution to the score (TreeSHAP), plus ``bias``."""
+        self._require_fitted()
+        values = self.booster_.predict(self._matrix(X), num_iteration=self.best_iteration_, pred_contrib=True)
+        return pd.DataFrame(np.asarray(values), columns=[*self.feature_names_, "bias"], index=X.index)
+
     def feature_importance(self) -> pd.DataFrame:
         """``feature``, total ``gain`` and ``split`` count per feature up to the best iteration, by gain."""
         self._require_fitted()

@@ -88,3 +88,22 @@ def test_cold_items_reach_users_through_content(two_stage_run):
     proposed_by_content = set(item_ids[table.loc[table["content_rank"].notna(), "item"].to_numpy()])
     assert len(cold & proposed_by_content) >= len(cold) // 2
     assert result.metrics["content"]["recall@20"] > 0
+
+
+def test_recommend_command_explains_one_users_list(two_stage_run):
+    from pipelines.explain import explain_user
+
+    _, result, _ = two_stage_run
+    recs = pd.read_parquet(result.recommendations_path)
+    user = (
+        recs.loc[recs["source"] == "ranker", "user_id"].iloc[0]
+        if (recs["source"] == "ranker").any()
+        else None
+    )
+    user = user or recs["user_id"].iloc[0]
+    explained = explain_user(result.out_dir, user)
+    assert list(explained["item_id"]) == list(recs[recs["user_id"] == user].sort_values("rank")["item_id"])
+    assert explained["reasons"].str.len().gt(0).all()
+    assert "title" in explained.columns and explained["title"].notna().all()
+    with pytest.raises(Exception, match="no recommendations"):
+        explain_user(result.out_dir, "no-such-user")

@@ -1,0 +1,94 @@
+"""One user's list with its reasons: which candidate sources proposed each item and which ranker
+features pushed it up (TreeSHAP contributions of the saved LightGBM model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from m6rec.data.contract import ITEM_ID, USER_ID
+from m6rec.errors import M6RecError
+
+
+def explain_user(out_dir: Path, user_id: str, *, top_features: int = 3) -> pd.DataFrame:
+    """The user's recommendations from a run folder, with ``reasons`` (top sources and features) per item.
+
+    Adds the item's title-like column when the run's dataset has an items table.
+    """
+    out_dir = Path(out_dir)
+    path = out_dir / "recommendations.parquet"
+    if not path.exists():
+        raise M6RecError(f"{path}: no recommendations here; run `m6rec run DATA_DIR --out {out_dir}` first")
+    recs = pd.read_parquet(path)
+    mine = recs[recs[USER_ID] == str(user_id)].sort_values("rank").reset_index(drop=True)
+    if mine.empty:
+        raise M6RecError(f"{path}: user {user_id!r} has no recommendations (unknown user?)")
+    mine["reasons"] = _source_reasons(mine)
+    ranker_dir = out_dir / "ranker"
+    if (ranker_dir / "model.txt").exists() and (out_dir / "ranker_features.parquet").exists():
+        feature_reasons = _feature_reasons(out_dir, mine, top_features)
+        mine["reasons"] = [
+            "; ".join(part for part in (sources, features) if part)
+            for sources, features in zip(mine["reasons"], feature_reasons, strict=True)
+        ]
+    return _with_titles(out_dir, mine)
+
+
+def _source_reasons(frame: pd.DataFrame) -> list[str]:
+    rank_columns = [column for column in frame.columns if column.endswith("_rank") and column != "rank"]
+    reasons = []
+    for _, row in frame.iterrows():
+        found = sorted(
+            ((column[: -len("_rank")], int(row[column])) for column in rank_columns if pd.notna(row[column])),
+            key=lambda pair: pair[1],
+        )
+        reasons.append(", ".join(f"{name} #{rank}" for name, rank in found[:3]) or str(row.get("source", "")))
+    return reasons
+
+
+def _feature_reasons(out_dir: Path, mine: pd.DataFrame, top_features: int) -> list[str]:
+    from ranker.features import read_feature_table
+    from ranker.model import LightGBMRanker
+
+    ranker = LightGBMRanker.load(out_dir / "ranker")
+    users = pd.read_parquet(out_dir / "index" / "users.parquet")[USER_ID].astype(str).to_numpy()
+    items = pd.read_parquet(out_dir / "index" / "items.parquet")[ITEM_ID].astype(str).to_numpy()
+    user_row = int(np.flatnonzero(users == str(mine[USER_ID].iloc[0]))[0])
+    table = read_feature_table(out_dir / "ranker_features.parquet")
+    table = table[table["user_row"] == user_row]
+    table = table.assign(**{ITEM_ID: items[table["item"].to_numpy()]}).set_index(ITEM_ID)
+    rows = table.reindex(mine[ITEM_ID].astype(str))
+    present = rows["item"].notna().to_numpy()
+    reasons = [""] * len(mine)
+    if present.any():
+        contributions = ranker.contributions(rows[present]).drop(columns="bias")
+        for position, (_, values) in zip(np.flatnonzero(present), contributions.iterrows(), strict=True):
+            best = values.sort_values(ascending=False).head(top_features)
+            reasons[position] = ", ".join(f"{name} {value:+.2f}" for name, value in best.items() if value > 0)
+    return reasons
+
+
+def _with_titles(out_dir: Path, mine: pd.DataFrame) -> pd.DataFrame:
+    summary_path = out_dir / "run.json"
+    if not summary_path.exists():
+        return mine
+    data_dir = Path(json.loads(summary_path.read_text())["data_dir"])
+    from m6rec.data import contract
+    from m6rec.data.tables import find_table, read_table
+
+    try:
+        items_path = find_table(data_dir, contract.ITEMS)
+    except M6RecError:
+        return mine
+    if items_path is None:
+        return mine
+    items = read_table(items_path, contract.ITEMS)
+    label = next((column for column in ("title", "name", "description") if column in items.columns), None)
+    if label is None:
+        return mine
+    titles = items.set_index(ITEM_ID)[label]
+    titles = titles[~titles.index.duplicated()]
+    return mine.assign(**{label: mine[ITEM_ID].map(titles)})
