@@ -133,7 +133,7 @@ def test_demo_clips_of_one_category_are_closer_than_across_categories(demo_dir, 
     assert (category[distances.argmin(axis=1)] == category).mean() >= 0.9
 
 
-def test_bad_media_fail_their_own_item_only(demo_dir, tmp_path):
+def test_bad_media_fail_their_own_item_only(demo_dir, real_clips, tmp_path):
     good = demo_dir / "audio" / "item-0001.wav"
     (tmp_path / "truncated.ogg").write_bytes((AUDIO_CLIPS / f"{SPEECH[0]}.ogg").read_bytes()[:200])
     (tmp_path / "notes.wav").write_text("this is a text file, not audio\n")
