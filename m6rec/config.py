@@ -71,7 +71,12 @@ class RankerConfig:
 
     The baselines are always candidate sources; ``extra_sources`` adds ``trend`` (needs timestamps),
     ``two_tower`` and ``content`` (need the embeddings) and ``kg_neighbours`` (needs a kg file) where their
-    inputs exist. ``params`` are keyword arguments of ``ranker.model.LightGBMRanker``.
+    inputs exist. ``params`` are keyword arguments of ``ranker.model.LightGBMRanker``; the defaults are
+    strongly regularised because the ranker must transfer from sources fitted on the fold to sources
+    refitted on all training data. ``training_folds`` random label folds are stacked for training where
+    the sources allow it. ``excluded_features`` are shell-style patterns of feature columns the ranker
+    does not learn from: raw scores and raw counts, whose scale differs between the fold and the final
+    candidates (ranks, per-user standardised scores and shares stand in for them).
     """
 
     enabled: bool = True
@@ -80,7 +85,20 @@ class RankerConfig:
     )
     candidates_per_source: int = 100
     early_stopping_share: float = 0.2
-    params: dict = field(default_factory=dict)
+    training_folds: int = 3
+    excluded_features: list[str] = field(
+        default_factory=lambda: ["*_score", "item_pop", "item_pop_recent", "user_activity"]
+    )
+    params: dict = field(
+        default_factory=lambda: {
+            "learning_rate": 0.05,
+            "num_leaves": 7,
+            "min_child_samples": 500,
+            "feature_fraction": 0.7,
+            "n_estimators": 600,
+            "early_stopping_rounds": 80,
+        }
+    )
 
 
 @dataclass

@@ -1,26 +1,40 @@
 """Ranking stage: learn a LightGBM ranker on the fold without leakage, then score the final candidates.
 
 Training candidates come from sources fitted on the fold's history; their labels are the fold's label
-part. The ranker is kept only if it beats the best single source on users held out from its training.
+part. When every source can be refitted from interactions alone, more random label folds are cut from the
+same training data and stacked, so the ranker sees each user several times. The ranker is kept only if it
+beats the best single source on users held out from its training (in every fold).
+
+Raw scores and raw counts shift between the fold (sources fitted on less data) and the final lists
+(sources fitted on all training data); the ranker learns from ranks, per-user standardised scores and
+shares instead (``RankerConfig.excluded_features``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from m6rec.candidates import Candidates, CandidateSource
+from m6rec.candidates import Candidates, CandidateSource, create_source
 from m6rec.candidates.merge import ITEM, USER_ROW, merge_candidates
 from m6rec.config import RankerConfig
 from m6rec.evaluation.metrics import ranking_metrics
-from pipelines.baselines import Fold
+from pipelines.baselines import Fold, make_fold
 from ranker.features import RankerContext, build_ranker_features, feature_columns
 from ranker.model import LightGBMRanker
 
 log = logging.getLogger("m6rec")
+
+# Sources that learn only from the interaction matrix, so refitting them on another fold's history is
+# leak-free; embedding sources read files trained on one particular history.
+REFITTABLE_SOURCES = frozenset({"popularity", "itemknn", "ease", "ials", "trend"})
+# Offset between the query ids of stacked folds (user rows stay below it).
+_FOLD_QUERY_STRIDE = 1 << 40
 
 
 @dataclass
@@ -54,13 +68,19 @@ def train_ranker(
     config: RankerConfig,
     *,
     seed: int,
+    temporal: bool = False,
 ) -> RankerTraining:
-    """Fit the ranker on candidates of ``sources`` (fitted on ``fold.history``) for the fold's label users."""
+    """Fit the ranker on candidates of ``sources`` (fitted on ``fold.history``) for the fold's label users.
+
+    With ``config.training_folds`` above 1, a random (not ``temporal``) fold, sources that are all in
+    :data:`REFITTABLE_SOURCES` and a context without embeddings (which may be trained on the fold's
+    history), further folds are cut from ``fold.full_frame`` and stacked. A share
+    (``config.early_stopping_share``) of the users is held out of every fold for early stopping and the
+    validation NDCG@10, which is measured on ``fold`` alone.
+    """
     users = fold.label_users
     candidates, lists = candidate_table(sources, users, config.candidates_per_source, fold.history.matrix)
-    labels = np.asarray(
-        fold.labels.matrix[candidates[USER_ROW].to_numpy(), candidates[ITEM].to_numpy()]
-    ).ravel()
+    labels = _labels(candidates, fold)
     found = pd.Series(labels).groupby(candidates[USER_ROW].to_numpy()).sum()
     recall = float(found.sum() / fold.labels.matrix[users].nnz)
     log.info(
@@ -74,21 +94,97 @@ def train_ranker(
     useful = found[found > 0].index.to_numpy()
     rng = np.random.default_rng(seed)
     held_out = rng.choice(useful, size=max(1, int(len(useful) * config.early_stopping_share)), replace=False)
-    in_valid = table[USER_ROW].isin(held_out).to_numpy()
-    in_train = table[USER_ROW].isin(useful).to_numpy() & ~in_valid
-    columns = [column for column in feature_columns(table) if column != "label"]
+    columns = model_columns(table, config.excluded_features)
+
+    tables = [table]
+    for number, (extra, extra_sources) in enumerate(
+        _stacked_folds(fold, sources, context, config, seed=seed, temporal=temporal), start=1
+    ):
+        extra_candidates, _ = candidate_table(
+            extra_sources, extra.label_users, config.candidates_per_source, extra.history.matrix
+        )
+        extra_table = build_ranker_features(
+            extra_candidates, dataclasses.replace(context, train=extra.history)
+        )
+        extra_table["label"] = _labels(extra_candidates, extra).astype(np.int32)
+        tables.append(extra_table)
+        log.info("ranker training fold %d: %d candidates", number, len(extra_table))
+    train_parts, valid_part = [], None
+    for number, part in enumerate(tables):
+        queries = part[USER_ROW].to_numpy() + number * _FOLD_QUERY_STRIDE
+        positives = pd.Series(part["label"].to_numpy()).groupby(queries).transform("sum").to_numpy()
+        in_valid = part[USER_ROW].isin(held_out).to_numpy()
+        train_parts.append((part[(positives > 0) & ~in_valid], queries[(positives > 0) & ~in_valid]))
+        if number == 0:
+            valid_part = part[in_valid]
+    train_part = pd.concat([frame for frame, _ in train_parts], ignore_index=True)
+    train_queries = np.concatenate([queries for _, queries in train_parts])
+
     ranker = LightGBMRanker(**{"seed": seed, **config.params})
-    train_part, valid_part = table[in_train], table[in_valid]
     ranker.fit(
         train_part[columns],
         train_part["label"],
-        group=_group_sizes(train_part),
+        group=_group_sizes_of(train_queries),
         eval_set=(valid_part[columns], valid_part["label"]),
         eval_group=_group_sizes(valid_part),
     )
     validation = _validation_ndcg(ranker, valid_part, columns, lists, users, held_out, fold)
     log.info("ranker validation ndcg@10: %s", {name: round(value, 4) for name, value in validation.items()})
     return RankerTraining(ranker, validation, recall, table, columns)
+
+
+def model_columns(table: pd.DataFrame, excluded: list[str]) -> list[str]:
+    """The feature columns of ``table`` the ranker learns from: all but ``label`` and those matching one
+    of the ``excluded`` shell-style patterns (``*_score``)."""
+    return [
+        column
+        for column in feature_columns(table)
+        if column != "label" and not any(fnmatch.fnmatchcase(column, pattern) for pattern in excluded)
+    ]
+
+
+def resampled_folds(
+    fold: Fold, sources: dict[str, CandidateSource], count: int, *, seed: int
+) -> list[tuple[Fold, dict[str, CandidateSource]]]:
+    """``count`` more random label folds of ``fold.full_frame`` (the same label share as ``fold``), each
+    with every source re-created with its parameters and fitted on that fold's history."""
+    ratio = fold.labels.matrix.nnz / max(fold.full.matrix.nnz, 1)
+    folds = []
+    for number in range(1, count + 1):
+        extra = make_fold(
+            fold.full_frame,
+            fold.full.users,
+            fold.full.items,
+            ratio,
+            temporal=False,
+            seed=seed + 7919 * number,
+        )
+        refitted = {
+            name: create_source(name, **source.params).fit(extra.history) for name, source in sources.items()
+        }
+        folds.append((extra, refitted))
+    return folds
+
+
+def _stacked_folds(fold, sources, context, config, *, seed, temporal):
+    if config.training_folds <= 1:
+        return []
+    reasons = []
+    if temporal:
+        reasons.append("the fold is temporal")
+    if not REFITTABLE_SOURCES.issuperset(sources):
+        reasons.append(f"sources {sorted(set(sources) - REFITTABLE_SOURCES)} read fold-trained files")
+    if context.item_embeddings or context.user_profiles or context.two_tower_user_vectors is not None:
+        reasons.append("the context holds embeddings")
+    if reasons:
+        log.info("ranker trained on one fold: %s", "; ".join(reasons))
+        return []
+    return resampled_folds(fold, sources, config.training_folds - 1, seed=seed)
+
+
+def _labels(candidates: pd.DataFrame, fold: Fold) -> np.ndarray:
+    rows, items = candidates[USER_ROW].to_numpy(), candidates[ITEM].to_numpy()
+    return np.asarray(fold.labels.matrix[rows, items]).ravel()
 
 
 def rank_candidates(
@@ -115,7 +211,10 @@ def _ndcg(items: np.ndarray, relevant, fold: Fold) -> float:
 
 
 def _group_sizes(table: pd.DataFrame) -> np.ndarray:
-    rows = table[USER_ROW].to_numpy()
+    return _group_sizes_of(table[USER_ROW].to_numpy())
+
+
+def _group_sizes_of(rows: np.ndarray) -> np.ndarray:
     boundaries = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
     return np.diff(np.r_[boundaries, len(rows)])
 

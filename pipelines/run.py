@@ -130,7 +130,7 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
     depth = max(config.candidate_depth, config.top_k, *config.k_values)
     lists = {name: entry.source.recommend(all_users, depth) for name, entry in tuned.items()}
     selected, final, candidates, ranker_summary = _final_lists(
-        dataset, fold, tuned, lists, embeddings, all_users, depth, out_dir, config
+        dataset, fold, tuned, lists, embeddings, all_users, depth, out_dir, config, temporal=protocol.temporal
     )
     final, origin = with_fallback(final, fallback, all_users, depth, selected)
     clock.lap("ranking")
@@ -246,7 +246,7 @@ def _source_files(dataset: Dataset, embeddings: dict | None) -> tuple[dict, dict
     return history, full
 
 
-def _final_lists(dataset, fold, tuned, lists, embeddings, all_users, depth, out_dir, config):
+def _final_lists(dataset, fold, tuned, lists, embeddings, all_users, depth, out_dir, config, *, temporal):
     """The ranker's lists when it beats every single source on held-out fold users, else the best source's.
     Returns (name, lists, merged final candidates or None, ranker summary)."""
     best_source = select_final(tuned)
@@ -261,6 +261,7 @@ def _final_lists(dataset, fold, tuned, lists, embeddings, all_users, depth, out_
         _ranker_context(dataset, fold.history, embeddings, "history"),
         config.ranker,
         seed=config.seed,
+        temporal=temporal,
     )
     candidates, _ = candidate_table(
         {name: entry.source for name, entry in tuned.items()},

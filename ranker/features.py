@@ -98,6 +98,11 @@ FEATURES = [
     ),
     FeatureSpec("item_pop", "int32", "number of training users who interacted with the item"),
     FeatureSpec(
+        "item_pop_share",
+        "float32",
+        "item_pop over the number of users with training history: the same scale whatever the data size",
+    ),
+    FeatureSpec(
         "item_pop_recent",
         "float32",
         "number of training users who interacted with the item in the recent window (default 30 days) ending "
@@ -110,6 +115,12 @@ FEATURES = [
         "training interactions",
     ),
     FeatureSpec("user_activity", "int32", "number of distinct items in the user's training history"),
+    FeatureSpec(
+        "user_activity_share",
+        "float32",
+        "user_activity over the mean activity of users with training history: the same scale whatever the "
+        "data size",
+    ),
     FeatureSpec(
         "user_days_since_last",
         "float32",
@@ -148,6 +159,14 @@ FEATURE_FAMILIES = [
         r"(.+)_rank",
         "float32",
         "rank candidate source <source> gave the item (best first); NaN when it did not propose it",
+    ),
+    FeatureFamily(
+        "<source>_score_z",
+        r"(.+)_score_z",
+        "float32",
+        "score of candidate source <source> standardised over the candidates it proposed to the user "
+        "(minus their mean, over their standard deviation; 0 when that is 0); NaN when it did not propose "
+        "the item",
     ),
     FeatureFamily(
         "user_<attribute>", r"user_(.+)", "category", "the user's categorical attribute <attribute>"
@@ -400,8 +419,8 @@ def build_ranker_features(candidates: pd.DataFrame, context: RankerContext) -> p
         context: the run's :class:`RankerContext`.
 
     Returns:
-        Keys, per-source columns (float32, sorted by source), :data:`FEATURES`, then ``user_*`` and
-        ``item_*`` category columns; it passes :func:`check_feature_table`.
+        Keys, per-source columns (float32, sorted by source), each ``<source>_score_z``, :data:`FEATURES`,
+        then ``user_*`` and ``item_*`` category columns; it passes :func:`check_feature_table`.
     """
     user_rows, items = _keys(candidates, context.train)
     known_user = (user_rows >= 0) & (user_rows < context.train.n_users)
@@ -410,6 +429,9 @@ def build_ranker_features(candidates: pd.DataFrame, context: RankerContext) -> p
     source_columns = _source_columns(candidates)
     for name in source_columns:
         columns[name] = _as_float32(candidates[name], name)
+    for name in source_columns:
+        if name.endswith("_score"):
+            columns[f"{name}_z"] = _within_user_z(columns[name], user_rows)
     columns[N_SOURCES] = _n_sources(candidates, source_columns)
 
     for modality in MODALITIES:
@@ -417,6 +439,9 @@ def build_ranker_features(candidates: pd.DataFrame, context: RankerContext) -> p
     columns["two_tower_dot"] = _two_tower_dot(context, users, known_user, items)
 
     columns["item_pop"] = context.train.item_popularity().astype(np.int32)[items]
+    activity = context.train.user_activity()
+    active_users = max(int((activity > 0).sum()), 1)
+    columns["item_pop_share"] = (columns["item_pop"] / active_users).astype(np.float32)
     times = context.time_features
     reference = context.reference_seconds
     nan_rows = np.full(len(items), np.nan, dtype=np.float32)
@@ -428,7 +453,9 @@ def build_ranker_features(candidates: pd.DataFrame, context: RankerContext) -> p
         columns["item_age_days"] = ((reference - times["first_seen"][items]) / SECONDS_PER_DAY).astype(
             np.float32
         )
-    columns["user_activity"] = np.where(known_user, context.train.user_activity()[users], 0).astype(np.int32)
+    columns["user_activity"] = np.where(known_user, activity[users], 0).astype(np.int32)
+    mean_activity = float(activity[activity > 0].mean()) if (activity > 0).any() else 1.0
+    columns["user_activity_share"] = (columns["user_activity"] / mean_activity).astype(np.float32)
     if times is None:
         columns["user_days_since_last"] = nan_rows.copy()
     else:
@@ -560,6 +587,25 @@ def _as_float32(column: pd.Series, name: str) -> np.ndarray:
     if not (pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype)):
         raise ValueError(f"candidates column {name!r} must be numeric, got {column.dtype}")
     return column.to_numpy(dtype=np.float32, na_value=np.nan)
+
+
+def _within_user_z(scores: np.ndarray, user_rows: np.ndarray) -> np.ndarray:
+    """Each score minus the mean of its user's scores, over their (population) standard deviation.
+
+    Missing scores stay NaN and do not count; a user whose scores are all equal gets 0.
+    """
+    result = np.full(len(scores), np.nan, dtype=np.float32)
+    present = ~np.isnan(scores)
+    if not present.any():
+        return result
+    _, group = np.unique(user_rows[present], return_inverse=True)
+    values = scores[present].astype(np.float64)
+    count = np.bincount(group)
+    mean = np.bincount(group, weights=values) / count
+    centred = values - mean[group]
+    spread = np.sqrt(np.bincount(group, weights=centred**2) / count)[group]
+    result[present] = np.divide(centred, spread, out=np.zeros_like(centred), where=spread > 0)
+    return result
 
 
 def _n_sources(candidates: pd.DataFrame, source_columns: list[str]) -> np.ndarray:

@@ -147,6 +147,28 @@ def test_keys_and_source_columns_pass_through(tiny_features):
     assert feature_columns(tiny_features)[:4] == ["ease_score", "ease_rank", "text_score", "text_rank"]
 
 
+def test_scores_standardised_within_each_user(tiny_features):
+    # ease: u0 (0.9, 0.5) mean 0.7 sd 0.2; u1 (0.7, 0.1) mean 0.4 sd 0.3; u2 (0.4, 0.3); the unknown user
+    # has a single score, so sd 0 gives 0. text: u2 has a single score too, the unknown user none.
+    nan = np.nan
+    np.testing.assert_allclose(
+        tiny_features["ease_score_z"].to_numpy(), [1, -1, nan, 1, nan, -1, 1, -1, 0], atol=1e-5
+    )
+    np.testing.assert_allclose(
+        tiny_features["text_score_z"].to_numpy(), [nan, 1, -1, nan, 1, -1, nan, 0, nan], atol=1e-5
+    )
+
+
+def test_popularity_and_activity_shares(tiny_features):
+    # Item popularity i0..i4 = 1, 2, 1, 1, 0 over the 2 users with history; activity u0 3, u1 2 (mean 2.5).
+    np.testing.assert_allclose(
+        tiny_features["item_pop_share"].to_numpy(), [0.5, 0, 0.5, 0.5, 0, 0.5, 0, 0.5, 1.0], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        tiny_features["user_activity_share"].to_numpy(), [1.2, 1.2, 1.2, 0.8, 0.8, 0.8, 0, 0, 0], atol=1e-6
+    )
+
+
 def test_cosine_to_profiles_computed_from_history_and_given(tiny_features):
     assert_values(
         column(tiny_features, "cos_text"),
