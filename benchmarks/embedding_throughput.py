@@ -1,7 +1,7 @@
 """Embedding throughput: our encoders end to end (``encode_items``) next to a plain library call, same inputs.
 
 Text: ML-100K titles + genres (1682 items) through ``TextEncoder`` vs ``SentenceTransformer.encode``.
-Images: the GroceryStore iconic photos repeated to ~200 paths through ``ImageEncoder`` vs a plain loop of
+Images: the GroceryStore iconic photos repeated to ~600 paths through ``ImageEncoder`` vs a plain loop of
 PIL open + open_clip preprocess + ``encode_image``, same architecture and weights, same batch size. Without
 ``../shared/data`` both use the demo catalogue. The default image model is a small seeded ViT saved as a
 local checkpoint; ``--image-model ViT-B-32 --pretrained <tag-or-path>`` measures a real architecture, with
@@ -33,7 +33,7 @@ from _report import update_section  # noqa: E402
 from features.base import create_encoder, encode_items  # noqa: E402
 
 BATCH_SIZE = 64
-IMAGE_COUNT = 200
+IMAGE_COUNT = 600
 SMALL_VIT_NAME = "m6rec-bench-small-vit"
 SMALL_VIT = {
     "embed_dim": 128,
@@ -177,11 +177,8 @@ def bench_image(args, scratch: Path, demo_dir: Path | None) -> Throughput:
 
 
 def bench_audio(args, scratch: Path, demo_dir: Path | None) -> Throughput | None:
-    """Audio embeddings of the clips via ``create_encoder("audio")``, when ``features/audio.py`` exists.
-
-    The plain-library counterpart belongs with the audio encoder's own library; until it is added here the
-    row reports our side only.
-    """
+    """Audio embeddings of the clips via ``create_encoder("audio")`` next to a serial loop of
+    ``librosa.load`` plus the same librosa feature calls (``features.audio.audio_features``)."""
     try:
         encoder = create_encoder("audio", force_cpu=args.device == "cpu")
     except Exception as error:  # absent or unconfigurable audio encoder: say so, keep the other rows
@@ -196,8 +193,23 @@ def bench_audio(args, scratch: Path, demo_dir: Path | None) -> Throughput | None
     else:
         dataset_dir = demo_dir or _demo_catalogue(scratch / "demo")
         items = pd.read_parquet(dataset_dir / "items.parquet")
-    ours = _best_time(
-        args.repeats, lambda run: _run_ours(encoder, items, dataset_dir, scratch / f"audio-{run}.parquet")
+    import librosa
+
+    from features.audio import audio_features
+
+    paths = [str(Path(p) if Path(p).is_absolute() else dataset_dir / p) for p in items["audio_path"]]
+
+    def plain(_run: int) -> None:
+        for path in paths:
+            samples, rate = librosa.load(
+                path, sr=encoder.sample_rate, mono=True, duration=encoder.max_seconds
+            )
+            audio_features(samples, rate)
+
+    ours, plain_seconds = _alternate(
+        args.repeats,
+        lambda run: _run_ours(encoder, items, dataset_dir, scratch / f"audio-{run}.parquet"),
+        plain,
     )
     metadata = encoder.metadata()
     return Throughput(
@@ -206,8 +218,8 @@ def bench_audio(args, scratch: Path, demo_dir: Path | None) -> Throughput | None
         str(metadata.get("model", "")),
         str(metadata["weights"]),
         ours,
-        None,
-        "not measured yet (plain-library counterpart: slot for the audio encoder owner)",
+        plain_seconds,
+        "loop: librosa.load + the same librosa feature calls, serial",
     )
 
 

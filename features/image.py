@@ -107,7 +107,7 @@ class ImageEncoder(ItemEncoder):
         loader = DataLoader(
             ImageFiles([str(path) for path in inputs], self._preprocess),
             batch_size=self.batch_size,
-            num_workers=min(self.num_workers, -(-len(inputs) // self.batch_size)),
+            num_workers=self._workers(len(inputs)),
             collate_fn=collate_decoded_images,
             pin_memory=self.device.is_cuda,
         )
@@ -121,6 +121,17 @@ class ImageEncoder(ItemEncoder):
                 features = torch.nn.functional.normalize(features.to(torch.float32), p=2, dim=-1)
                 vectors[positions] = features.cpu().numpy()
         return EncodeResult(vectors, failures)
+
+    def _workers(self, n_inputs: int) -> int:
+        """Decoding workers: as configured on a GPU; on the CPU only with cores to spare, since the
+        model's own threads already use every core and extra processes would only contend with them."""
+        import os
+
+        batches = -(-n_inputs // self.batch_size)
+        if self.device.is_cuda:
+            return min(self.num_workers, batches)
+        spare = (os.cpu_count() or 1) // 4
+        return min(self.num_workers, batches, spare)
 
 
 class ImageFiles:
