@@ -53,9 +53,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.base import EncoderInputs, ItemEncoder
-from features.store import EncodeResult, file_fingerprint
-from m6rec.data.contract import AUDIO_PATH, ITEM_ID
+from features.base import EncoderInputs, ItemEncoder, media_inputs
+from features.store import EncodeResult
+from m6rec.data.contract import AUDIO_PATH
 from m6rec.errors import ConfigError
 
 AUDIO_FEATURE_LAYOUT_VERSION = "1"
@@ -277,16 +277,7 @@ class AudioEncoder(ItemEncoder):
 
     def prepare(self, items: pd.DataFrame, dataset_dir: Path) -> EncoderInputs:
         """Items with a non-empty ``audio_path`` (relative to ``dataset_dir`` or absolute), by file hash."""
-        if AUDIO_PATH not in items.columns:
-            return EncoderInputs(keys=[], inputs=[], fingerprints=[])
-        keys, paths = [], []
-        for key, raw in zip(items[ITEM_ID].astype(str), items[AUDIO_PATH].tolist(), strict=True):
-            if raw is None or (not isinstance(raw, str) and pd.isna(raw)) or not str(raw).strip():
-                continue
-            path = Path(str(raw).strip()).expanduser()
-            keys.append(key)
-            paths.append(str(path if path.is_absolute() else Path(dataset_dir) / path))
-        return EncoderInputs(keys=keys, inputs=paths, fingerprints=[file_fingerprint(Path(p)) for p in paths])
+        return media_inputs(items, dataset_dir, AUDIO_PATH)
 
     def encode(self, inputs: list) -> EncodeResult:
         """Feature vectors of the audio files ``inputs``; unreadable files fail with a reason."""

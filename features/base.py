@@ -56,6 +56,24 @@ class ItemEncoder(ABC):
         """Vectors for a batch of inputs; failed positions get a reason instead of raising."""
 
 
+def media_inputs(items: pd.DataFrame, dataset_dir: Path, column: str) -> EncoderInputs:
+    """Items with a non-empty media path in ``column`` (relative to ``dataset_dir`` or absolute), with the
+    resolved paths as inputs and the files' hashes as fingerprints."""
+    from features.store import file_fingerprint
+    from m6rec.data.contract import ITEM_ID
+
+    if column not in items.columns:
+        return EncoderInputs(keys=[], inputs=[], fingerprints=[])
+    keys, paths = [], []
+    for key, raw in zip(items[ITEM_ID].astype(str), items[column].tolist(), strict=True):
+        if raw is None or (not isinstance(raw, str) and pd.isna(raw)) or not str(raw).strip():
+            continue
+        path = Path(str(raw).strip()).expanduser()
+        keys.append(key)
+        paths.append(str(path if path.is_absolute() else Path(dataset_dir) / path))
+    return EncoderInputs(keys=keys, inputs=paths, fingerprints=[file_fingerprint(Path(p)) for p in paths])
+
+
 def create_encoder(modality: str, **params) -> ItemEncoder:
     """Instantiate the registered encoder of ``modality`` with ``params``."""
     _load_builtin_encoders()
