@@ -117,13 +117,6 @@ def select_final(tuned: dict[str, TunedSource]) -> str:
     return max(tuned, key=lambda name: tuned[name].validation_ndcg)
 
 
-def recommend_all(
-    sources: dict[str, CandidateSource], user_rows: np.ndarray, depth: int
-) -> dict[str, Candidates]:
-    """Each source's top-``depth`` list for ``user_rows``."""
-    return {name: source.recommend(user_rows, depth) for name, source in sources.items()}
-
-
 def with_fallback(
     lists: Candidates, fallback: CandidateSource, user_rows: np.ndarray, depth: int, name: str
 ) -> tuple[Candidates, np.ndarray]:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from m6rec import __version__
 from m6rec.candidates import Candidates, create_source
-from m6rec.candidates.merge import ITEM, SOURCES, USER_ROW
+from m6rec.candidates.merge import ITEM, SOURCES, USER_ROW, merge_candidates
 from m6rec.config import RunConfig
 from m6rec.data import contract
 from m6rec.data.contract import ITEM_ID, USER_ID
@@ -263,12 +263,20 @@ def _final_lists(dataset, fold, tuned, lists, embeddings, all_users, depth, out_
         seed=config.seed,
         temporal=temporal,
     )
-    candidates, _ = candidate_table(
-        {name: entry.source for name, entry in tuned.items()},
-        all_users,
-        config.ranker.candidates_per_source,
-        fold.full.matrix,
-    )
+    width = config.ranker.candidates_per_source
+    if width <= depth:  # the evaluation lists already hold every source's candidates: no second pass
+        candidates = merge_candidates(
+            {
+                name: Candidates(found.items[:, :width], found.scores[:, :width])
+                for name, found in lists.items()
+            },
+            all_users,
+            seen=fold.full.matrix,
+        )
+    else:
+        candidates, _ = candidate_table(
+            {name: entry.source for name, entry in tuned.items()}, all_users, width, fold.full.matrix
+        )
     table = _ranker_features(candidates, dataset, fold.full, embeddings)
     training.ranker.save(out_dir / RANKER_DIR)
     write_feature_table(table, out_dir / RANKER_FEATURES)
