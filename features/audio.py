@@ -57,6 +57,7 @@ from features.base import EncoderInputs, ItemEncoder, media_inputs
 from features.store import EncodeResult
 from m6rec.data.contract import AUDIO_PATH
 from m6rec.errors import ConfigError
+from m6rec.progress import progress
 
 AUDIO_FEATURE_LAYOUT_VERSION = "1"
 
@@ -287,11 +288,12 @@ class AudioEncoder(ItemEncoder):
         def analyse(path) -> tuple[np.ndarray | None, str | None]:
             return clip_features(str(path), self.sample_rate, self.max_seconds)
 
+        shown = {"desc": "encoding audio", "total": len(inputs), "unit": "clip"}
         if self.num_workers <= 1 or len(inputs) <= 1:
-            outcomes = [analyse(path) for path in inputs]
+            outcomes = [analyse(path) for path in progress(inputs, **shown)]
         else:
             with ThreadPoolExecutor(max_workers=min(self.num_workers, len(inputs))) as pool:
-                outcomes = list(pool.map(analyse, inputs))
+                outcomes = list(progress(pool.map(analyse, inputs), **shown))
         for position, (features, reason) in enumerate(outcomes):
             if features is None:
                 failures[position] = reason

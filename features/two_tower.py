@@ -42,6 +42,7 @@ from features.store import EmbeddingTable, write_embeddings
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.interactions import InteractionMatrix
 from m6rec.io import atomic_path, write_json
+from m6rec.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -635,7 +636,7 @@ def _fit(
     )
     losses = []
     network.train()
-    for epoch in range(config.epochs):
+    for epoch in progress(range(config.epochs), desc="training two-tower", unit="epoch"):
         order = rng.permutation(len(data.pair_users))
         total, count = 0.0, 0
         for start in range(0, len(order), config.batch_size):

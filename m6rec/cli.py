@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +21,11 @@ app = typer.Typer(
 )
 datasets_app = typer.Typer(help="Prepare public datasets as m6rec dataset directories.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
+flows_app = typer.Typer(
+    help="Run, serve and deploy the Prefect flows: nightly-embeddings, train-ranker, batch-recommend, nightly.",
+    no_args_is_help=True,
+)
+app.add_typer(flows_app, name="flows")
 
 
 @app.command()
@@ -110,17 +116,20 @@ def demo(
     ),
     seed: Annotated[int, typer.Option(help="Seed of the synthetic catalogue.")] = 7,
 ) -> None:
-    """Generate the synthetic demo catalogue into OUT/catalogue and run the main job into OUT/run.
+    """Generate the synthetic demo catalogue into OUT/catalogue and run the nightly flow into OUT/run:
+    item embeddings, ranker training, every user's list (OUT/run/lists) and the report, on Prefect's local
+    ephemeral API (no server needed; PREFECT_API_URL, when set, sends the runs to that server instead).
 
     Example: m6rec demo --out demo-out
     """
-    from m6rec.config import RunConfig
     from m6rec.demo_catalogue import DemoCatalogueSpec, generate_demo_catalogue
-    from pipelines.run import run_pipeline
 
     catalogue = generate_demo_catalogue(out / "catalogue", DemoCatalogueSpec(seed=seed))
     typer.echo(f"demo catalogue (synthetic): {catalogue}", err=True)
-    _print_result(run_pipeline(catalogue, out / "run", RunConfig()))
+    _prefect_environment()
+    from flows.nightly import nightly
+
+    _print_nightly(nightly(data_dir=str(catalogue.resolve()), out_dir=str((out / "run").resolve())))
 
 
 @app.command()
@@ -161,6 +170,53 @@ def validate(
     typer.echo(json.dumps(dataset.report.to_dict(), indent=2))
 
 
+@app.command("inspect")
+def inspect_command(
+    path: Annotated[
+        Path, typer.Argument(help="A Parquet file: features/*.parquet, recommendations.parquet, any other.")
+    ],
+    sample: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Rows to show, drawn at random (seed 0). Default 5, or 0 with --id/--neighbours."
+        ),
+    ] = None,
+    id_value: Annotated[
+        str | None, typer.Option("--id", help="Show the rows whose ID column equals this.")
+    ] = None,
+    id_column: Annotated[
+        str | None, typer.Option(help="ID column for --id and --neighbours (default: the file's key).")
+    ] = None,
+    neighbours: Annotated[
+        str | None, typer.Option(help="List the nearest neighbours by cosine of this ID's vector.")
+    ] = None,
+    k: Annotated[int, typer.Option("--k", min=1, help="How many neighbours.")] = 10,
+    vector_column: Annotated[
+        str | None, typer.Option(help="Vector column for --neighbours (default: the first one).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Show a Parquet file's schema, metadata, null counts, vector statistics, rows with problems and a
+    sample of rows; optionally the rows of one ID and an item's nearest neighbours.
+
+    Example: m6rec inspect demo-out/run/features/text.parquet --neighbours item-0001 --k 5
+    """
+    from pipelines.inspect import inspect_parquet
+
+    if sample is None:
+        sample = 0 if id_value is not None or neighbours is not None else 5
+    result = inspect_parquet(
+        path,
+        sample=sample,
+        id_value=id_value,
+        id_column=id_column,
+        neighbours_of=neighbours,
+        k=k,
+        vector_column=vector_column,
+    )
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render_text().rstrip("\n"))
+
+
 @datasets_app.command("prepare")
 def datasets_prepare(
     name: Annotated[str, typer.Argument(help="movielens-100k or lastfm-hetrec.")],
@@ -187,6 +243,133 @@ def datasets_prepare(
     typer.echo(f"prepared {prepared.name} in {prepared.out_dir}: {prepared.row_counts}")
 
 
+FLOW_NAMES = ("nightly", "nightly-embeddings", "train-ranker", "batch-recommend")
+
+
+@flows_app.command("run")
+def flows_run(
+    name: Annotated[
+        str, typer.Argument(help="nightly, nightly-embeddings, train-ranker or batch-recommend.")
+    ],
+    data_dir: Annotated[Path, typer.Argument(help="Dataset directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (the model and its lists).")],
+    config: Annotated[Path | None, typer.Option(help="YAML run configuration.")] = None,
+) -> None:
+    """Run one flow now, in this process.
+
+    Runs on Prefect's local ephemeral API, or on the server at PREFECT_API_URL when set. batch-recommend
+    needs a model trained into OUT by train-ranker or nightly.
+
+    Example: m6rec flows run nightly demo-out/catalogue --out demo-out/run
+    """
+    if name not in FLOW_NAMES:
+        raise typer.BadParameter(f"{name!r}: expected one of {', '.join(FLOW_NAMES)}", param_hint="NAME")
+    _prefect_environment()
+    from flows.deployments import DEPLOYMENTS, load_flow
+
+    flow = load_flow(next(spec for spec in DEPLOYMENTS if spec.name == name))
+    result = flow(
+        data_dir=str(data_dir.resolve()),
+        out_dir=str(out.resolve()),
+        config_path=str(config.resolve()) if config else None,
+    )
+    if name == "nightly":
+        _print_nightly(result)
+    else:
+        typer.echo(json.dumps(result, indent=2, default=str))
+
+
+# Options shared by `flows serve` and `flows deploy`: where the deployments read and write.
+DeploymentDataOption = Annotated[
+    Path | None, typer.Option("--data", help="Dataset directory (default: $M6REC_DATA_DIR or /data).")
+]
+DeploymentOutOption = Annotated[
+    Path | None, typer.Option("--out", "-o", help="Output directory (default: $M6REC_OUT_DIR or /outputs).")
+]
+DeploymentConfigOption = Annotated[
+    Path | None, typer.Option(help="YAML run configuration (default: $M6REC_CONFIG).")
+]
+
+
+@flows_app.command("serve")
+def flows_serve(
+    data: DeploymentDataOption = None,
+    out: DeploymentOutOption = None,
+    config: DeploymentConfigOption = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many flow runs may run at once.")] = 1,
+) -> None:
+    """Serve every deployment from this process (one machine) until stopped.
+
+    nightly-embeddings runs daily at 02:00 UTC, train-ranker on Sundays at 03:00 UTC, batch-recommend
+    after each completed nightly-embeddings run, nightly on demand. Needs a Prefect server (PREFECT_API_URL).
+
+    Example: PREFECT_API_URL=http://127.0.0.1:4200/api m6rec flows serve --data data/shop --out runs/shop
+    """
+    _prefect_environment()
+    _require_prefect_server("serve")
+    from flows.deployments import serve_deployments
+
+    serve_deployments(*_deployment_paths(data, out, config), limit=limit)
+
+
+@flows_app.command("deploy")
+def flows_deploy(
+    data: DeploymentDataOption = None,
+    out: DeploymentOutOption = None,
+    config: DeploymentConfigOption = None,
+    pool: Annotated[str, typer.Option(help="Process work pool (created if missing).")] = "m6rec",
+) -> None:
+    """Register every deployment with the Prefect server for a process worker.
+
+    The deployments and schedules of `m6rec flows serve`, registered at PREFECT_API_URL for the work pool
+    POOL; `prefect worker start --pool m6rec --type process` then runs them.
+
+    Example: m6rec flows deploy && prefect worker start --pool m6rec --type process
+    """
+    _prefect_environment()
+    _require_prefect_server("deploy")
+    from flows.deployments import deploy_to_work_pool
+
+    for name in deploy_to_work_pool(*_deployment_paths(data, out, config), work_pool=pool):
+        typer.echo(f"deployed {name} (work pool {pool})")
+
+
+def _prefect_environment() -> None:
+    """Prefect defaults, set before Prefect is imported: no analytics, and a patient start of the local
+    ephemeral API, whose first start migrates a fresh database and can take a minute on a busy machine.
+    The API client's request lines stay out of the INFO log."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _require_prefect_server(command: str) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise M6RecError(
+            f"m6rec flows {command} needs a Prefect server, and PREFECT_API_URL is not set",
+            hint="start one with `prefect server start`, then export PREFECT_API_URL=http://127.0.0.1:4200/api",
+        )
+
+
+def _deployment_paths(data: Path | None, out: Path | None, config: Path | None) -> tuple[str | None, ...]:
+    return tuple(None if path is None else str(path.resolve()) for path in (data, out, config))
+
+
+def _print_nightly(result: dict) -> None:
+    typer.echo(f"recommendations: {result['lists']}")
+    typer.echo(f"report: {result['report']}")
+    final = (result.get("metrics") or {}).get("final")
+    if final:
+        shown = {
+            key: round(value, 4) for key, value in final.items() if key.split("@")[0] in ("ndcg", "recall")
+        }
+        typer.echo(f"final list ({result['selected_model']}): {shown}")
+    elif not result["retrained"]:
+        typer.echo(f"model trained {result['model_age_days']:.1f} days ago: not retrained")
+
+
 def _print_result(result) -> None:
     typer.echo(f"recommendations: {result.recommendations_path}")
     if result.metrics:
@@ -201,6 +384,8 @@ def _print_result(result) -> None:
 def main() -> None:
     """Entry point of the ``m6rec`` console script: user errors become one line and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for chatty in ("httpx", "httpcore"):  # one line per HTTP request to the Prefect API
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         app(standalone_mode=False)
     except M6RecError as error:

@@ -8,6 +8,11 @@ class M6RecError(Exception):
 
     hint: str | None = None
 
+    def __init__(self, message: str = "", *, hint: str | None = None):
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
 
 class DataError(M6RecError, ValueError):
     """A problem in an input file, located by file and (where known) row."""

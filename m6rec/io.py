@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,3 +62,22 @@ def _json_default(value: object) -> object:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def publish_staged(out_dir: Path, write: Callable[[Path], None]) -> list[str]:
+    """Let ``write`` fill a staging folder inside ``out_dir``, then move each file it wrote into ``out_dir``.
+
+    Nothing in ``out_dir`` changes unless ``write`` succeeds, so a failed run keeps the last good outputs.
+    Returns the names of the files published.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        write(staging)
+        names = sorted(path.name for path in staging.iterdir())
+        for name in names:
+            (staging / name).replace(out_dir / name)
+        return names
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

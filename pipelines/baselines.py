@@ -6,14 +6,15 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from m6rec.candidates import Candidates, CandidateSource, create_source
 from m6rec.config import BaselineConfig
-from m6rec.data.contract import TIMESTAMP
+from m6rec.data.contract import ITEM_ID, TIMESTAMP
 from m6rec.data.interactions import IdIndex, InteractionMatrix
 from m6rec.data.splits import random_split, temporal_split
 from m6rec.evaluation.metrics import ranking_metrics
@@ -26,7 +27,10 @@ class Fold:
     """Training data cut in two: ``history`` (what sources learn from) and ``labels`` (what they must find).
 
     Sources are tuned on it, and the ranker learns from candidates of the history-fitted sources with
-    labels from the label part, so no label ever leaks into a feature.
+    labels from the label part, so no label ever leaks into a feature. ``ratio`` is the per-user label
+    share. ``cold_items`` (item columns) are simulated new items, as if added at the fold's cut: their
+    interactions in the history part are ``hidden`` (in neither part, so nothing fitted on the history
+    knows the items), those in the label part stay labels.
     """
 
     history_frame: pd.DataFrame
@@ -35,20 +39,60 @@ class Fold:
     history: InteractionMatrix
     labels: InteractionMatrix
     full: InteractionMatrix
+    ratio: float = 0.2
+    cold_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    hidden: InteractionMatrix | None = None
 
     @property
     def label_users(self) -> np.ndarray:
         return np.flatnonzero(np.diff(self.labels.matrix.indptr) > 0)
 
+    @property
+    def seen(self) -> sp.csr_matrix:
+        """The pairs no fold candidate may be: the history and the hidden interactions."""
+        if self.hidden is None:
+            return self.history.matrix
+        seen = (self.history.matrix + self.hidden.matrix).tocsr()
+        seen.data[:] = 1.0
+        return seen
+
+    @property
+    def cold_item_share(self) -> float:
+        """Share of the items with training interactions that the fold treats as new."""
+        with_history = int(np.count_nonzero(self.full.item_popularity()))
+        return len(self.cold_items) / with_history if with_history else 0.0
+
 
 def make_fold(
-    train_frame: pd.DataFrame, users: IdIndex, items: IdIndex, ratio: float, *, temporal: bool, seed: int
-):
-    """Per user, the latest (``temporal``) or a random ``ratio`` share of ``train_frame`` becomes labels."""
+    train_frame: pd.DataFrame,
+    users: IdIndex,
+    items: IdIndex,
+    ratio: float,
+    *,
+    temporal: bool,
+    seed: int,
+    cold_item_share: float = 0.0,
+) -> Fold:
+    """Per user, the latest (``temporal``) or a random ``ratio`` share of ``train_frame`` becomes labels.
+
+    With ``cold_item_share`` above 0, that share of the items with training interactions (at least one
+    item, drawn at random with ``seed``) become simulated new items: their history-part interactions are
+    hidden, their label-part ones stay labels, so the ranker learns how items without history, reached
+    through content, fare. Hiding rather than moving those interactions to the labels keeps a new item's
+    label rate that of any item: moved, they had several times as many labels as other items, and the
+    ranker trained on MovieLens either buried new items or flooded the lists with them, by seed.
+    """
+    if not 0.0 <= cold_item_share < 1.0:
+        raise ValueError(f"cold_item_share must be in [0, 1), got {cold_item_share}")
     if temporal and TIMESTAMP in train_frame.columns and train_frame[TIMESTAMP].notna().all():
         history, labels = temporal_split(train_frame, ratio)
     else:
         history, labels = random_split(train_frame, ratio, seed=seed + 1)
+    cold_items, hidden = np.zeros(0, dtype=np.int64), None
+    if cold_item_share > 0:
+        cold_items = simulated_cold_items(train_frame, items, cold_item_share, seed=seed)
+        is_hidden = np.isin(items.positions(history[ITEM_ID]), cold_items)
+        history, hidden = history[~is_hidden], InteractionMatrix.from_frame(history[is_hidden], users, items)
     return Fold(
         history,
         labels,
@@ -56,7 +100,20 @@ def make_fold(
         InteractionMatrix.from_frame(history, users, items),
         InteractionMatrix.from_frame(labels, users, items),
         InteractionMatrix.from_frame(train_frame, users, items),
+        ratio,
+        cold_items,
+        hidden,
     )
+
+
+def simulated_cold_items(train_frame: pd.DataFrame, items: IdIndex, share: float, *, seed: int) -> np.ndarray:
+    """Sorted columns of ``round(share * n)`` (at least one) of the ``n`` items with interactions in
+    ``train_frame``, drawn uniformly at random with ``seed``."""
+    with_history = np.unique(items.positions(train_frame[ITEM_ID]))
+    with_history = with_history[with_history >= 0]
+    count = min(len(with_history), max(1, round(share * len(with_history))))
+    rng = np.random.default_rng([seed, 0xC01D])
+    return np.sort(rng.choice(with_history, size=count, replace=False)).astype(np.int64)
 
 
 @dataclass

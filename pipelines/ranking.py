@@ -5,6 +5,9 @@ part. When every source can be refitted from interactions alone, more random lab
 same training data and stacked, so the ranker sees each user several times. The ranker is kept only if it
 beats the best single source on users held out from its training (in every fold).
 
+A share of the fold's items is simulated as new (``Fold.cold_items``) so that the ranker learns how items
+without history fare; :func:`rank_with_new_item_slots` can reserve places of the final lists for new items.
+
 Raw scores and raw counts shift between the fold (sources fitted on less data) and the final lists
 (sources fitted on all training data); the ranker learns from ranks, per-user standardised scores and
 shares instead (``RankerConfig.excluded_features``).
@@ -39,13 +42,18 @@ _FOLD_QUERY_STRIDE = 1 << 40
 
 @dataclass
 class RankerTraining:
-    """The trained ranker, its validation NDCG against each single source, and the training table."""
+    """The trained ranker, its validation NDCG against each single source, and the training table.
+
+    ``candidate_recall`` is the share of the fold's labels among the training candidates;
+    ``cold_candidate_recall`` the same for the labels on the fold's simulated new items (None without).
+    """
 
     ranker: LightGBMRanker
     validation: dict[str, float]
     candidate_recall: float
     features: pd.DataFrame = field(repr=False)
     columns: list[str] = field(default_factory=list)
+    cold_candidate_recall: float | None = None
 
     @property
     def beats_sources(self) -> bool:
@@ -79,7 +87,7 @@ def train_ranker(
     validation NDCG@10, which is measured on ``fold`` alone.
     """
     users = fold.label_users
-    candidates, lists = candidate_table(sources, users, config.candidates_per_source, fold.history.matrix)
+    candidates, lists = candidate_table(sources, users, config.candidates_per_source, fold.seen)
     labels = _labels(candidates, fold)
     found = pd.Series(labels).groupby(candidates[USER_ROW].to_numpy()).sum()
     recall = float(found.sum() / fold.labels.matrix[users].nnz)
@@ -89,6 +97,13 @@ def train_ranker(
         len(users),
         recall,
     )
+    cold_recall = _cold_candidate_recall(candidates, labels, fold)
+    if cold_recall is not None:
+        log.info(
+            "ranker training: %d simulated new items, candidate recall of their labels %.3f",
+            len(fold.cold_items),
+            cold_recall,
+        )
     table = build_ranker_features(candidates, context)
     table["label"] = labels.astype(np.int32)
     useful = found[found > 0].index.to_numpy()
@@ -101,7 +116,7 @@ def train_ranker(
         _stacked_folds(fold, sources, context, config, seed=seed, temporal=temporal), start=1
     ):
         extra_candidates, _ = candidate_table(
-            extra_sources, extra.label_users, config.candidates_per_source, extra.history.matrix
+            extra_sources, extra.label_users, config.candidates_per_source, extra.seen
         )
         extra_table = build_ranker_features(
             extra_candidates, dataclasses.replace(context, train=extra.history)
@@ -130,7 +145,7 @@ def train_ranker(
     )
     validation = _validation_ndcg(ranker, valid_part, columns, lists, users, held_out, fold)
     log.info("ranker validation ndcg@10: %s", {name: round(value, 4) for name, value in validation.items()})
-    return RankerTraining(ranker, validation, recall, table, columns)
+    return RankerTraining(ranker, validation, recall, table, columns, cold_recall)
 
 
 def model_columns(table: pd.DataFrame, excluded: list[str]) -> list[str]:
@@ -146,18 +161,19 @@ def model_columns(table: pd.DataFrame, excluded: list[str]) -> list[str]:
 def resampled_folds(
     fold: Fold, sources: dict[str, CandidateSource], count: int, *, seed: int
 ) -> list[tuple[Fold, dict[str, CandidateSource]]]:
-    """``count`` more random label folds of ``fold.full_frame`` (the same label share as ``fold``), each
-    with every source re-created with its parameters and fitted on that fold's history."""
-    ratio = fold.labels.matrix.nnz / max(fold.full.matrix.nnz, 1)
+    """``count`` more random label folds of ``fold.full_frame`` (the same label share and share of
+    simulated new items as ``fold``, other items drawn), each with every source re-created with its
+    parameters and fitted on that fold's history."""
     folds = []
     for number in range(1, count + 1):
         extra = make_fold(
             fold.full_frame,
             fold.full.users,
             fold.full.items,
-            ratio,
+            fold.ratio,
             temporal=False,
             seed=seed + 7919 * number,
+            cold_item_share=fold.cold_item_share,
         )
         refitted = {
             name: create_source(name, **source.params).fit(extra.history) for name, source in sources.items()
@@ -182,17 +198,117 @@ def _stacked_folds(fold, sources, context, config, *, seed, temporal):
     return resampled_folds(fold, sources, config.training_folds - 1, seed=seed)
 
 
+def _cold_candidate_recall(candidates: pd.DataFrame, labels: np.ndarray, fold: Fold) -> float | None:
+    cold_labels = fold.labels.matrix[fold.label_users][:, fold.cold_items].nnz if len(fold.cold_items) else 0
+    if cold_labels == 0:
+        return None
+    found = labels.astype(bool) & np.isin(candidates[ITEM].to_numpy(), fold.cold_items)
+    return float(found.sum() / cold_labels)
+
+
 def _labels(candidates: pd.DataFrame, fold: Fold) -> np.ndarray:
     rows, items = candidates[USER_ROW].to_numpy(), candidates[ITEM].to_numpy()
     return np.asarray(fold.labels.matrix[rows, items]).ravel()
 
 
 def rank_candidates(
-    ranker: LightGBMRanker, table: pd.DataFrame, columns: list[str], user_rows: np.ndarray, depth: int
+    ranker: LightGBMRanker,
+    table: pd.DataFrame,
+    columns: list[str],
+    user_rows: np.ndarray,
+    depth: int,
+    *,
+    new_item_slots: int = 0,
+    new_item_slot_spacing: int = RankerConfig.new_item_slot_spacing,
 ) -> Candidates:
-    """Order each user's candidates by the ranker's score; rows follow ``user_rows``, padded with -1."""
+    """Order each user's candidates by the ranker's score; rows follow ``user_rows``, padded with -1.
+
+    With ``new_item_slots``, places are reserved for new items as in :func:`rank_with_new_item_slots`.
+    """
+    return rank_with_new_item_slots(
+        ranker, table, columns, user_rows, depth, slots=new_item_slots, spacing=new_item_slot_spacing
+    )[0]
+
+
+def rank_with_new_item_slots(
+    ranker: LightGBMRanker,
+    table: pd.DataFrame,
+    columns: list[str],
+    user_rows: np.ndarray,
+    depth: int,
+    *,
+    slots: int,
+    spacing: int = RankerConfig.new_item_slot_spacing,
+) -> tuple[Candidates, np.ndarray]:
+    """Each user's candidates ordered by the ranker's score, with ``slots`` places reserved for new items.
+
+    New items are those with ``item_pop`` 0 in ``table``: no training interaction. The user's best-scored
+    new items among all its candidates (not only the top ``depth``) are moved up as
+    :func:`reserve_new_item_slots` describes. Returns the lists (rows follow ``user_rows``, padded with -1)
+    and a boolean ``[n_users, depth]`` mask of the entries moved up into a reserved place (provenance).
+    """
     scores = ranker.predict(table[columns]) if len(table) else np.zeros(0)
-    return _to_lists(table[USER_ROW].to_numpy(), table[ITEM].to_numpy(), scores, user_rows, depth)
+    rows, items = table[USER_ROW].to_numpy(), table[ITEM].to_numpy()
+    if slots == 0:
+        lists = _to_lists(rows, items, scores, user_rows, depth)
+        return lists, np.zeros(lists.items.shape, dtype=bool)
+    is_new = table["item_pop"].to_numpy() == 0
+    order, _, rank = _ranked_order(rows, scores, user_rows)
+    new_in_order = is_new[order]
+    new_so_far = pd.Series(new_in_order.astype(np.int64)).groupby(rows[order]).cumsum().to_numpy()
+    pooled = np.zeros(len(rows), dtype=bool)
+    pooled[order] = (rank < depth) | (new_in_order & (new_so_far <= slots))
+    pool = _to_lists(rows[pooled], items[pooled], scores[pooled], user_rows, depth + slots)
+    is_new_item = np.zeros(int(items.max(initial=-1)) + 1, dtype=bool)
+    is_new_item[items[is_new]] = True
+    lists, moved = reserve_new_item_slots(pool, is_new_item, slots, spacing)
+    return Candidates(lists.items[:, :depth], lists.scores[:, :depth]), moved[:, :depth]
+
+
+def reserve_new_item_slots(
+    ranked: Candidates, is_new_item: np.ndarray, slots: int, spacing: int
+) -> tuple[Candidates, np.ndarray]:
+    """Reserve places for new items in ranked lists: a user's ``j``-th new item, for ``j`` up to
+    ``slots``, is moved up to 1-based position ``j * spacing`` unless the ranker already put it higher.
+
+    Args:
+        ranked: lists best first (``items`` ``[n_users, depth]``, -1 padding at the end).
+        is_new_item: boolean per item column, True for items without training interactions.
+        slots: how many places per list are reserved (0: lists unchanged).
+        spacing: distance between reserved places; ``spacing=5, slots=2`` reserves positions 5 and 10.
+
+    Returns:
+        The reordered lists and a boolean ``[n_users, depth]`` mask of the entries moved up into a reserved
+        place. A list only changes order: the moved new items are the user's best-ranked ones, the other
+        items keep their relative order, every item keeps its score, and nothing is added or dropped (so no
+        duplicate and no seen item can appear). A user with fewer new candidates than ``slots`` gets those.
+    """
+    if slots < 0:
+        raise ValueError(f"new item slots must be at least 0, got {slots}")
+    if spacing < 1:
+        raise ValueError(f"new item slot spacing must be at least 1, got {spacing}")
+    items, scores = np.asarray(ranked.items), np.asarray(ranked.scores)
+    is_new_item = np.asarray(is_new_item, dtype=bool)
+    new = (items >= 0) & is_new_item[np.maximum(items, 0)]
+    if slots == 0 or not new.any():
+        return Candidates(items.copy(), scores.copy()), np.zeros(items.shape, dtype=bool)
+    order_among_new = np.cumsum(new, axis=1)
+    natural = np.broadcast_to(np.arange(items.shape[1]), items.shape)
+    reserved = np.minimum(natural, order_among_new * spacing - 1)
+    target = np.where(new & (order_among_new <= slots), reserved, natural)
+    rows, columns = np.nonzero(new)
+    placed = np.zeros(items.shape, dtype=bool)
+    placed[rows, target[rows, columns]] = True
+    out_items, out_scores = np.empty_like(items), np.empty_like(scores)
+    out_items[rows, target[rows, columns]] = items[rows, columns]
+    out_scores[rows, target[rows, columns]] = scores[rows, columns]
+    # Other entries, padding included, fill the free places row by row in their original order; both
+    # masks hold the same count per row, and boolean indexing walks them row-major.
+    out_items[~placed] = items[~new]
+    out_scores[~placed] = scores[~new]
+    moved = np.zeros(items.shape, dtype=bool)
+    moved[rows, target[rows, columns]] = target[rows, columns] < columns
+    return Candidates(out_items, out_scores), moved
 
 
 def _validation_ndcg(ranker, valid_part, columns, lists, users, held_out, fold) -> dict[str, float]:
@@ -219,14 +335,22 @@ def _group_sizes_of(rows: np.ndarray) -> np.ndarray:
     return np.diff(np.r_[boundaries, len(rows)])
 
 
-def _to_lists(rows: np.ndarray, items: np.ndarray, scores: np.ndarray, user_rows: np.ndarray, depth: int):
+def _ranked_order(rows: np.ndarray, scores: np.ndarray, user_rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The order that sorts candidates by user (as in ``user_rows``) then score, best first, and for each
+    sorted candidate its user's position in ``user_rows`` and its 0-based rank within the user."""
     position = pd.Index(user_rows).get_indexer(rows)
     order = np.lexsort((-scores, position))
-    position, items, scores = position[order], items[order], scores[order]
+    position = position[order]
     starts = (
         np.flatnonzero(np.r_[True, position[1:] != position[:-1]]) if len(position) else np.array([], int)
     )
     rank = np.arange(len(position)) - np.repeat(starts, np.diff(np.r_[starts, len(position)]))
+    return order, position, rank
+
+
+def _to_lists(rows: np.ndarray, items: np.ndarray, scores: np.ndarray, user_rows: np.ndarray, depth: int):
+    order, position, rank = _ranked_order(rows, scores, user_rows)
+    items, scores = items[order], scores[order]
     keep = rank < depth
     out_items = np.full((len(user_rows), depth), -1, dtype=np.int64)
     out_scores = np.full((len(user_rows), depth), -np.inf, dtype=np.float32)

@@ -9,8 +9,6 @@ place only when complete, so a failed run leaves the previous outputs untouched.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +27,7 @@ from m6rec.data.interactions import IdIndex, InteractionMatrix
 from m6rec.data.splits import SplitSpec
 from m6rec.data.tables import find_table
 from m6rec.evaluation.metrics import ranking_metrics
-from m6rec.io import write_json, write_parquet
+from m6rec.io import publish_staged, write_json, write_parquet
 from pipelines.baselines import Fold, make_fold, select_final, tune_and_fit, with_fallback
 
 log = logging.getLogger("m6rec")
@@ -41,6 +39,7 @@ VALIDATION_REPORT = "validation_report.json"
 HELD_OUT = "test_interactions.parquet"
 RANKER_FEATURES = "ranker_features.parquet"
 RANKER_DIR = "ranker"
+REPORT = "report.html"
 FINAL = "final"
 
 
@@ -56,6 +55,10 @@ class RunResult:
     @property
     def recommendations_path(self) -> Path:
         return self.out_dir / RECOMMENDATIONS
+
+    @property
+    def report_path(self) -> Path:
+        return self.out_dir / REPORT
 
 
 @dataclass
@@ -99,6 +102,7 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
         config.baselines.validation_ratio,
         temporal=protocol.temporal,
         seed=config.seed,
+        cold_item_share=config.fold_cold_item_share(),
     )
     log.info(
         "%d users, %d items, %d training interactions (%s)",
@@ -129,7 +133,7 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
     all_users = np.arange(len(users))
     depth = max(config.candidate_depth, config.top_k, *config.k_values)
     lists = {name: entry.source.recommend(all_users, depth) for name, entry in tuned.items()}
-    selected, final, candidates, ranker_summary = _final_lists(
+    selected, final, candidates, ranker_summary, new_item_places = _final_lists(
         dataset, fold, tuned, lists, embeddings, all_users, depth, out_dir, config, temporal=protocol.temporal
     )
     final, origin = with_fallback(final, fallback, all_users, depth, selected)
@@ -165,9 +169,22 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
         "embeddings": embeddings["summary"] if embeddings else None,
         "timings_seconds": clock.timings,
     }
-    recommendations = _recommendation_frame(final, origin, candidates, users, items, config.top_k)
+    recommendations = _recommendation_frame(
+        final, origin, candidates, users, items, config.top_k, new_item_places
+    )
     _publish(out_dir, recommendations, metrics, protocol.test, summary, dataset.report.to_dict())
+    _report(out_dir)
     return RunResult(out_dir, metrics, selected, summary)
+
+
+def _report(out_dir: Path) -> None:
+    """The run's report.html; the lists and metrics are already published, so a failure here only warns."""
+    from pipelines.report import write_report
+
+    try:
+        write_report(out_dir)
+    except Exception as error:  # the report is a view of outputs that are already safe
+        log.warning("report.html not written: %s", error)
 
 
 def _protocol(dataset: Dataset, config: RunConfig) -> _Protocol:
@@ -227,32 +244,42 @@ def _embeddings(dataset: Dataset, fold: Fold, features_dir: Path, config: RunCon
 
 def _source_files(dataset: Dataset, embeddings: dict | None) -> tuple[dict, dict]:
     """Fixed file parameters of the embedding-backed sources, for the fold fit and the full fit."""
-    history, full = {}, {}
-    if embeddings:
-        for name, result in (("history", embeddings["history"]), ("train", embeddings["train"])):
-            target = history if name == "history" else full
-            paths = {**embeddings["items"].paths, **result.paths}
-            if "cf_items" in paths and "cf_users" in paths:
-                target["two_tower"] = {
-                    "embeddings": str(paths["cf_items"]),
-                    "user_embeddings": str(paths["cf_users"]),
-                }
-            content = paths.get("fused") or paths.get("text")
-            if content:
-                target["content"] = {"embeddings": str(content)}
+    if not embeddings:
+        return source_file_params(dataset, None, None), source_file_params(dataset, None, None)
+    items = embeddings["items"]
+    return (
+        source_file_params(dataset, items, embeddings["history"]),
+        source_file_params(dataset, items, embeddings["train"]),
+    )
+
+
+def source_file_params(dataset: Dataset, items, collaborative) -> dict[str, dict]:
+    """File parameters of the sources that read embeddings or the KG: two-tower vectors from
+    ``collaborative``, content vectors (fused, else text) from either result, the dataset's KG file."""
+    params = {}
+    paths = {**(items.paths if items else {}), **(collaborative.paths if collaborative else {})}
+    if "cf_items" in paths and "cf_users" in paths:
+        params["two_tower"] = {
+            "embeddings": str(paths["cf_items"]),
+            "user_embeddings": str(paths["cf_users"]),
+        }
+    content = paths.get("fused") or paths.get("text")
+    if content:
+        params["content"] = {"embeddings": str(content)}
     kg_path = find_table(dataset.directory, contract.KG)
     if kg_path is not None:
-        history["kg_neighbours"] = full["kg_neighbours"] = {"kg": str(kg_path)}
-    return history, full
+        params["kg_neighbours"] = {"kg": str(kg_path)}
+    return params
 
 
 def _final_lists(dataset, fold, tuned, lists, embeddings, all_users, depth, out_dir, config, *, temporal):
     """The ranker's lists when it beats every single source on held-out fold users, else the best source's.
-    Returns (name, lists, merged final candidates or None, ranker summary)."""
+    Returns (name, lists, merged final candidates or None, ranker summary, mask of the list entries moved
+    up into places reserved for new items or None)."""
     best_source = select_final(tuned)
     if not config.ranker.enabled or len(tuned) < 2:
-        return best_source, lists[best_source], None, None
-    from pipelines.ranking import candidate_table, rank_candidates, train_ranker
+        return best_source, lists[best_source], None, None, None
+    from pipelines.ranking import candidate_table, rank_with_new_item_slots, train_ranker
     from ranker.features import write_feature_table
 
     training = train_ranker(
@@ -295,9 +322,18 @@ def _final_lists(dataset, fold, tuned, lists, embeddings, all_users, depth, out_
             best_source,
             best_source,
         )
-        return best_source, lists[best_source], candidates, summary
-    final = rank_candidates(training.ranker, table, training.columns, all_users, depth)
-    return "ranker", final, candidates, summary
+        return best_source, lists[best_source], candidates, summary, None
+    final, new_item_places = rank_with_new_item_slots(
+        training.ranker,
+        table,
+        training.columns,
+        all_users,
+        depth,
+        slots=config.ranker.new_item_slots,
+        spacing=config.ranker.new_item_slot_spacing,
+    )
+    summary["new_item_places_per_user"] = float(new_item_places.sum() / max(len(all_users), 1))
+    return "ranker", final, candidates, summary, new_item_places
 
 
 def _ranker_context(dataset, matrix, embeddings, which):
@@ -363,6 +399,7 @@ def _recommendation_frame(
     users: IdIndex,
     items: IdIndex,
     top_k: int,
+    new_item_places: np.ndarray | None = None,
 ) -> pd.DataFrame:
     top_items = final.items[:, :top_k]
     user_rows, ranks = np.nonzero(top_items >= 0)
@@ -378,6 +415,8 @@ def _recommendation_frame(
             "source": pd.Series(origin[user_rows], dtype="string"),
         }
     )
+    if new_item_places is not None and new_item_places.any():
+        frame["new_item_place"] = new_item_places[:, :top_k][user_rows, ranks]
     if candidates is not None:
         provenance = [SOURCES] + [column for column in candidates.columns if column.endswith("_rank")]
         frame = frame.merge(candidates[[USER_ROW, ITEM, *provenance]], on=[USER_ROW, ITEM], how="left")
@@ -394,9 +433,8 @@ def _publish(
     report: dict,
 ) -> None:
     """Write every output into a staging folder, then move each file into ``out_dir`` (atomic per file)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
-    try:
+
+    def write(staging: Path) -> None:
         write_parquet(recommendations, staging / RECOMMENDATIONS, {"m6rec.version": __version__})
         if metrics:
             write_json(metrics, staging / METRICS)
@@ -404,13 +442,11 @@ def _publish(
             write_parquet(held_out, staging / HELD_OUT)
         write_json(summary, staging / RUN_SUMMARY)
         write_json(report, staging / VALIDATION_REPORT)
-        for path in staging.iterdir():
-            path.replace(out_dir / path.name)
-        if not metrics:
-            (out_dir / METRICS).unlink(missing_ok=True)
-            (out_dir / HELD_OUT).unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    publish_staged(out_dir, write)
+    if not metrics:
+        (out_dir / METRICS).unlink(missing_ok=True)
+        (out_dir / HELD_OUT).unlink(missing_ok=True)
 
 
 def _headline(metrics: dict[str, float]) -> str:

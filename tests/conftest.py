@@ -61,3 +61,54 @@ def checkerboard_interactions() -> CheckerboardInteractions:
         user_group=np.array([user_group[user] for user in train.users.ids]),
         item_group=np.array([item_group[item] for item in train.items.ids]),
     )
+
+
+@pytest.fixture(scope="session")
+def prefect_test_api(tmp_path_factory):
+    """Flows in this session run against a temporary local Prefect API and database
+    (``prefect_test_harness``); task results, the embedding cache among them, go to a temporary folder
+    instead of ``~/.prefect``. The API's first start migrates a fresh database: slow on a busy machine."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    storage = tmp_path_factory.mktemp("prefect-results")
+    with (
+        temporary_settings({PREFECT_LOCAL_STORAGE_PATH: storage}),
+        prefect_test_harness(server_startup_timeout=300),
+    ):
+        yield
+
+
+TINY_FLOW_RUN_CONFIG = """\
+baselines:
+  models: [popularity, ease]
+  search_spaces: {popularity: {}, ease: {l2: [100.0]}}
+embeddings:
+  modalities: [kg]
+  kg: {epochs: 5, dimension: 8}
+ranker:
+  training_folds: 1
+  params: {n_estimators: 30, num_leaves: 7, min_child_samples: 20, learning_rate: 0.1, early_stopping_rounds: 10}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_flow_inputs(tmp_path_factory):
+    """(catalogue directory, run configuration YAML) on which every flow runs in seconds: a 60-user,
+    48-item demo catalogue; KG embeddings only, two candidate sources and a small ranker. Read-only."""
+    from m6rec.demo_catalogue import DemoCatalogueSpec, generate_demo_catalogue
+
+    root = tmp_path_factory.mktemp("tiny-flow-inputs")
+    spec = DemoCatalogueSpec(
+        n_users=60,
+        n_items=48,
+        n_cold_items=6,
+        interactions_per_user=(8, 20),
+        seed=3,
+        image_size=16,
+        audio_seconds=0.25,
+    )
+    catalogue = generate_demo_catalogue(root / "catalogue", spec)
+    config_path = root / "run.yaml"
+    config_path.write_text(TINY_FLOW_RUN_CONFIG)
+    return catalogue, config_path

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from m6rec.data.interactions import InteractionMatrix
 from m6rec.errors import ConfigError
 from m6rec.io import atomic_path, write_json
+from m6rec.progress import progress
 
 _REGISTRY: dict[str, type[CandidateSource]] = {}
 
@@ -79,7 +80,8 @@ class CandidateSource(ABC):
         user_rows = np.asarray(user_rows, dtype=np.int64)
         items = np.full((len(user_rows), k), -1, dtype=np.int64)
         scores = np.full((len(user_rows), k), -np.inf, dtype=np.float32)
-        for start in range(0, len(user_rows), self.batch_size):
+        batch_starts = range(0, len(user_rows), self.batch_size)
+        for start in progress(batch_starts, desc=f"scoring candidates ({self.name})", unit="batch"):
             rows = user_rows[start : start + self.batch_size]
             block = np.asarray(self.score(rows), dtype=np.float32)
             history = self._history(rows)

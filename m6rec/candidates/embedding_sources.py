@@ -20,6 +20,7 @@ from m6rec.candidates.faiss_index import VectorIndex, build_index, normalise_row
 from m6rec.data.contract import ITEM_ID, TIMESTAMP, USER_ID
 from m6rec.data.interactions import InteractionMatrix
 from m6rec.errors import ConfigError
+from m6rec.progress import progress
 
 INDEX_FILE = "index.faiss"
 # Cap on the float64 values gathered at once to re-score retrieved items: bounds memory to about 128 MB.
@@ -100,7 +101,8 @@ class EmbeddingSource(CandidateSource):
         user_rows = np.asarray(user_rows, dtype=np.int64)
         items = np.full((len(user_rows), k), -1, dtype=np.int64)
         scores = np.full((len(user_rows), k), -np.inf, dtype=np.float32)
-        for start in range(0, len(user_rows), self.batch_size):
+        batch_starts = range(0, len(user_rows), self.batch_size)
+        for start in progress(batch_starts, desc=f"retrieving candidates ({self.name})", unit="batch"):
             rows = user_rows[start : start + self.batch_size]
             served = np.flatnonzero(self._served(rows))
             if len(served) == 0 or k == 0:

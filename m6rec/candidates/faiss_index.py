@@ -19,6 +19,7 @@ import numpy as np
 
 from m6rec.errors import ConfigError
 from m6rec.io import atomic_path, write_json
+from m6rec.progress import progress
 
 log = logging.getLogger("m6rec")
 
@@ -28,6 +29,8 @@ HNSW_BELOW = 1_000_000
 HNSW_MIN_EF_SEARCH = 128
 # FAISS GPU indexes answer at most this many neighbours per query; deeper searches run on the CPU copy.
 GPU_MAX_K = 2048
+# Vectors added per FAISS call, so that indexing a large catalogue can report progress.
+ADD_BATCH = 100_000
 
 
 @functools.cache
@@ -197,7 +200,9 @@ def build_index(
     _seed_training(index, seed)
     if not index.is_trained:
         index.train(vectors)
-    index.add(vectors)
+    add_starts = range(0, n_vectors, ADD_BATCH)
+    for start in progress(add_starts, desc=f"building FAISS index {factory}", unit="batch"):
+        index.add(vectors[start : start + ADD_BATCH])
     nprobe = _configure_nprobe(index, nprobe)
     built = VectorIndex(index=index, factory=factory, dimension=dimension, build_recall=1.0, nprobe=nprobe)
     if factory != EXACT_FACTORY:

@@ -31,6 +31,8 @@ class IALSSource(CandidateSource):
         from implicit.cpu.als import AlternatingLeastSquares
         from threadpoolctl import threadpool_limits
 
+        from m6rec.progress import progress_enabled
+
         with threadpool_limits(1, "blas"):  # implicit parallelises itself; nested BLAS threads slow it down
             model = AlternatingLeastSquares(
                 factors=self.params["factors"],
@@ -40,7 +42,7 @@ class IALSSource(CandidateSource):
                 random_state=self.params["seed"],
                 calculate_training_loss=False,
             )
-            model.fit(matrix.astype(np.float32), show_progress=False)
+            model.fit(matrix.astype(np.float32), show_progress=progress_enabled())
         self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
         self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
 

@@ -1,0 +1,79 @@
+"""Nightly embeddings: bring the frozen item embeddings of a dataset (text, image, audio, KG and their
+fusion) up to date in ``OUT_DIR/features``.
+
+Only new or changed items are encoded. When neither the dataset's files nor the configuration changed
+since the last run, Prefect's cache answers without loading a single model. Deployed, every completed run
+triggers the ``batch-recommend`` deployment (``flows/deployments.py``).
+
+Local run: python -m flows.nightly_embeddings DATA_DIR OUT_DIR [CONFIG_YAML]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from flows.artifacts import embedding_artifacts, publish_artifacts
+from flows.inputs import load_catalogue, read_run_config
+from flows.policies import item_embeddings_cache_key
+from m6rec.config import EmbeddingConfig
+from m6rec.data.dataset import Dataset
+from pipelines.embeddings import compute_item_embeddings
+
+FEATURES_DIR = "features"
+PROBLEM_EXAMPLES = 20
+
+
+@task(cache_key_fn=item_embeddings_cache_key)
+def encode_item_embeddings(dataset: Dataset, features_dir: str, config: EmbeddingConfig) -> dict:
+    """Compute (incrementally) the item embedding files of ``dataset`` into ``features_dir``.
+
+    Returns a small, cacheable summary: ``features_dir``, ``files`` (modality → path), ``counts``
+    (modality → total, computed, reused, failed), ``problems`` (number of items without an embedding),
+    ``problem_examples`` (the first few) and ``timings_seconds``.
+    """
+    result = compute_item_embeddings(dataset, Path(features_dir), config)
+    return {
+        "features_dir": str(result.features_dir),
+        **result.summary(),
+        "problem_examples": result.problems[:PROBLEM_EXAMPLES],
+    }
+
+
+@flow(name="nightly-embeddings")
+def nightly_embeddings(
+    data_dir: str, out_dir: str, config_path: str | None = None, cpu: bool = False
+) -> dict:
+    """Item embeddings of the dataset in ``data_dir`` into ``out_dir/features``; ``cpu`` ignores any GPU.
+
+    Returns the summary of :func:`encode_item_embeddings` with ``cached`` (whether the cache answered)
+    and publishes it as the ``embeddings-summary`` and ``embedding-counts`` artifacts.
+    """
+    logger = get_run_logger()
+    config = read_run_config(config_path, cpu)
+    dataset = load_catalogue(data_dir, config.skip_invalid_rows)
+    features_dir = str(Path(out_dir) / FEATURES_DIR)
+    state = encode_item_embeddings(dataset, features_dir, config.embeddings, return_state=True)
+    embeddings = {**state.result(), "cached": state.name == "Cached"}
+    missing = [path for path in embeddings["files"].values() if not Path(path).exists()]
+    if embeddings["cached"] and missing:
+        logger.warning("cached run, but %s no longer exists: computing the embeddings again", missing[0])
+        embeddings = encode_item_embeddings.with_options(refresh_cache=True)(
+            dataset, features_dir, config.embeddings
+        )
+        embeddings["cached"] = False
+    elif embeddings["cached"]:
+        logger.info("dataset and configuration unchanged since the last run: embeddings taken from the cache")
+    for modality, counts in embeddings["counts"].items():
+        logger.info("%s: %s", modality, counts)
+    publish_artifacts(embedding_artifacts(embeddings))
+    return embeddings
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) not in (3, 4):
+        sys.exit("usage: python -m flows.nightly_embeddings DATA_DIR OUT_DIR [CONFIG_YAML]")
+    nightly_embeddings(*sys.argv[1:])

@@ -1,0 +1,76 @@
+"""Ranker training: the main job on a dataset (candidate sources tuned on a validation fold, the LightGBM
+ranker trained on their candidates, evaluation on the test set) and the run's HTML report.
+
+It writes the trained model that ``batch-recommend`` serves: ``run.json``, ``ranker/``, ``features/``,
+``metrics.json`` and the evaluation lists ``recommendations.parquet`` into ``OUT_DIR``.
+
+Local run: python -m flows.train_ranker DATA_DIR OUT_DIR [CONFIG_YAML]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from flows.artifacts import publish_artifacts, ranker_artifacts
+from flows.inputs import read_run_config
+from m6rec.config import RunConfig
+from pipelines.report import write_report
+from pipelines.run import run_pipeline
+
+
+@task
+def fit_two_stage_model(data_dir: str, out_dir: str, config: RunConfig) -> dict:
+    """Run the main job; returns its output folder, the evaluation lists' path, the selected model, the
+    metrics per candidate source and of the final list, counts, each source's validation NDCG, whether the
+    ranker was used, and stage timings."""
+    result = run_pipeline(data_dir, out_dir, config)
+    summary = result.summary
+    ranker = summary.get("ranker") or {}
+    return {
+        "out_dir": str(result.out_dir),
+        "recommendations": str(result.recommendations_path),
+        "selected_model": result.selected_model,
+        "metrics": result.metrics,
+        "protocol": summary["protocol"],
+        "counts": summary["counts"],
+        "models": {
+            name: {"validation_ndcg": model["validation_ndcg"]} for name, model in summary["models"].items()
+        },
+        "ranker": {key: ranker[key] for key in ("used", "validation_ndcg@10") if key in ranker},
+        "timings_seconds": summary["timings_seconds"],
+    }
+
+
+@task
+def write_run_report(out_dir: str) -> str:
+    """Write ``out_dir/report.html`` (metrics, ranker, embeddings and timing charts); returns its path."""
+    return str(write_report(Path(out_dir)))
+
+
+@flow(name="train-ranker")
+def train_ranker(data_dir: str, out_dir: str, config_path: str | None = None, report: bool = True) -> dict:
+    """Train the two-stage model on ``data_dir`` into ``out_dir`` and, with ``report``, write its report.
+
+    Returns the summary of :func:`fit_two_stage_model` (plus ``report``, the page's path) and publishes it
+    as the ``ranker-summary`` and ``ranker-metrics`` artifacts.
+    """
+    logger = get_run_logger()
+    config = read_run_config(config_path)
+    trained = fit_two_stage_model(data_dir, out_dir, config)
+    final = trained["metrics"].get("final", {})
+    logger.info(
+        "final list by %s; ndcg@10 %s", trained["selected_model"], final.get("ndcg@10", "n/a (no test set)")
+    )
+    publish_artifacts(ranker_artifacts(trained))
+    trained["report"] = write_run_report(out_dir) if report else None
+    return trained
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) not in (3, 4):
+        sys.exit("usage: python -m flows.train_ranker DATA_DIR OUT_DIR [CONFIG_YAML]")
+    train_ranker(*sys.argv[1:])

@@ -1,0 +1,168 @@
+"""Progress bars for the long stages: encoding, training, index building, candidate scoring.
+
+Bars are written to stderr and shown only when stderr is a terminal. The environment variable
+``M6REC_PROGRESS`` overrides that: ``1`` always shows them, ``0`` never does. When they are off nothing
+is written and a wrapped loop runs as it would without them. While a bar is shown, records of the root
+logger's console handler are printed above it (tqdm's ``logging_redirect_tqdm``), so log lines and bars
+do not overwrite each other; finished bars are erased.
+
+Third-party loaders follow the same rule inside :func:`quiet_model_loading`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol, TypeVar
+
+from m6rec.errors import ConfigError
+
+PROGRESS_ENV = "M6REC_PROGRESS"
+_FORCED_ON = frozenset({"1", "true", "yes", "on"})
+_FORCED_OFF = frozenset({"0", "false", "no", "off"})
+_CHATTY_LIBRARIES = ("open_clip",)
+
+T = TypeVar("T")
+
+
+class ProgressBar(Protocol):
+    """What a stage may do with the bar of :func:`progress_bar`: advance it by ``n`` units."""
+
+    def update(self, n: int = 1) -> object: ...
+
+
+class _HiddenBar:
+    def update(self, n: int = 1) -> None:
+        """Nothing is shown, so there is nothing to advance."""
+
+
+_HIDDEN_BAR = _HiddenBar()
+
+
+def progress_enabled() -> bool:
+    """Whether bars are shown: ``M6REC_PROGRESS`` (1/0, true/false, yes/no, on/off) if set, else whether
+    stderr is a terminal. Raises ``ConfigError`` for any other value of the variable."""
+    setting = os.environ.get(PROGRESS_ENV, "").strip().lower()
+    if setting in _FORCED_ON:
+        return True
+    if setting in _FORCED_OFF:
+        return False
+    if setting:
+        raise ConfigError(
+            f"{PROGRESS_ENV}={os.environ[PROGRESS_ENV]!r} is not understood: "
+            "use 1 to always show progress bars, 0 to never show them, or leave it unset"
+        )
+    isatty = getattr(sys.stderr, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+def progress(
+    iterable: Iterable[T], *, desc: str, total: int | None = None, unit: str = "item"
+) -> Iterator[T]:
+    """Iterate over ``iterable`` unchanged, with a bar labelled ``desc`` counting ``unit``s when shown.
+
+    ``total`` is the expected number of elements (default ``len(iterable)`` where it has one). When
+    progress is off this is ``iter(iterable)``: no output and no per-element cost.
+    """
+    if not progress_enabled():
+        return iter(iterable)
+    return _iterate_with_bar(iterable, desc=desc, total=total, unit=unit)
+
+
+@contextlib.contextmanager
+def progress_bar(*, total: int | None, desc: str, unit: str = "item") -> Iterator[ProgressBar]:
+    """A bar labelled ``desc`` for a stage that reports its own progress with ``bar.update(n)``.
+
+    ``total`` is the number of ``unit``s the stage will report (``None``: unknown, the bar only counts).
+    When progress is off the bar's ``update`` does nothing and nothing is written.
+    """
+    if not progress_enabled():
+        yield _HIDDEN_BAR
+        return
+    with _log_lines_above_bars(), _new_bar(total=total, desc=desc, unit=unit) as bar:
+        yield bar
+
+
+@contextlib.contextmanager
+def quiet_model_loading() -> Iterator[None]:
+    """Hold back transformers' (and huggingface_hub's) progress bars and open_clip's INFO messages while
+    a model loads, unless progress bars are shown. Warnings and errors always get through."""
+    if progress_enabled():
+        yield
+        return
+    chatter = _LibraryChatter(_CHATTY_LIBRARIES)
+    root = logging.getLogger()
+    root.addFilter(chatter)
+    restore_transformers_bars = _hide_transformers_bars()
+    try:
+        yield
+    finally:
+        restore_transformers_bars()
+        root.removeFilter(chatter)
+
+
+def _iterate_with_bar(iterable: Iterable[T], *, desc: str, total: int | None, unit: str) -> Iterator[T]:
+    with _log_lines_above_bars(), _new_bar(iterable=iterable, total=total, desc=desc, unit=unit) as bar:
+        yield from bar
+
+
+def _new_bar(**options):
+    from tqdm import tqdm
+
+    return tqdm(**options, file=sys.stderr, leave=False, dynamic_ncols=True, disable=False)
+
+
+def _log_lines_above_bars() -> contextlib.AbstractContextManager:
+    """Route the root logger's console output through tqdm while a bar is open; a no-op without one.
+
+    tqdm's redirect adds a console handler even where there was none, which would print records that
+    would otherwise go nowhere, so it is used only when the root logger already writes to the console.
+    """
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    consoles = (sys.stdout, sys.stderr)
+    writes_to_console = any(
+        isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) in consoles
+        for handler in logging.getLogger().handlers
+    )
+    return logging_redirect_tqdm() if writes_to_console else contextlib.nullcontext()
+
+
+class _LibraryChatter(logging.Filter):
+    """Drops records below WARNING that the given packages log on the root logger (``logging.info``)."""
+
+    def __init__(self, packages: tuple[str, ...]):
+        super().__init__()
+        self.markers = tuple(f"{os.sep}{package}{os.sep}" for package in packages)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not any(m in record.pathname for m in self.markers)
+
+
+def _hide_transformers_bars() -> Callable[[], None]:
+    """Turn transformers' bars off (which also turns off huggingface_hub's); return how to undo that."""
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        return lambda: None
+    if not transformers_logging.is_progress_bar_enabled():
+        return lambda: None
+    # Either call warns when HF_HUB_DISABLE_PROGRESS_BARS pins the hub's setting; transformers' own
+    # switch still flips, which is all we need.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        transformers_logging.disable_progress_bar()
+
+    def restore() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            transformers_logging.enable_progress_bar()
+
+    return restore

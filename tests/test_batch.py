@@ -1,0 +1,123 @@
+"""Batch recommendations from a trained model: reproduce the run on unchanged data, serve new users and
+items, never damage the last good lists."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from m6rec.config import EmbeddingConfig, RunConfig  # noqa: E402
+from m6rec.demo_catalogue import DemoCatalogueSpec, generate_demo_catalogue  # noqa: E402
+from m6rec.errors import M6RecError  # noqa: E402
+from pipelines.batch import BATCH_SUMMARY, ModelNotTrainedError, batch_recommend  # noqa: E402
+from pipelines.run import run_pipeline  # noqa: E402
+
+SMALL = DemoCatalogueSpec(n_users=80, n_items=64, n_cold_items=8, interactions_per_user=(10, 24), seed=5)
+
+
+def _config() -> RunConfig:
+    return RunConfig(
+        embeddings=EmbeddingConfig(
+            modalities=["text", "kg", "cf"],
+            kg={"epochs": 5, "dimension": 16},
+            two_tower={"epochs": 2, "dimension": 16},
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batch")
+    catalogue = generate_demo_catalogue(root / "catalogue", SMALL)
+    run = run_pipeline(catalogue, root / "model", _config())
+    return catalogue, run
+
+
+def test_batch_on_unchanged_data_reproduces_the_training_run(trained, tmp_path):
+    catalogue, run = trained
+    batch = batch_recommend(catalogue, run.out_dir, tmp_path / "lists", _config())
+    expected = pd.read_parquet(run.recommendations_path)
+    got = pd.read_parquet(batch.recommendations_path)
+    assert list(got.columns) == list(expected.columns)
+    pd.testing.assert_frame_equal(
+        got.sort_values(["user_id", "rank"]).reset_index(drop=True),
+        expected.sort_values(["user_id", "rank"]).reset_index(drop=True),
+        check_exact=False,
+        atol=1e-5,
+    )
+    summary = json.loads((tmp_path / "lists" / BATCH_SUMMARY).read_text())
+    assert summary["selected_model"] == run.selected_model
+    assert summary["counts"]["list_rows"] == len(got)
+
+
+def test_new_interactions_users_and_items_reach_the_lists(trained, tmp_path):
+    catalogue, run = trained
+    data = tmp_path / "data"
+    shutil.copytree(catalogue, data)
+    interactions = pd.read_parquet(data / "interactions.parquet")
+    users = pd.read_parquet(data / "users.parquet")
+    newcomer_items = interactions["item_id"].value_counts().index[:3].tolist()
+    newcomer = pd.DataFrame({"user_id": "user-new", "item_id": newcomer_items})
+    for column in interactions.columns.difference(newcomer.columns):
+        newcomer[column] = interactions[column].iloc[0]
+    pd.concat([interactions, newcomer[interactions.columns]]).to_parquet(data / "interactions.parquet")
+    no_history = users.iloc[[0]].assign(user_id="user-no-history")
+    pd.concat([users, no_history]).to_parquet(data / "users.parquet")
+
+    batch = batch_recommend(data, run.out_dir, tmp_path / "lists", _config())
+    lists = pd.read_parquet(batch.recommendations_path)
+    mine = lists[lists["user_id"] == "user-new"]
+    assert len(mine) == _config().top_k
+    assert not set(mine["item_id"]) & set(newcomer_items), "seen items must not be recommended"
+    assert len(lists[lists["user_id"] == "user-no-history"]) == _config().top_k
+    assert batch.summary["counts"]["users_without_history"] >= 1
+    assert batch.summary["counts"]["users"] == run.summary["counts"]["users"] + 2
+
+
+def test_a_failed_batch_keeps_the_last_good_lists(trained, tmp_path):
+    catalogue, run = trained
+    out = tmp_path / "lists"
+    batch_recommend(catalogue, run.out_dir, out, _config())
+    before = (out / "recommendations.parquet").read_bytes()
+    broken = tmp_path / "broken"
+    shutil.copytree(catalogue, broken)
+    (broken / "interactions.parquet").write_text("not parquet")
+    with pytest.raises(M6RecError, match="interactions"):
+        batch_recommend(broken, run.out_dir, out, _config())
+    assert (out / "recommendations.parquet").read_bytes() == before
+    assert not [path for path in out.iterdir() if path.name.startswith(".staging")]
+
+
+def test_a_folder_without_a_model_is_named_with_a_hint(tmp_path, trained):
+    catalogue, _ = trained
+    with pytest.raises(ModelNotTrainedError, match="run.json") as raised:
+        batch_recommend(catalogue, tmp_path / "empty", config=_config())
+    assert "m6rec run" in raised.value.hint
+
+
+def test_reserved_places_bring_new_items_into_the_lists_and_say_so(trained, tmp_path):
+    catalogue, run = trained
+    interacted = set(pd.read_parquet(catalogue / "interactions.parquet")["item_id"].astype(str))
+    plain = pd.read_parquet(
+        batch_recommend(catalogue, run.out_dir, tmp_path / "plain", _config()).recommendations_path
+    )
+    config = _config()
+    config.ranker.new_item_slots, config.ranker.new_item_slot_spacing = 2, 5
+    lists = pd.read_parquet(
+        batch_recommend(catalogue, run.out_dir, tmp_path / "slots", config).recommendations_path
+    )
+
+    placed = lists[lists["new_item_place"]]
+    assert len(placed) > 0 and set(placed["rank"]) <= {5, 10}
+    assert not set(placed["item_id"]) & interacted, "only items without interactions take reserved places"
+    new_in_lists = (~lists["item_id"].isin(interacted)).sum()
+    assert new_in_lists > (~plain["item_id"].isin(interacted)).sum()
+    new_per_user = (~lists["item_id"].isin(interacted)).groupby(lists["user_id"]).sum()
+    assert new_per_user.min() >= min(2, new_per_user.max())
+    assert not lists.duplicated(["user_id", "item_id"]).any()
