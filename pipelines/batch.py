@@ -212,7 +212,7 @@ def _fit_sources(dataset, matrix, model: TrainedModel, embeddings) -> dict:
 
 
 def _ranked(model, sources, dataset, matrix, embeddings, all_users, config):
-    from pipelines.ranking import rank_with_new_item_slots
+    from pipelines.ranking import rank_final_lists
     from ranker.features import build_ranker_features
     from ranker.model import LightGBMRanker
 
@@ -229,14 +229,8 @@ def _ranked(model, sources, dataset, matrix, embeddings, all_users, config):
             hint="the data or the configuration changed since training; retrain (train-ranker flow)",
         )
     depth = max(config.candidate_depth, config.top_k)
-    final, new_item_places = rank_with_new_item_slots(
-        ranker,
-        table,
-        ranker.feature_names_,
-        all_users,
-        depth,
-        slots=config.ranker.new_item_slots,
-        spacing=config.ranker.new_item_slot_spacing,
+    final, new_item_places = rank_final_lists(
+        ranker, table, ranker.feature_names_, all_users, depth, config.ranker
     )
     return final, new_item_places, candidates, table
 

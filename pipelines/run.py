@@ -279,7 +279,7 @@ def _final_lists(dataset, fold, tuned, lists, embeddings, all_users, depth, out_
     best_source = select_final(tuned)
     if not config.ranker.enabled or len(tuned) < 2:
         return best_source, lists[best_source], None, None, None
-    from pipelines.ranking import candidate_table, rank_with_new_item_slots, train_ranker
+    from pipelines.ranking import candidate_table, rank_final_lists, train_ranker
     from ranker.features import write_feature_table
 
     training = train_ranker(
@@ -323,14 +323,8 @@ def _final_lists(dataset, fold, tuned, lists, embeddings, all_users, depth, out_
             best_source,
         )
         return best_source, lists[best_source], candidates, summary, None
-    final, new_item_places = rank_with_new_item_slots(
-        training.ranker,
-        table,
-        training.columns,
-        all_users,
-        depth,
-        slots=config.ranker.new_item_slots,
-        spacing=config.ranker.new_item_slot_spacing,
+    final, new_item_places = rank_final_lists(
+        training.ranker, table, training.columns, all_users, depth, config.ranker
     )
     summary["new_item_places_per_user"] = float(new_item_places.sum() / max(len(all_users), 1))
     return "ranker", final, candidates, summary, new_item_places
