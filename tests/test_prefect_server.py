@@ -64,6 +64,9 @@ class _Process:
                 continue
 
 
+_BUSY_RETRIES = 8
+
+
 @dataclass
 class _Server:
     api_url: str
@@ -72,14 +75,26 @@ class _Server:
     process: _Process
 
     def get(self, path: str) -> httpx.Response:
-        response = httpx.get(f"{self.api_url}{path}", timeout=30)
-        response.raise_for_status()
-        return response
+        return self._request("GET", path)
 
     def post(self, path: str, payload: dict) -> httpx.Response:
-        response = httpx.post(f"{self.api_url}{path}", json=payload, timeout=30)
-        response.raise_for_status()
-        return response
+        return self._request("POST", path, payload)
+
+    def _request(self, method: str, path: str, payload: dict | None = None) -> httpx.Response:
+        """Like Prefect's own client, retry what a busy server answers with 503 (its SQLite database was
+        locked) or a dropped connection; any other error fails at once."""
+        for attempt in range(_BUSY_RETRIES):
+            try:
+                response = httpx.request(method, f"{self.api_url}{path}", json=payload, timeout=30)
+            except httpx.TransportError:
+                if attempt == _BUSY_RETRIES - 1:
+                    raise
+            else:
+                if response.status_code not in (502, 503, 504) or attempt == _BUSY_RETRIES - 1:
+                    response.raise_for_status()
+                    return response
+            time.sleep(min(2**attempt, 10))
+        raise AssertionError("unreachable")
 
 
 def _start(command: list[str], server_or_env, log: Path) -> _Process:
