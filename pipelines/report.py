@@ -27,18 +27,11 @@ from m6rec.data.contract import ITEM_ID
 from m6rec.errors import M6RecError
 from m6rec.io import atomic_path
 from pipelines import charts
+from pipelines.run import FINAL, METRICS, RANKER_DIR, RANKER_FEATURES, RECOMMENDATIONS, REPORT, RUN_SUMMARY
 
 log = logging.getLogger("m6rec")
 
-REPORT = "report.html"
-# The run folder's files, as pipelines/run.py names them (not imported: run.py calls this module).
-RUN_SUMMARY = "run.json"
-METRICS = "metrics.json"
-RECOMMENDATIONS = "recommendations.parquet"
-RANKER_FEATURES = "ranker_features.parquet"
-RANKER_DIR = "ranker"
 FEATURES_DIR = "features"
-FINAL = "final"
 
 PROJECTED_EMBEDDINGS = ("fused", "text", "cf_items")
 MAX_PROJECTED_ITEMS = 3000
