@@ -33,18 +33,27 @@ from m6rec.evaluation.metrics import ranking_metrics  # noqa: E402
 WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.6)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_arguments(description: str) -> argparse.Namespace:
+    """The command line of the MovieLens-100K studies: --data, --seed, --out."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    ratings = pd.read_csv(
-        args.data / "ml-100k" / "u.data", sep="\t", names=["user_id", "item_id", "rating", "timestamp"]
+
+def read_ratings(data: Path) -> pd.DataFrame:
+    """MovieLens-100K's u.data under ``data``/ml-100k."""
+    return pd.read_csv(
+        data / "ml-100k" / "u.data", sep="\t", names=["user_id", "item_id", "rating", "timestamp"]
     )
+
+
+def main() -> None:
+    args = study_arguments(__doc__)
+    ratings = read_ratings(args.data)
     train, test = random_split(ratings, 0.25, seed=args.seed)
-    study = _Study(ratings, train, test)
+    study = Study(ratings, train, test)
     ease = study.ease(500.0)
     rows = [("EASE (l2 = 500)", study.ndcg(ease), None, None)]
     signals = {
@@ -55,7 +64,7 @@ def main() -> None:
         "not yet released at the user's last rating (mask)": -study.released_later().astype(np.float64),
     }
     for name, scores in signals.items():
-        blends = {weight: study.ndcg(_z(ease) + weight * _z(scores)) for weight in WEIGHTS}
+        blends = {weight: study.ndcg(zscores(ease) + weight * zscores(scores)) for weight in WEIGHTS}
         best = max(blends, key=blends.get)
         rows.append((name, study.ndcg(scores), blends[best], best))
         print(f"{name}: alone {rows[-1][1]:.4f}, best blend {blends[best]:.4f} (weight {best})")
@@ -81,7 +90,7 @@ def main() -> None:
         update_section(args.out, "ml100k-signals", body)
 
 
-class _Study:
+class Study:
     def __init__(self, ratings: pd.DataFrame, train: pd.DataFrame, test: pd.DataFrame):
         users, items = np.sort(ratings["user_id"].unique()), np.sort(ratings["item_id"].unique())
         self.user_rows = pd.Index(users).get_indexer(train["user_id"])
@@ -171,7 +180,7 @@ class _Study:
         return first, last
 
 
-def _z(scores: np.ndarray) -> np.ndarray:
+def zscores(scores: np.ndarray) -> np.ndarray:
     return (scores - scores.mean(1, keepdims=True)) / (scores.std(1, keepdims=True) + 1e-9)
 
 

@@ -2,6 +2,8 @@
 
 Sections (``--only`` picks some):
 - ``ml100k``: MovieLens-100K, 75/25 per-user random split, mean and spread over ``--seeds``.
+- ``ranker_ablation``: the same split with the sequential source added to the ranker's candidates, with
+  and without the monotone constraints, against the defaults, per seed.
 - ``lastfm``: Last.FM HetRec, 80/20 per-user random split; final NDCG@10 against the best single baseline.
 - ``kgcn``: Last.FM with the KGCN graph under the KGCN CTR protocol (random 6:2:2 split of user-artist pairs
   over the KGCN-mapped artists, one sampled unlistened artist per positive): AUC and F1 of the ranker.
@@ -40,7 +42,7 @@ from m6rec.demo_catalogue import DemoCatalogueSpec, generate_demo_catalogue  # n
 from pipelines.run import run_pipeline  # noqa: E402
 
 BASELINES = ("popularity", "itemknn", "ease", "ials")
-SECTIONS = ("ml100k", "lastfm", "kgcn", "ablation", "coldstart")
+SECTIONS = ("ml100k", "ranker_ablation", "lastfm", "kgcn", "ablation", "coldstart")
 
 
 def main() -> None:
@@ -69,6 +71,40 @@ def ml100k(args, scratch: Path) -> str:
     data = prepare_dataset("movielens-100k", scratch / "ml100k", source=args.data / "ml-100k").out_dir
     runs = [run_pipeline(data, scratch / f"ml-{seed}", _config("random:0.25", seed)) for seed in args.seeds]
     return _header("MovieLens-100K, 75/25 per-user random split", "ml100k", args) + _table(runs)
+
+
+def ranker_ablation(args, scratch: Path) -> str:
+    data = prepare_dataset(
+        "movielens-100k", scratch / "ml100k-ablation", source=args.data / "ml-100k"
+    ).out_dir
+    with_sequential = ["trend", "sequential", "two_tower", "content", "kg_neighbours"]
+    variants = {
+        "monotone ranks, sequential source added": {"extra_sources": with_sequential},
+        "sequential source added, no monotone constraints (monotone_features {})": {
+            "extra_sources": with_sequential,
+            "monotone_features": {},
+        },
+        "defaults: monotone ranks, no sequential source": {},
+    }
+    results = {label: [] for label in variants}
+    for seed in args.seeds:
+        for label, overrides in variants.items():
+            config = _config("random:0.25", seed)
+            config.ranker = dataclasses.replace(config.ranker, **overrides)
+            # A fresh folder per run: a reused one keeps the first run's embeddings and two-tower files,
+            # and the lists then differ from a fresh run of the same configuration.
+            out_dir = scratch / f"ml-ablation-{seed}-{len(results[label])}-{list(variants).index(label)}"
+            results[label].append(run_pipeline(data, out_dir, config))
+    rows = ["| ranker | final ndcg@10 | per seed | ranker used |", "|---|---|---|---|"]
+    for label, runs in results.items():
+        values = np.array([run.metrics["final"]["ndcg@10"] for run in runs])
+        used = sum(run.selected_model == "ranker" for run in runs)
+        rows.append(
+            f"| {label} | {values.mean():.4f} ± {values.std():.4f} | "
+            f"{' / '.join(f'{value:.4f}' for value in values)} | {used} of {len(runs)} |"
+        )
+    header = _header("MovieLens-100K ranker ablation, 75/25 per-user random split", "ranker_ablation", args)
+    return header + "\n".join(rows)
 
 
 def lastfm(args, scratch: Path) -> str:
@@ -270,6 +306,7 @@ def _table(runs) -> str:
 
 SECTION_FUNCTIONS = {
     "ml100k": ml100k,
+    "ranker_ablation": ranker_ablation,
     "lastfm": lastfm,
     "kgcn": kgcn,
     "ablation": ablation,

@@ -13,6 +13,7 @@ DEFAULT_SEARCH_SPACES: dict[str, dict[str, list]] = {
     "itemknn": {"neighbours": [20, 50, 100, 200, 400]},
     "ease": {"l2": [50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0]},
     "ials": {"factors": [32, 64, 128], "regularization": [3.0, 10.0, 30.0], "alpha": [1.0]},
+    "sequential": {"window": [1, 3, 10]},
 }
 
 
@@ -71,12 +72,18 @@ class RankerConfig:
 
     The baselines are always candidate sources; ``extra_sources`` adds ``trend`` (needs timestamps),
     ``two_tower`` and ``content`` (need the embeddings) and ``kg_neighbours`` (needs a kg file) where their
-    inputs exist. ``params`` are keyword arguments of ``ranker.model.LightGBMRanker``; the defaults are
+    inputs exist; ``sequential`` (items used next to each other in time, needs timestamps) is available but
+    not a default: on MovieLens-100K it made no measurable difference to the ranker
+    (``benchmarks/two_stage.py --only ranker_ablation``). ``params`` are keyword arguments of ``ranker.model.LightGBMRanker``; the defaults are
     strongly regularised because the ranker must transfer from sources fitted on the fold to sources
     refitted on all training data. ``training_folds`` random label folds are stacked for training where
     the sources allow it. ``excluded_features`` are shell-style patterns of feature columns the ranker
     does not learn from: raw scores and raw counts, whose scale differs between the fold and the final
-    candidates (ranks, per-user standardised scores and shares stand in for them).
+    candidates (ranks, per-user standardised scores and shares stand in for them). ``monotone_features``
+    maps feature-name patterns to the direction the ranker's score must follow (``ranker.model``'s
+    ``monotone``): by default no worse source rank and no lower standardised source score may raise an
+    item, so a list never moves an item down because a source liked it more. On MovieLens-100K this
+    costs no measurable accuracy (``benchmarks/two_stage.py --only ranker_ablation``).
 
     New items, without any training interaction, reach users only through content (content and
     two-tower retrieval, KG neighbours). So that the ranker learns what those are worth,
@@ -86,9 +93,9 @@ class RankerConfig:
     of each final list are reserved for the user's best-ranked new items, at positions
     ``new_item_slot_spacing``, ``2 * new_item_slot_spacing``, ... unless the ranker already put them
     higher (``pipelines.ranking.rank_with_new_item_slots``); 0 (the default) turns this off. Measured on
-    MovieLens-100K (``benchmarks/two_stage.py --only coldstart,ml100k``): 5 slots every 10th place take
-    the final lists' Recall@50 on items held out entirely from 0 to about 0.11-0.15, at about 5% of
-    NDCG@10, also on the ordinary split, whose few items without training interactions are rarely wanted.
+    MovieLens-100K (``benchmarks/two_stage.py --only coldstart``): 5 slots every 10th place take the
+    final lists' Recall@50 on items held out entirely from 0 to about 0.12, at about 4% of the NDCG@10 on
+    the other items, whose own lists lose those places.
     """
 
     enabled: bool = True
@@ -111,6 +118,7 @@ class RankerConfig:
             "early_stopping_rounds": 80,
         }
     )
+    monotone_features: dict[str, int] = field(default_factory=lambda: {"*_rank": -1, "*_score_z": 1})
     cold_item_share: float = 0.1
     new_item_slots: int = 0
     new_item_slot_spacing: int = 10
@@ -118,6 +126,12 @@ class RankerConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.cold_item_share < 1.0:
             raise ConfigError(f"ranker: cold_item_share must be in [0, 1), got {self.cold_item_share!r}")
+        for pattern, direction in self.monotone_features.items():
+            if direction not in (-1, 0, 1) or isinstance(direction, bool):
+                raise ConfigError(
+                    f"ranker: monotone_features maps feature-name patterns to -1, 0 or 1, "
+                    f"got {pattern!r}: {direction!r}"
+                )
         if self.new_item_slots < 0:
             raise ConfigError(f"ranker: new_item_slots must be at least 0, got {self.new_item_slots!r}")
         if self.new_item_slot_spacing < 1:
@@ -133,6 +147,14 @@ class RunConfig:
     ``split`` holds out a test set from ``interactions`` (``random:0.25``, ``temporal:0.2``,
     ``leave-last-out:1``, ``cutoff:<time>``); ``none`` trains on everything. A ``test`` file in the
     dataset directory takes precedence over ``split``.
+
+    ``fold_split`` is how the fold that tunes the sources and trains the ranker is cut from the training
+    interactions: ``random`` or ``temporal`` (each user's latest), or ``auto``, the way the test set was
+    cut (a test file counts as temporal when nearly all of it is later than each user's training
+    history) and random without a test set. A ranker trained on a temporal fold but tested on a random
+    split learns recency that the test does not reward: on MovieLens-100K with a random test file
+    (``benchmarks/two_stage.py --only coldstart``) the final lists' NDCG@10 was 0.35 with a temporal fold
+    and is 0.48 with the random one ``auto`` now picks.
     """
 
     split: str = "none"
@@ -141,9 +163,18 @@ class RunConfig:
     k_values: list[int] = field(default_factory=lambda: [10, 20])
     candidate_depth: int = 100
     skip_invalid_rows: bool = False
+    fold_split: str = "auto"
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     embeddings: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
+
+    FOLD_SPLITS = ("auto", "random", "temporal")
+
+    def __post_init__(self) -> None:
+        if self.fold_split not in self.FOLD_SPLITS:
+            raise ConfigError(
+                f"fold_split must be one of {', '.join(self.FOLD_SPLITS)}, got {self.fold_split!r}"
+            )
 
     def fold_cold_item_share(self) -> float:
         """Share of items the ranker's fold treats as new: ``ranker.cold_item_share`` when the ranker runs

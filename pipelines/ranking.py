@@ -35,7 +35,7 @@ log = logging.getLogger("m6rec")
 
 # Sources that learn only from the interaction matrix, so refitting them on another fold's history is
 # leak-free; embedding sources read files trained on one particular history.
-REFITTABLE_SOURCES = frozenset({"popularity", "itemknn", "ease", "ials", "trend"})
+REFITTABLE_SOURCES = frozenset({"popularity", "itemknn", "ease", "ials", "trend", "sequential"})
 # Offset between the query ids of stacked folds (user rows stay below it).
 _FOLD_QUERY_STRIDE = 1 << 40
 
@@ -135,7 +135,7 @@ def train_ranker(
     train_part = pd.concat([frame for frame, _ in train_parts], ignore_index=True)
     train_queries = np.concatenate([queries for _, queries in train_parts])
 
-    ranker = LightGBMRanker(**{"seed": seed, **config.params})
+    ranker = LightGBMRanker(**{"seed": seed, "monotone": config.monotone_features, **config.params})
     ranker.fit(
         train_part[columns],
         train_part["label"],

@@ -41,6 +41,8 @@ RANKER_FEATURES = "ranker_features.parquet"
 RANKER_DIR = "ranker"
 REPORT = "report.html"
 FINAL = "final"
+# Extra candidate sources that learn from the interactions' time order alone.
+TIME_ORDER_SOURCES = frozenset({"trend", "sequential"})
 
 
 @dataclass
@@ -119,9 +121,8 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
     history_params, full_params = _source_files(dataset, embeddings)
     models = list(config.baselines.models)
     if config.ranker.enabled:
-        models += [name for name in config.ranker.extra_sources if name in full_params or name == "trend"]
-        if fold.full.timestamps is None and "trend" in models:
-            models.remove("trend")
+        available = set(full_params) | (TIME_ORDER_SOURCES if fold.full.timestamps is not None else set())
+        models += [name for name in config.ranker.extra_sources if name in available]
     tuned = tune_and_fit(
         fold, models, config.baselines, history_params=history_params, full_params=full_params
     )
@@ -149,6 +150,7 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
         "m6rec_version": __version__,
         "data_dir": str(Path(data_dir).resolve()),
         "protocol": protocol.description,
+        "fold_split": "temporal" if protocol.temporal else "random",
         "counts": {
             "users": len(users),
             "items": len(items),
@@ -188,17 +190,34 @@ def _report(out_dir: Path) -> None:
 
 
 def _protocol(dataset: Dataset, config: RunConfig) -> _Protocol:
+    """The training and test interactions, and whether the ranker's fold is cut in time
+    (``config.fold_split``; ``auto`` cuts it the way the test set was cut)."""
     if dataset.test is not None:
-        return _Protocol(
-            dataset.interactions, dataset.test, "explicit test file", temporal=dataset.has_timestamps
-        )
-    if config.split == "none":
-        return _Protocol(
-            dataset.interactions, None, "no test set: trained on all interactions", temporal=False
-        )
-    spec = SplitSpec.parse(config.split, seed=config.seed)
-    train, test = spec.apply(dataset.interactions)
-    return _Protocol(train, test, f"split {spec} (seed {config.seed})", temporal=spec.kind != "random")
+        temporal = dataset.has_timestamps and is_cut_in_time(dataset.interactions, dataset.test)
+        description = f"explicit test file ({'later than' if temporal else 'interleaved with'} training)"
+        train, test = dataset.interactions, dataset.test
+    elif config.split == "none":
+        train, test, temporal = dataset.interactions, None, False
+        description = "no test set: trained on all interactions"
+    else:
+        spec = SplitSpec.parse(config.split, seed=config.seed)
+        train, test = spec.apply(dataset.interactions)
+        temporal, description = spec.kind != "random", f"split {spec} (seed {config.seed})"
+    if config.fold_split != "auto":
+        temporal = config.fold_split == "temporal"
+    return _Protocol(train, test, description, temporal=temporal)
+
+
+def is_cut_in_time(train: pd.DataFrame, test: pd.DataFrame, share: float = 0.9) -> bool:
+    """Whether at least ``share`` of the ``test`` interactions of users with training history are no
+    earlier than that user's latest training interaction: a test set cut in time, not at random."""
+    latest = train.groupby(USER_ID)[contract.TIMESTAMP].max()
+    test_times = test[[USER_ID, contract.TIMESTAMP]].dropna()
+    user_latest = test_times[USER_ID].map(latest)
+    known = user_latest.notna()
+    if not known.any():
+        return False
+    return bool((test_times[contract.TIMESTAMP][known] >= user_latest[known]).mean() >= share)
 
 
 def _indexes(dataset: Dataset, protocol: _Protocol) -> tuple[IdIndex, IdIndex]:

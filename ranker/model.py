@@ -12,8 +12,9 @@ features and categorical levels). Loading reads only those files; nothing is pic
 
 from __future__ import annotations
 
+import fnmatch
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,9 @@ class LightGBMRanker:
 
     Hyperparameters are keyword-only and named as in LightGBM's sklearn API; ``eval_at`` are the NDCG
     cut-offs reported on eval sets (the first one drives early stopping), ``early_stopping_rounds``
-    (``None`` or 0 to disable) applies only when ``fit`` gets an ``eval_set``.
+    (``None`` or 0 to disable) applies only when ``fit`` gets an ``eval_set``. ``monotone`` maps
+    shell-style feature-name patterns to a direction (1: the score may only rise with the feature, -1:
+    only fall, 0: free); the first pattern a feature matches applies, unmatched features are free.
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class LightGBMRanker:
         lambdarank_truncation_level: int = 20,
         eval_at: Sequence[int] = (10,),
         early_stopping_rounds: int | None = 50,
+        monotone: Mapping[str, int] | None = None,
         seed: int = 0,
         n_jobs: int = 2,
         verbose: int = -1,
@@ -76,6 +80,7 @@ class LightGBMRanker:
         self.lambdarank_truncation_level = int(lambdarank_truncation_level)
         self.eval_at = eval_at
         self.early_stopping_rounds = early_stopping_rounds
+        self.monotone = _check_monotone(monotone)
         self.seed = int(seed)
         self.n_jobs = int(n_jobs)
         self.verbose = int(verbose)
@@ -99,6 +104,7 @@ class LightGBMRanker:
             "lambdarank_truncation_level": self.lambdarank_truncation_level,
             "eval_at": list(self.eval_at),
             "early_stopping_rounds": self.early_stopping_rounds,
+            "monotone": dict(self.monotone),
             "seed": self.seed,
             "n_jobs": self.n_jobs,
             "verbose": self.verbose,
@@ -143,6 +149,10 @@ class LightGBMRanker:
         }
         categorical = list(self.categorical_levels_)
         params = self._lightgbm_params()
+        directions = self.monotone_directions(features)
+        if any(directions):
+            params["monotone_constraints"] = directions
+            params["monotone_constraints_method"] = "intermediate"
         train_set = lgb.Dataset(
             self._matrix(X),
             label=labels,
@@ -183,6 +193,20 @@ class LightGBMRanker:
         self.booster_ = booster
         self.best_iteration_ = int(booster.best_iteration) or int(booster.current_iteration())
         return self
+
+    def monotone_directions(self, features: list[str]) -> list[int]:
+        """Per feature, the direction of its first matching ``monotone`` pattern (0 when none matches)."""
+        return [
+            next(
+                (
+                    direction
+                    for pattern, direction in self.monotone.items()
+                    if fnmatch.fnmatchcase(name, pattern)
+                ),
+                0,
+            )
+            for name in features
+        ]
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         """Scores (float64, higher is better) for the rows of ``X``; columns are picked by feature name."""
@@ -369,6 +393,16 @@ class LightGBMRanker:
 
     def __repr__(self) -> str:
         return f"LightGBMRanker(objective={self.objective!r}, n_estimators={self.n_estimators})"
+
+
+def _check_monotone(monotone: Mapping[str, int] | None) -> dict[str, int]:
+    monotone = dict(monotone or {})
+    for pattern, direction in monotone.items():
+        if not isinstance(pattern, str) or direction not in (-1, 0, 1) or isinstance(direction, bool):
+            raise ValueError(
+                f"monotone maps feature-name patterns to -1, 0 or 1, got {pattern!r}: {direction!r}"
+            )
+    return {pattern: int(direction) for pattern, direction in monotone.items()}
 
 
 def _check_feature_names(features: list[str]) -> None:

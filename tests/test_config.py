@@ -26,6 +26,8 @@ def test_readme_example_parses_into_typed_sections(tmp_path):
     assert config.baselines.params["ease"] == {"l2": 500.0}
     assert config.embeddings.fusion == {"mode": "attention"}
     assert config.ranker.candidates_per_source == 100
+    assert config.fold_split == "auto"
+    assert config.ranker.monotone_features == {"*_rank": -1, "*_score_z": 1}
 
 
 @pytest.mark.parametrize(
@@ -36,6 +38,8 @@ def test_readme_example_parses_into_typed_sections(tmp_path):
         ("top_k: ten\n", "top_k must be int"),
         ("embeddings:\n  modalities: [text, smell]\n", "unknown modality 'smell'"),
         ("- just\n- a list\n", "expected a mapping"),
+        ("fold_split: sideways\n", "fold_split must be one of"),
+        ("ranker:\n  monotone_features: {'*_rank': 2}\n", "monotone_features"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, message):

@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from m6rec.config import BaselineConfig, RankerConfig, RunConfig
+from m6rec.config import BaselineConfig, EmbeddingConfig, RankerConfig, RunConfig
+from m6rec.data.splits import random_split, temporal_split
+from m6rec.errors import ConfigError
 from pipelines import run as run_module
-from pipelines.run import run_pipeline
+from pipelines.run import is_cut_in_time, run_pipeline
 
 ML100K = Path("../shared/data/ml-100k")
 
@@ -162,3 +164,68 @@ def test_same_seed_gives_identical_recommendations(tmp_path):
         pd.read_parquet(first.recommendations_path), pd.read_parquet(second.recommendations_path)
     )
     assert np.isclose(first.metrics["final"]["ndcg@10"], second.metrics["final"]["ndcg@10"])
+
+
+def test_a_test_set_counts_as_temporal_only_when_it_follows_each_users_training():
+    frame = pd.DataFrame(
+        [
+            (f"u{user}", f"i{item}", 1_700_000_000 + user * 7 + item * 3600)
+            for user in range(30)
+            for item in range(12)
+        ],
+        columns=["user_id", "item_id", "timestamp"],
+    )
+    later_train, later_test = temporal_split(frame, 0.25)
+    random_train, random_test = random_split(frame, 0.25, seed=0)
+
+    assert is_cut_in_time(later_train, later_test)
+    assert not is_cut_in_time(random_train, random_test)
+    assert not is_cut_in_time(later_train, later_test.assign(user_id="someone-new"))
+
+
+@pytest.mark.parametrize(
+    ("test_cut", "fold_split", "expected"),
+    [("random", "auto", "random"), ("temporal", "auto", "temporal"), ("random", "temporal", "temporal")],
+)
+def test_the_fold_is_cut_the_way_the_test_file_was(tmp_path, test_cut, fold_split, expected):
+    data = _planted_dataset(tmp_path / "data")
+    interactions = pd.read_csv(data / "interactions.csv")
+    split = (
+        temporal_split(interactions, 0.25)
+        if test_cut == "temporal"
+        else random_split(interactions, 0.25, seed=1)
+    )
+    split[0].to_csv(data / "interactions.csv", index=False)
+    split[1].to_csv(data / "test.csv", index=False)
+    config = RunConfig(
+        fold_split=fold_split,
+        baselines=BaselineConfig(models=["popularity"]),
+        ranker=RankerConfig(enabled=False),
+    )
+
+    result = run_pipeline(data, tmp_path / "out", config)
+
+    assert result.summary["fold_split"] == expected
+
+
+def test_fold_split_must_be_known():
+    with pytest.raises(ConfigError, match="fold_split"):
+        RunConfig(fold_split="sideways")
+
+
+def test_time_order_sources_join_the_ranker_only_when_interactions_have_timestamps(tmp_path):
+    data = _planted_dataset(tmp_path / "data")
+    config = RunConfig(
+        split="random:0.25",
+        baselines=BaselineConfig(models=["popularity", "itemknn"]),
+        embeddings=EmbeddingConfig(modalities=[]),
+        ranker=RankerConfig(extra_sources=["trend", "sequential"], params={"n_estimators": 20}),
+    )
+
+    timed = run_pipeline(data, tmp_path / "timed", config)
+    interactions = pd.read_csv(data / "interactions.csv")
+    interactions.drop(columns="timestamp").to_csv(data / "interactions.csv", index=False)
+    untimed = run_pipeline(data, tmp_path / "untimed", config)
+
+    assert {"trend", "sequential"} <= set(timed.summary["models"])
+    assert not {"trend", "sequential"} & set(untimed.summary["models"])

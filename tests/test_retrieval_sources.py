@@ -180,6 +180,38 @@ def test_trend_without_timestamps_falls_back_to_popularity_with_a_warning(caplog
     np.testing.assert_array_equal(trend.item_trend, [2.0, 1.0])
 
 
+def test_sequential_scores_items_next_to_the_users_history_in_other_users_time_order():
+    # u0 watched d, a, b, c in that order (column order a, b, c, d differs); u1 watched only a.
+    watched = [("u0", item, LATEST + position * DAY) for position, item in enumerate("dabc")]
+    train = interactions([*watched, ("u1", "a", LATEST)], items=list("abcd"))
+    pair = 1 / np.sqrt(3 * 2)  # a was seen by two users, b, c and d by one; popularity + 1 each
+
+    def scores_for_u1(window):
+        return create_source("sequential", window=window).fit(train).score(np.array([1]))[0]
+
+    np.testing.assert_allclose(scores_for_u1(1), [0, pair, 0, pair], rtol=1e-6)
+    np.testing.assert_allclose(scores_for_u1(2), [0, pair, pair, pair], rtol=1e-6)
+    top = create_source("sequential", window=1).fit(train).recommend(np.array([1]), 2)
+    assert top.items[0].tolist() == [1, 3]
+
+
+def test_sequential_without_timestamps_counts_every_pair_with_a_warning(caplog):
+    train = interactions([("u0", "a"), ("u0", "b"), ("u0", "c"), ("u1", "a")])
+
+    with caplog.at_level(logging.WARNING, logger="m6rec"):
+        source = create_source("sequential", window=1).fit(train)
+
+    assert "no timestamps" in caplog.text
+    np.testing.assert_allclose(source.score(np.array([1]))[0], [0, 1 / np.sqrt(6), 1 / np.sqrt(6)], rtol=1e-6)
+
+
+def test_sequential_window_must_be_a_positive_integer():
+    with pytest.raises(ConfigError, match="window"):
+        create_source("sequential", window=0)
+    with pytest.raises(ConfigError, match="window"):
+        create_source("sequential", window=2.5)
+
+
 def test_trend_parameters_must_be_positive():
     with pytest.raises(ConfigError, match="half_life_days"):
         create_source("trend", half_life_days=0)

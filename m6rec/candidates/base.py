@@ -231,6 +231,7 @@ def _load_builtin_sources() -> None:
         itemknn,
         kg_neighbours,
         popularity,
+        sequential,
         trend,
     )
 
