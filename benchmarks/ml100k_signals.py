@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import update_section  # noqa: E402
 
+from m6rec.candidates.sequential import adjacent_pairs  # noqa: E402
 from m6rec.data.splits import random_split  # noqa: E402
 from m6rec.evaluation.metrics import ranking_metrics  # noqa: E402
 
@@ -139,19 +140,10 @@ class Study:
         return self.dense @ weights
 
     def sequential_cooccurrence(self, window: int) -> np.ndarray:
-        order = np.lexsort((self.item_rows, self.times, self.user_rows))
-        users, items = self.user_rows[order], self.item_rows[order]
-        rows, cols = [], []
-        for distance in range(1, window + 1):
-            same_user = users[distance:] == users[:-distance]
-            rows.append(items[:-distance][same_user])
-            cols.append(items[distance:][same_user])
-        n_items = self.dense.shape[1]
-        counts = sp.coo_matrix(
-            (np.ones(sum(map(len, rows))), (np.concatenate(rows), np.concatenate(cols))),
-            shape=(n_items, n_items),
-        ).toarray()
-        counts += counts.T
+        times = sp.csr_matrix(
+            (self.times.astype(np.float64), (self.user_rows, self.item_rows)), shape=self.dense.shape
+        )
+        counts = adjacent_pairs(times, window).toarray().astype(np.float64)
         popularity = np.sqrt(self.dense.sum(0) + 1)
         return self.dense @ (counts / popularity[:, None] / popularity[None, :])
 
