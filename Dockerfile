@@ -5,7 +5,6 @@ FROM python:3.11-slim
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG M6REC_GPU=false
-ARG PREFECT_VERSION=3.9.1
 ARG UID=1000
 ARG GID=1000
 
@@ -22,12 +21,20 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 libsndfile1 \
     && rm -rf /var/lib/apt/lists/*
 
-# PyTorch first, from its own index, and pinned for the install below: otherwise pip would pull
-# PyPI's CUDA build (several GB) into the CPU image.
-RUN pip install --index-url "$TORCH_INDEX_URL" torch torchvision \
-    && pip freeze | grep -iE '^(torch|torchvision)==' > /etc/m6rec-torch-constraints.txt
-
+# Everything installs through requirements.lock, the versions the test suite passed with. The CPU image
+# takes PyTorch at the locked version from PyTorch's CPU index first (PyPI's Linux build bundles CUDA,
+# several GB) and leaves out the CUDA runtime wheels the lock lists for PyPI's build; the GPU image
+# (M6REC_GPU=true, TORCH_INDEX_URL=PyPI) installs the lock as it is.
 WORKDIR /app
+COPY requirements.lock ./
+RUN if [ "$M6REC_GPU" = "true" ]; then \
+        pip install -r requirements.lock; \
+    else \
+        pip install --index-url "$TORCH_INDEX_URL" $(grep -E '^(torch|torchvision)==' requirements.lock) \
+        && grep -vE '^(nvidia-|cuda-|triton==)' requirements.lock > /tmp/cpu.lock \
+        && pip install -r /tmp/cpu.lock && rm /tmp/cpu.lock; \
+    fi
+
 COPY pyproject.toml README.md prefect.yaml ./
 COPY m6rec ./m6rec
 COPY features ./features
@@ -37,13 +44,14 @@ COPY flows ./flows
 
 # faiss-cpu and faiss-gpu-cu12 both install the `faiss` module: after removing faiss-cpu, reinstall the
 # GPU wheel so that its files, which the removal deleted, are back.
-RUN pip install --constraint /etc/m6rec-torch-constraints.txt . "prefect==${PREFECT_VERSION}" \
+RUN pip install --no-deps --no-build-isolation . \
     && if [ "$M6REC_GPU" = "true" ]; then \
-        pip install --constraint /etc/m6rec-torch-constraints.txt ".[gpu]" \
+        pip install --constraint requirements.lock "faiss-gpu-cu12>=1.8" \
         && pip uninstall -y faiss-cpu \
         && pip install --no-deps --force-reinstall \
             "faiss-gpu-cu12==$(pip show faiss-gpu-cu12 | sed -n 's/^Version: //p')"; \
-    fi
+    fi \
+    && pip check
 
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/m6rec-entrypoint
 

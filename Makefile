@@ -1,15 +1,17 @@
 # Two entry points: `make demo` (set up, then run the main job on the embedded demo catalogue)
-# and `make test` (set up, then lint and run the tests). Both create .venv/ on first use.
+# and `make test` (set up, then lint and run the tests). Both create .venv/ on first use and install
+# exactly the versions in requirements.lock; `make lock` regenerates that file from pyproject.toml.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup browser demo test lint benchmark clean
+.PHONY: setup lock docs browser demo test lint benchmark clean
 
 setup: $(STAMP)
 
@@ -20,11 +22,22 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "note: chromium not installed; the report browser test will be skipped"; fi; }
 
-$(STAMP): pyproject.toml
+# pip and setuptools come from the lock too; the package itself installs without dependencies and
+# without build isolation, so nothing outside the lock is resolved.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet $$(grep -E '^(pip|setuptools)==' $(LOCK))
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
+
+lock:
+	PYTHON=$(PYTHON) tools/lock.sh
+
+# docs/config.md and docs/config.schema.json from the configuration models.
+docs: setup
+	$(BIN)/python -m m6rec.config_docs
 
 demo: setup
 	$(BIN)/m6rec demo --out demo-out

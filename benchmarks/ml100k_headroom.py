@@ -143,7 +143,7 @@ def _train(folds: list[_Tables], seed: int) -> tuple[LightGBMRanker, np.ndarray]
     first = folds[0]
     valid = first.table.assign(label=first.labels, query=first.users)[np.isin(first.users, held_out)]
     config = RankerConfig()
-    ranker = LightGBMRanker(**{"seed": seed, "monotone": config.monotone_features, **config.params})
+    ranker = LightGBMRanker(**config.params.ranker_kwargs(), seed=seed, monotone=config.monotone_features)
     features = list(first.table.columns)
     ranker.fit(
         train[features],

@@ -18,7 +18,6 @@ Usage: .venv/bin/python benchmarks/two_stage.py [--data ../shared/data] [--seeds
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -90,7 +89,7 @@ def ranker_ablation(args, scratch: Path) -> str:
     for seed in args.seeds:
         for label, overrides in variants.items():
             config = _config("random:0.25", seed)
-            config.ranker = dataclasses.replace(config.ranker, **overrides)
+            config.ranker = config.ranker.replace(**overrides)
             # A fresh folder per run: a reused one keeps the first run's embeddings and two-tower files,
             # and the lists then differ from a fresh run of the same configuration.
             out_dir = scratch / f"ml-ablation-{seed}-{len(results[label])}-{list(variants).index(label)}"
@@ -221,7 +220,7 @@ def coldstart(args, scratch: Path) -> str:
     for number, (label, overrides) in enumerate(variants.items()):
         config = _config("none", args.seeds[0])
         config.top_k = 50
-        config.ranker = dataclasses.replace(config.ranker, **overrides)
+        config.ranker = config.ranker.replace(**overrides)
         # One output folder for every variant: later runs reuse the item embeddings of the first.
         run = run_pipeline(data, scratch / "cold-run", config)
         recs = pd.read_parquet(run.recommendations_path)

@@ -55,6 +55,7 @@ import pandas as pd
 
 from features.base import EncoderInputs, ItemEncoder, media_inputs
 from features.store import EncodeResult
+from m6rec.config import MIN_AUDIO_SAMPLE_RATE, AudioSettings
 from m6rec.data.contract import AUDIO_PATH
 from m6rec.errors import ConfigError
 from m6rec.progress import progress
@@ -70,7 +71,7 @@ N_CONTRAST_BANDS = 6
 DELTA_WIDTH = 9
 FLOOR_DB = -100.0
 TOP_DB = 80.0
-MIN_SAMPLE_RATE = 4000
+MIN_SAMPLE_RATE = MIN_AUDIO_SAMPLE_RATE
 
 
 @dataclass(frozen=True)
@@ -238,10 +239,10 @@ class AudioEncoder(ItemEncoder):
     def __init__(
         self,
         *,
-        sample_rate: int = 22050,
-        max_seconds: float = 30.0,
-        standardise: bool = True,
-        num_workers: int = 2,
+        sample_rate: int = AudioSettings().sample_rate,
+        max_seconds: float = AudioSettings().max_seconds,
+        standardise: bool = AudioSettings().standardise,
+        num_workers: int = AudioSettings().num_workers,
         force_cpu: bool = False,
     ):
         if not isinstance(sample_rate, int) or sample_rate < MIN_SAMPLE_RATE:

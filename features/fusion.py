@@ -8,36 +8,15 @@ is trained inside the two-tower item tower, so the fusion is learned with the re
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from features.store import EmbeddingTable
+from m6rec.config import FusionSettings
 
-FUSION_MODES = ("concat", "attention")
-
-
-@dataclass
-class FusionConfig:
-    """How the two-tower item tower fuses content blocks.
-
-    ``weights`` are per-modality weights for ``concat`` (missing modalities weigh 1); ``dimension`` is the
-    output size of the attention fusion.
-    """
-
-    mode: str = "concat"
-    weights: dict[str, float] | None = None
-    dimension: int = 64
-
-    def __post_init__(self) -> None:
-        if self.mode not in FUSION_MODES:
-            raise ValueError(f"fusion.mode must be one of {FUSION_MODES}, got {self.mode!r}")
-        if self.dimension < 1:
-            raise ValueError(f"fusion.dimension must be positive, got {self.dimension}")
-        if self.weights is not None and any(w < 0 for w in self.weights.values()):
-            raise ValueError(f"fusion.weights must be non-negative, got {self.weights}")
+FusionConfig = FusionSettings
 
 
 def concat_fusion(

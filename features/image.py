@@ -2,9 +2,9 @@
 
 Weights come from a local ``checkpoint`` (a state dict file, loaded by open_clip with
 ``torch.load(weights_only=True)`` or safetensors) or from an open_clip ``pretrained`` tag. When the tag
-cannot be loaded (no internet, no cache) the encoder refuses to run unless ``allow_random_weights=True``;
-then it warns loudly, uses a seeded random initialisation of the architecture and records
-``"pretrained": false`` in the output metadata.
+cannot be loaded (no internet, no cache) the encoder warns loudly, uses a seeded random initialisation
+of the architecture and records ``"pretrained": false`` in the output metadata; with
+``allow_random_weights=False`` that is an error instead.
 
 Images are decoded in ``DataLoader`` workers. A missing, truncated or undecodable file fails only its own
 item (null embedding, a problem naming the file); the rest of the batch is embedded.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +22,18 @@ import pandas as pd
 from features.base import EncoderInputs, ItemEncoder, media_inputs
 from features.device import resolve_device
 from features.store import EncodeResult
+from m6rec.config import ImageSettings
 from m6rec.data.contract import IMAGE_PATH
 from m6rec.errors import ConfigError
+from m6rec.log import held_back
 from m6rec.progress import progress_bar, quiet_model_loading
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("m6rec")
+# open_clip's own lines about what our warning (or error) already says, with the reason.
+OPEN_CLIP_DOWNLOAD_FAILED = "Failed to download weights for tag"
+OPEN_CLIP_RANDOM_INIT = "No pretrained weights loaded for model"
+# Warnings already given in this process: one per distinct message, however many encoders are built.
+_announced_random_weights: set[str] = set()
 
 
 class ImageEncoder(ItemEncoder):
@@ -42,14 +48,14 @@ class ImageEncoder(ItemEncoder):
     def __init__(
         self,
         *,
-        model: str = "ViT-B-32",
-        pretrained: str | None = "laion2b_s34b_b79k",
+        model: str = ImageSettings().model,
+        pretrained: str | None = ImageSettings().pretrained,
         checkpoint: str | Path | None = None,
-        batch_size: int = 64,
-        num_workers: int = 2,
+        batch_size: int = ImageSettings().batch_size,
+        num_workers: int = ImageSettings().num_workers,
         force_cpu: bool = False,
-        allow_random_weights: bool = False,
-        seed: int = 0,
+        allow_random_weights: bool = ImageSettings().allow_random_weights,
+        seed: int = ImageSettings().seed,
     ):
         if batch_size < 1 or num_workers < 0:
             raise ConfigError(
@@ -205,9 +211,10 @@ def _load_weights(
         return model, preprocess, f"checkpoint:{hashlib.sha256(path.read_bytes()).hexdigest()}", True
     if pretrained:
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                architecture, pretrained=pretrained, weights_only=True
-            )
+            with held_back(OPEN_CLIP_DOWNLOAD_FAILED):
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    architecture, pretrained=pretrained, weights_only=True
+                )
             return model, preprocess, f"open_clip:{architecture}/{pretrained}", True
         except Exception as error:
             reason = f"cannot load open_clip weights {pretrained!r} for {architecture}: {_first_line(error)}"
@@ -218,20 +225,28 @@ def _load_weights(
             f"{reason}; pass checkpoint=<local state-dict file> (e.g. open_clip_pytorch_model.bin), "
             "or allow_random_weights=True to embed with untrained weights"
         )
-    message = (
+    _announce_random_weights(
         f"image encoder uses RANDOM-INIT weights (seed {seed}) for {architecture}: {reason}. "
         "Its embeddings carry no learned visual meaning."
     )
-    warnings.warn(message, stacklevel=3)
-    logger.warning(message)
     import torch
 
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), held_back(OPEN_CLIP_RANDOM_INIT):
         torch.manual_seed(seed)
         model, _, preprocess = open_clip.create_model_and_transforms(
             architecture, pretrained=None, pretrained_image=False, pretrained_text=False
         )
     return model, preprocess, f"random-init (seed {seed})", False
+
+
+def _announce_random_weights(message: str) -> None:
+    """A WARNING of the ``m6rec`` logger the first time this process builds an encoder with these random
+    weights for this reason; DEBUG after that (a run builds the encoder once per stage that reads images)."""
+    if message in _announced_random_weights:
+        logger.debug(message)
+        return
+    _announced_random_weights.add(message)
+    logger.warning(message)
 
 
 def _first_line(error: Exception) -> str:

@@ -23,8 +23,8 @@ import gc
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 
@@ -33,67 +33,41 @@ import pandas as pd
 
 from features.device import resolve_device
 from features.store import IncrementalReport, content_hash, read_embeddings, write_embeddings
-from m6rec.data.contract import AUDIO_PATH, IMAGE_PATH, ITEM_ID, KG_HEAD, KG_RELATION, KG_TAIL
+from m6rec.config import KGSettings
+from m6rec.data.columns import ResolvedColumns, distinct_values, resolve_columns, value_separator
+from m6rec.data.contract import ITEM_ID, KG_HEAD, KG_RELATION, KG_TAIL
 from m6rec.errors import ConfigError, DataError
-from m6rec.progress import progress_enabled
+from m6rec.log import quiet_third_party_loggers
+from m6rec.progress import progress_enabled, step_log_level
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("m6rec")
 
-KG_MODELS = ("TransE", "TransH", "RotatE", "DistMult")
 KG_LAYOUT_VERSION = "1"
 NOT_IN_GRAPH = "not in the knowledge graph"
 
-NON_ATTRIBUTE_COLUMNS = frozenset({ITEM_ID, IMAGE_PATH, AUDIO_PATH, "title", "description", "name"})
-LIST_COLUMN_NAMES = frozenset(
-    {"tags", "tag", "genres", "genre", "categories", "keywords", "labels", "styles", "moods", "topics"}
-)
-MAX_ATTRIBUTE_TEXT_LENGTH = 40
 
+class KGConfig(KGSettings):
+    """Knowledge-graph embedding settings (the ``embeddings.kg`` section, see :class:`m6rec.config.KGSettings`)
+    plus where they run. RotatE's embeddings are complex, so its files hold ``2 * dimension`` values: real
+    parts, then imaginary parts."""
 
-@dataclass
-class KGConfig:
-    """Knowledge-graph embedding settings.
-
-    ``model`` is one of ``KG_MODELS``; ``dimension`` is the embedding size (RotatE's embeddings are
-    complex, so its files hold ``2 * dimension`` values: real parts, then imaginary parts).
-    ``attribute_columns`` names the item columns turned into ``has_<column>`` relations by
-    :func:`build_kg_triples`; ``None`` picks the categorical ones automatically.
-    """
-
-    model: str = "TransE"
-    dimension: int = 64
-    epochs: int = 100
-    batch_size: int = 1024
-    learning_rate: float = 0.01
-    seed: int = 0
     force_cpu: bool = False
-    attribute_columns: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        canonical = {name.lower(): name for name in KG_MODELS}
-        if not isinstance(self.model, str) or self.model.lower() not in canonical:
-            raise ConfigError(f"kg: unknown model {self.model!r}; known: {', '.join(KG_MODELS)}")
-        self.model = canonical[self.model.lower()]
-        for key in ("dimension", "epochs", "batch_size"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"kg: {key} must be a positive integer, got {value!r}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"kg: learning_rate must be positive, got {self.learning_rate!r}")
 
     def training_settings(self) -> dict:
         """The settings that fix the trained embeddings (not where they run nor how triples were built)."""
-        settings = asdict(self)
-        del settings["force_cpu"], settings["attribute_columns"]
-        return settings
+        return self.model_dump(exclude={"force_cpu", "attribute_columns"})
 
 
 def build_kg_triples(
-    kg: pd.DataFrame | None, items: pd.DataFrame | None, attribute_columns: Sequence[str] | None = None
+    kg: pd.DataFrame | None,
+    items: pd.DataFrame | None,
+    attribute_columns: Sequence[str] | None = None,
+    item_columns: ResolvedColumns | None = None,
 ) -> pd.DataFrame:
     """The training graph: ``kg`` triples plus ``(item_id, has_<column>, <column>:<value>)`` per attribute.
 
-    ``attribute_columns`` ``None`` picks :func:`categorical_item_columns`; named columns are used as given.
+    ``attribute_columns`` ``None`` picks :func:`categorical_item_columns` of ``item_columns`` (the items'
+    resolved column roles; inferred when ``None``); named columns are used as given.
     Multi-valued fields (``"A|B"``, or ``"A, B"`` in list-like columns such as ``genres``) give one triple
     per value. Returns string columns ``head``, ``relation``, ``tail`` without duplicates.
     """
@@ -102,7 +76,7 @@ def build_kg_triples(
         frames.append(kg[[KG_HEAD, KG_RELATION, KG_TAIL]].dropna().astype(str))
     if items is not None and len(items):
         if attribute_columns is None:
-            attribute_columns = categorical_item_columns(items)
+            attribute_columns = categorical_item_columns(items, item_columns)
         missing = [column for column in attribute_columns if column not in items.columns]
         if missing:
             raise ConfigError(
@@ -118,25 +92,15 @@ def build_kg_triples(
     return triples[(triples != "").all(axis=1)].drop_duplicates().reset_index(drop=True)
 
 
-def categorical_item_columns(items: pd.DataFrame) -> list[str]:
-    """Item columns that look like categories: short strings taking 2 to n / 2 distinct values.
-
-    n is the number of non-empty values, counted after splitting multi-valued columns, so that ID-like
-    columns (every value different) are left out. Media paths, titles, descriptions and names never are
-    attributes.
-    """
-    chosen = []
-    for column in items.columns:
-        if column in NON_ATTRIBUTE_COLUMNS or not _is_string_column(items[column]):
-            continue
-        present = items[column].dropna().astype(str).str.strip()
-        present = present[present != ""]
-        if present.empty or present.str.len().mean() >= MAX_ATTRIBUTE_TEXT_LENGTH:
-            continue
-        values = _split_values(present, _separator(column, present))
-        if 2 <= values.nunique() <= max(2, len(values) // 2):
-            chosen.append(column)
-    return chosen
+def categorical_item_columns(items: pd.DataFrame, columns: ResolvedColumns | None = None) -> list[str]:
+    """The item columns whose role is ``categorical`` (in ``columns``, or inferred when ``None``; see
+    ``m6rec/data/columns.py``) and that take at least two distinct values (multi-valued fields split)."""
+    roles = columns if columns is not None else resolve_columns(items, ITEM_ID)
+    return [
+        column
+        for column in roles.categorical
+        if column in items.columns and distinct_values(items[column], column) >= 2
+    ]
 
 
 def train_kg_embeddings(
@@ -203,6 +167,7 @@ def _train(graph: np.ndarray, config: KGConfig) -> tuple[np.ndarray, dict[str, i
     from pykeen.triples import TriplesFactory
     from pykeen.utils import set_random_seed
 
+    quiet_third_party_loggers()  # importing pykeen set its logger to INFO
     device = resolve_device(config.force_cpu)
     set_random_seed(config.seed)
     factory = TriplesFactory.from_labeled_triples(graph, create_inverse_triples=False)
@@ -217,6 +182,7 @@ def _train(graph: np.ndarray, config: KGConfig) -> tuple[np.ndarray, dict[str, i
         optimizer_kwargs={"lr": config.learning_rate},
         automatic_memory_optimization=False,
     )
+    started = time.perf_counter()
     with _frozen_heap():
         losses = loop.train(
             triples_factory=factory,
@@ -227,14 +193,39 @@ def _train(graph: np.ndarray, config: KGConfig) -> tuple[np.ndarray, dict[str, i
             use_tqdm_batch=False,
             tqdm_kwargs={"desc": f"training KG embeddings ({config.model})", "leave": False},
             pin_memory=device.is_cuda,
+            callbacks=_epoch_lines(config.model, config.epochs),
         )
+    seconds = time.perf_counter() - started
     with torch.no_grad():
         embeddings = model.entity_representations[0](indices=None).detach().cpu()
     if embeddings.is_complex():
         embeddings = torch.cat([embeddings.real, embeddings.imag], dim=-1)
     final_loss = float(losses[-1]) if losses else None
-    logger.info("kg: trained %s on %d triples, final loss %s", config.model, len(graph), final_loss)
+    logger.info(
+        "kg: %s, %d epochs in %.1f s on %s, final loss %s (%d triples, %d entities)",
+        config.model,
+        config.epochs,
+        seconds,
+        device.name,
+        "n/a" if final_loss is None else f"{final_loss:.4f}",
+        len(graph),
+        factory.num_entities,
+    )
     return embeddings.to(torch.float32).numpy(), dict(factory.entity_to_id), final_loss, device.name
+
+
+def _epoch_lines(model_name: str, epochs: int):
+    """A pykeen training callback that logs each epoch's loss at :func:`step_log_level` (INFO on a
+    terminal, DEBUG otherwise)."""
+    from pykeen.training.callbacks import TrainingCallback
+
+    level = step_log_level()
+
+    class EpochLines(TrainingCallback):
+        def post_epoch(self, epoch: int, epoch_loss: float, **kwargs) -> None:
+            logger.log(level, "kg epoch %d/%d: %s loss %.4f", epoch, epochs, model_name, epoch_loss)
+
+    return EpochLines()
 
 
 @contextlib.contextmanager
@@ -299,7 +290,7 @@ def _reusable(out_path: Path, weights: str, item_ids: list[str]) -> IncrementalR
 def _attribute_triples(items: pd.DataFrame, column: str) -> pd.DataFrame:
     present = items[[ITEM_ID, column]].dropna()
     values = present[column].astype(str).str.strip()
-    separator = _separator(column, values)
+    separator = value_separator(column, values)
     if separator is not None:
         values = values.str.split(separator, regex=False)
     exploded = pd.DataFrame({KG_HEAD: present[ITEM_ID].astype(str), "value": values}).explode("value")
@@ -312,23 +303,3 @@ def _attribute_triples(items: pd.DataFrame, column: str) -> pd.DataFrame:
             KG_TAIL: f"{column}:" + exploded["value"],
         }
     )
-
-
-def _separator(column: str, values: pd.Series) -> str | None:
-    """``"|"`` when values use it, ``", "`` in list-like columns (tags, genres, ...), else ``None``."""
-    if values.str.contains("|", regex=False).any():
-        return "|"
-    if column.lower() in LIST_COLUMN_NAMES and values.str.contains(", ", regex=False).any():
-        return ", "
-    return None
-
-
-def _split_values(values: pd.Series, separator: str | None) -> pd.Series:
-    if separator is None:
-        return values
-    split = values.str.split(separator, regex=False).explode().astype(str).str.strip()
-    return split[split != ""]
-
-
-def _is_string_column(column: pd.Series) -> bool:
-    return pd.api.types.infer_dtype(column, skipna=True) == "string"

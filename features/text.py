@@ -1,9 +1,10 @@
 """Frozen text embeddings of items: a Hugging Face encoder, mean-pooled over real tokens and L2-normalised.
 
 Each item's text is rendered from its columns, either with a user ``template`` (a Python format string
-such as ``"{title}. {genres}"``) or, by default, as one ``column: value`` line per non-empty text column
-among ``title, name, description, genres, tags, category, brand`` (in that order). Missing values render
-as empty strings; an item whose text comes out empty gets a null embedding with the problem
+such as ``"{title}. {genres}"``) or, by default, as one ``column: value`` line per non-empty column among
+``title, name, description, genres, tags, category, brand`` (in that order) whose role is text or
+categorical, then one per other column declared ``text`` (see ``m6rec/data/columns.py``). Missing values
+render as empty strings; an item whose text comes out empty gets a null embedding with the problem
 ``"empty text"``. The rendered text is the row's fingerprint, so editing a title recomputes that item only.
 """
 
@@ -21,6 +22,8 @@ import pandas as pd
 from features.base import EncoderInputs, ItemEncoder
 from features.device import resolve_device
 from features.store import EncodeResult
+from m6rec.config import TextSettings
+from m6rec.data.columns import ResolvedColumns, resolve_columns
 from m6rec.data.contract import ITEM_ID
 from m6rec.errors import ConfigError
 from m6rec.progress import progress_bar, quiet_model_loading
@@ -38,7 +41,8 @@ class TextEncoder(ItemEncoder):
 
     ``model`` is a Hugging Face model id or a local model directory; local directories are loaded with
     ``local_files_only=True``. Inputs are sorted by token length and padded per batch, so short texts do
-    not pay for long ones; the output keeps the input order.
+    not pay for long ones; the output keeps the input order. ``item_columns`` (the dataset's resolved
+    column roles) chooses the default template's columns; without it the roles are inferred.
     """
 
     modality = "text"
@@ -48,9 +52,10 @@ class TextEncoder(ItemEncoder):
         *,
         model: str | None = None,
         template: str | None = None,
-        batch_size: int = 64,
-        max_length: int = 256,
+        batch_size: int = TextSettings().batch_size,
+        max_length: int = TextSettings().max_length,
         force_cpu: bool = False,
+        item_columns: ResolvedColumns | None = None,
     ):
         if batch_size < 1 or max_length < 2:
             raise ConfigError(
@@ -59,6 +64,7 @@ class TextEncoder(ItemEncoder):
         if template is not None:
             _template_fields(template)
         self.template = template
+        self.item_columns = item_columns
         self.batch_size = batch_size
         self.max_length = max_length
         self.device = resolve_device(force_cpu)
@@ -89,7 +95,7 @@ class TextEncoder(ItemEncoder):
 
     def prepare(self, items: pd.DataFrame, dataset_dir: Path) -> EncoderInputs:
         """Every item, with its rendered text as both input and fingerprint."""
-        texts = render_item_texts(items, self.template)
+        texts = render_item_texts(items, self.template, self.item_columns)
         keys = items[ITEM_ID].astype(str).tolist()
         return EncoderInputs(keys=keys, inputs=texts, fingerprints=list(texts))
 
@@ -130,21 +136,21 @@ class TextEncoder(ItemEncoder):
         return torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().numpy()
 
 
-def render_item_texts(items: pd.DataFrame, template: str | None = None) -> list[str]:
-    """The text of every item: ``template`` filled with its columns, or the default ``column: value`` lines.
+def render_item_texts(
+    items: pd.DataFrame, template: str | None = None, columns: ResolvedColumns | None = None
+) -> list[str]:
+    """The text of every item: ``template`` filled with its columns, or the default ``column: value`` lines
+    of the :func:`default_text_columns` of ``columns`` (the items' roles; inferred when ``None``).
 
     Missing values (None, NaN) render as ""; lists render as comma-separated values. A row whose fields are
     all empty renders as "". Raises ``ConfigError`` when the template names a column ``items`` lacks.
     """
     if template is None:
-        columns = [
-            column
-            for column in DEFAULT_TEXT_COLUMNS
-            if column in items.columns and column != ITEM_ID and _is_text_like(items[column])
-        ]
+        roles = columns if columns is not None else resolve_columns(items, ITEM_ID)
+        names = [column for column in default_text_columns(roles) if column in items.columns]
         return [
-            "\n".join(f"{column}: {value}" for column, value in zip(columns, values, strict=True) if value)
-            for values in _rendered_rows(items, columns)
+            "\n".join(f"{column}: {value}" for column, value in zip(names, values, strict=True) if value)
+            for values in _rendered_rows(items, names)
         ]
     fields = _template_fields(template)
     missing = [field for field in fields if field not in items.columns]
@@ -177,8 +183,11 @@ def _render_value(value) -> str:
     return str(value).strip()
 
 
-def _is_text_like(column: pd.Series) -> bool:
-    return not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column))
+def default_text_columns(columns: ResolvedColumns) -> list[str]:
+    """The columns of the default text, in order: those of ``DEFAULT_TEXT_COLUMNS`` whose role is text or
+    categorical, then the other columns declared ``text``, in table order."""
+    named = [column for column in DEFAULT_TEXT_COLUMNS if columns.role(column) in ("text", "categorical")]
+    return named + [column for column in columns.text if column in columns.declared and column not in named]
 
 
 def _template_fields(template: str) -> list[str]:

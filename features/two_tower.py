@@ -18,14 +18,16 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field
 from torch import nn
 
 from features.device import resolve_device
@@ -39,14 +41,16 @@ from features.fusion import (
 )
 from features.profiles import interaction_seconds
 from features.store import EmbeddingTable, write_embeddings
+from m6rec.config import TWO_TOWER_LOSSES, TwoTowerSettings
+from m6rec.data.columns import ResolvedColumns, resolve_columns
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.interactions import InteractionMatrix
 from m6rec.io import atomic_path, write_json
-from m6rec.progress import progress
+from m6rec.progress import progress, step_log_level
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("m6rec")
 
-LOSSES = ("softmax", "bpr")
+LOSSES = TWO_TOWER_LOSSES
 MODEL_FORMAT = "m6rec-two-tower"
 MODEL_FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -58,52 +62,16 @@ MAX_ATTRIBUTE_VALUE_SHARE = 0.5
 MAX_NUMERIC_ATTRIBUTE_VALUES = 64
 
 
-@dataclass
-class TwoTowerConfig:
-    """Hyperparameters of the two-tower model; the defaults train the demo catalogue in seconds.
+class TwoTowerConfig(TwoTowerSettings):
+    """Hyperparameters of the two-tower model (the ``embeddings.two_tower`` section, see
+    :class:`m6rec.config.TwoTowerSettings`), the fusion of its content blocks (``embeddings.fusion``) and
+    where it runs."""
 
-    ``temperature`` is fixed (not learned). ``id_dropout`` is the probability of dropping an item's or a
-    user's ID embedding for a training step. ``history_size`` is how many of a user's latest training
-    items feed the user tower. ``force_cpu`` ignores a GPU; ``cpu_threads`` sets torch's intra-op threads
-    while training on the CPU; ``None`` keeps torch's setting. One thread is the default because these
-    matrices are small: on a busy machine, extra threads spin-wait and made training ten times slower.
-    """
-
-    dimension: int = 64
-    epochs: int = 20
-    batch_size: int = 512
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-6
-    temperature: float = 0.1
-    id_dropout: float = 0.3
-    history_size: int = 50
-    loss: str = "softmax"
-    seed: int = 0
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
     force_cpu: bool = False
-    cpu_threads: int | None = 1
-    fusion: FusionConfig = field(default_factory=FusionConfig)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.fusion, Mapping):
-            self.fusion = FusionConfig(**self.fusion)
-        checks = (
-            (self.dimension >= 1, "dimension", "a positive integer"),
-            (self.epochs >= 1, "epochs", "a positive integer"),
-            (self.batch_size >= 2, "batch_size", "at least 2"),
-            (self.learning_rate > 0, "learning_rate", "positive"),
-            (self.weight_decay >= 0, "weight_decay", "non-negative"),
-            (self.temperature > 0, "temperature", "positive"),
-            (0.0 <= self.id_dropout < 1.0, "id_dropout", "in [0, 1)"),
-            (self.history_size >= 1, "history_size", "a positive integer"),
-            (self.loss in LOSSES, "loss", f"one of {LOSSES}"),
-            (self.cpu_threads is None or self.cpu_threads >= 1, "cpu_threads", "None or a positive integer"),
-        )
-        for ok, key, expected in checks:
-            if not ok:
-                raise ValueError(f"two-tower config: {key} must be {expected}, got {getattr(self, key)!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump()
 
 
 class ExportedEmbeddings(NamedTuple):
@@ -514,6 +482,7 @@ def train_two_tower(
     config: TwoTowerConfig | None = None,
     *,
     users: pd.DataFrame | None = None,
+    user_columns: ResolvedColumns | None = None,
     interactions: pd.DataFrame | None = None,
 ) -> TwoTowerModel:
     """Train the two-tower model on ``train`` with frozen ``content`` blocks.
@@ -523,13 +492,15 @@ def train_two_tower(
         content: modality name → item embedding table; may be empty (ID-only model). Items that appear in
             a table but not in ``train`` join the catalogue as content-only (cold) items.
         config: hyperparameters; defaults to :class:`TwoTowerConfig`.
-        users: optional ``user_id`` plus categorical attributes (string, boolean or integer columns with
-            few values; ID-like columns are skipped).
+        users: optional ``user_id`` plus attributes: its ``categorical`` columns and its ``numeric`` columns
+            of whole numbers with few values (columns taking a value per user are skipped).
+        user_columns: the roles of the ``users`` columns (``Dataset.user_columns``); inferred when ``None``.
         interactions: optional raw training interactions; with a ``timestamp`` column the user history is
             the latest ``history_size`` items by time.
 
     Returns:
-        The trained :class:`TwoTowerModel`; the loss per epoch is logged and kept in ``loss_history``.
+        The trained :class:`TwoTowerModel`, the loss of each epoch in ``loss_history``. One INFO line sums
+        the training up; each epoch's line is INFO on a terminal and DEBUG otherwise (``step_log_level``).
     """
     config = config or TwoTowerConfig()
     if train.matrix.nnz == 0:
@@ -541,7 +512,7 @@ def train_two_tower(
     users_catalogue = _user_catalogue(train, users)
     modalities = sorted(content)
     content_arrays = _content_arrays(content, items.ids, config.fusion)
-    vocabularies = _attribute_vocabularies(users)
+    vocabularies = _attribute_vocabularies(users, user_columns)
     user_attributes = (
         _attribute_codes(users, users_catalogue.ids, vocabularies)
         if vocabularies
@@ -556,19 +527,24 @@ def train_two_tower(
         fusion=config.fusion,
         dimension=config.dimension,
     ).to(device.name)
-    logger.info(
-        "two-tower: %d users, %d items (%d content-only), modalities %s, %d attributes, loss %s on %s",
-        train.n_users,
-        len(items.ids),
-        int((items.id_rows == 0).sum()),
-        modalities or "none",
-        len(vocabularies),
-        config.loss,
-        device.name,
-    )
+    started = time.perf_counter()
     with _cpu_threads(config.cpu_threads if device.name == "cpu" else None):
         data = _TrainingData.build(train, items, content_arrays, user_attributes, history, device.name)
         loss_history = _fit(network, data, config, rng)
+    logger.info(
+        "two-tower: %d epochs in %.1f s on %s, final %s loss %.4f (%d users, %d items of which %d "
+        "content-only, modalities %s, %d user attributes)",
+        config.epochs,
+        time.perf_counter() - started,
+        device.name,
+        config.loss,
+        loss_history[-1],
+        train.n_users,
+        len(items.ids),
+        int((items.id_rows == 0).sum()),
+        ", ".join(modalities) or "none",
+        len(vocabularies),
+    )
     return TwoTowerModel(
         config=config,
         network=network,
@@ -580,7 +556,7 @@ def train_two_tower(
         user_attributes=user_attributes,
         history=history,
         loss_history=loss_history,
-        input_hash=_input_hash(train, content, config, users, interactions),
+        input_hash=_input_hash(train, content, config, users, interactions, list(vocabularies)),
     )
 
 
@@ -635,6 +611,7 @@ def _fit(
         network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     losses = []
+    epoch_level = step_log_level()
     network.train()
     for epoch in progress(range(config.epochs), desc="training two-tower", unit="epoch"):
         order = rng.permutation(len(data.pair_users))
@@ -650,7 +627,14 @@ def _fit(
             total += float(loss.detach()) * len(batch)
             count += len(batch)
         losses.append(total / max(count, 1))
-        logger.info("two-tower epoch %d/%d: %s loss %.4f", epoch + 1, config.epochs, config.loss, losses[-1])
+        logger.log(
+            epoch_level,
+            "two-tower epoch %d/%d: %s loss %.4f",
+            epoch + 1,
+            config.epochs,
+            config.loss,
+            losses[-1],
+        )
     network.eval()
     return losses
 
@@ -809,20 +793,28 @@ def _content_arrays(
     return pairs
 
 
-def _attribute_vocabularies(users: pd.DataFrame | None) -> dict[str, list[str]]:
-    """Categorical attribute columns of ``users`` and their sorted values (code = position + 1; 0 unknown)."""
+def _attribute_vocabularies(
+    users: pd.DataFrame | None, columns: ResolvedColumns | None = None
+) -> dict[str, list[str]]:
+    """Attribute columns of ``users`` and their sorted values (code = position + 1; 0 unknown).
+
+    The attributes are the ``categorical`` columns (roles from ``columns``, inferred when ``None``) and the
+    ``numeric`` columns of whole numbers with at most ``MAX_NUMERIC_ATTRIBUTE_VALUES`` values, each taking
+    2 to ``MAX_ATTRIBUTE_VALUE_SHARE`` × users distinct values.
+    """
     if users is None or USER_ID not in users.columns:
         return {}
+    roles = columns if columns is not None else resolve_columns(users, USER_ID)
     vocabularies = {}
     n_users = max(users[USER_ID].nunique(), 1)
-    for column in users.columns:
-        if column == USER_ID:
+    for column, role in roles.roles.items():
+        if role not in ("categorical", "numeric") or column not in users.columns:
             continue
         values = users[column].dropna()
         n_values = values.nunique()
-        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-        if numeric and not (
-            pd.api.types.is_integer_dtype(values) and n_values <= MAX_NUMERIC_ATTRIBUTE_VALUES
+        if role == "numeric" and not (
+            pd.api.types.is_integer_dtype(pd.to_numeric(values, errors="coerce"))
+            and n_values <= MAX_NUMERIC_ATTRIBUTE_VALUES
         ):
             logger.info("two-tower: user attribute %r is not categorical; skipped", column)
             continue
@@ -893,6 +885,7 @@ def _input_hash(
     config: TwoTowerConfig,
     users: pd.DataFrame | None,
     interactions: pd.DataFrame | None,
+    attribute_columns: list[str],
 ) -> str:
     """SHA-256 of everything the trained weights depend on."""
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
@@ -910,4 +903,5 @@ def _input_hash(
     for frame in (users, interactions):
         if frame is not None:
             digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    digest.update("\0".join(attribute_columns).encode())
     return digest.hexdigest()

@@ -6,6 +6,7 @@ from prefect import task
 
 from flows.policies import IO_RETRIES
 from m6rec.config import RunConfig
+from m6rec.data.columns import ColumnRoles
 from m6rec.data.dataset import Dataset, load_dataset
 
 
@@ -19,6 +20,9 @@ def read_run_config(config_path: str | None = None, cpu: bool = False) -> RunCon
 
 
 @task(**IO_RETRIES)
-def load_catalogue(data_dir: str, skip_invalid_rows: bool = False) -> Dataset:
-    """Read and validate the dataset directory (interactions, items, users, kg, test)."""
-    return load_dataset(data_dir, skip_invalid_rows=skip_invalid_rows)
+def load_catalogue(
+    data_dir: str, skip_invalid_rows: bool = False, columns: ColumnRoles | None = None
+) -> Dataset:
+    """Read and validate the dataset directory (interactions, items, users, kg, test); ``columns`` (the
+    run configuration's section) overrides the column roles of its ``columns.yaml``."""
+    return load_dataset(data_dir, skip_invalid_rows=skip_invalid_rows, columns=columns)

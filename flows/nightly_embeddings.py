@@ -52,7 +52,7 @@ def nightly_embeddings(
     """
     logger = get_run_logger()
     config = read_run_config(config_path, cpu)
-    dataset = load_catalogue(data_dir, config.skip_invalid_rows)
+    dataset = load_catalogue(data_dir, config.skip_invalid_rows, config.columns)
     features_dir = str(Path(out_dir) / FEATURES_DIR)
     state = encode_item_embeddings(dataset, features_dir, config.embeddings, return_state=True)
     embeddings = {**state.result(), "cached": state.name == "Cached"}
@@ -65,8 +65,13 @@ def nightly_embeddings(
         embeddings["cached"] = False
     elif embeddings["cached"]:
         logger.info("dataset and configuration unchanged since the last run: embeddings taken from the cache")
-    for modality, counts in embeddings["counts"].items():
-        logger.info("%s: %s", modality, counts)
+    logger.info(
+        "embeddings: %s",
+        "; ".join(
+            f"{modality} {counts['computed']} computed, {counts['reused']} reused, {counts['failed']} failed"
+            for modality, counts in embeddings["counts"].items()
+        ),
+    )
     publish_artifacts(embedding_artifacts(embeddings))
     return embeddings
 

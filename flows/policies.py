@@ -8,7 +8,6 @@ configuration and the features folder it writes.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -64,8 +63,17 @@ def item_embeddings_cache_key(context, parameters: dict[str, Any]) -> str:
     identity = {
         "dataset": dataset_fingerprint(parameters["dataset"].directory),
         "features_dir": str(Path(parameters["features_dir"]).resolve()),
-        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config,
+        "config": config.model_dump(mode="json") if hasattr(config, "model_dump") else config,
+        "columns": {
+            "items": _roles(getattr(parameters["dataset"], "item_columns", None)),
+            "users": _roles(getattr(parameters["dataset"], "user_columns", None)),
+        },
         "m6rec": __version__,
     }
     encoded = json.dumps(identity, sort_keys=True, default=str).encode()
     return f"m6rec-item-embeddings-{hashlib.sha256(encoded).hexdigest()}"
+
+
+def _roles(resolved) -> dict | None:
+    """The resolved column roles of a table, part of what the embeddings depend on."""
+    return None if resolved is None else resolved.to_dict()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -11,27 +10,58 @@ from typing import Annotated
 
 import typer
 
+from m6rec import __version__
 from m6rec.errors import M6RecError
+from m6rec.log import configure_logging
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 app = typer.Typer(
     help="m6rec: offline multimodal two-stage recommendations.\n\nExample: m6rec demo --out demo-out",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings=CONTEXT_SETTINGS,
 )
-datasets_app = typer.Typer(help="Prepare public datasets as m6rec dataset directories.", no_args_is_help=True)
+datasets_app = typer.Typer(
+    help="Prepare public datasets as m6rec dataset directories.",
+    short_help="Prepare MovieLens-100K or Last.FM as a dataset folder.",
+)
 app.add_typer(datasets_app, name="datasets")
 flows_app = typer.Typer(
     help="Run, serve and deploy the Prefect flows: nightly-embeddings, train-ranker, batch-recommend, nightly.",
-    no_args_is_help=True,
+    short_help="Run, serve or deploy the Prefect flows.",
 )
 app.add_typer(flows_app, name="flows")
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of text.")]
 
-@app.command()
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"m6rec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log at DEBUG: per-epoch lines, every library's notes.")
+    ] = False,
+) -> None:
+    """m6rec: offline multimodal two-stage recommendations."""
+    if verbose:
+        configure_logging(verbose=True)
+
+
+@app.command(short_help="The main job: embeddings, ranker, every user's list.")
 def run(
     data_dir: Annotated[
-        Path, typer.Argument(help="Dataset directory (interactions, items, users, kg, test).")
+        Path,
+        typer.Argument(metavar="DATA_DIR", help="Dataset directory (interactions, items, users, kg, test)."),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
     config: Annotated[Path | None, typer.Option(help="YAML run configuration.")] = None,
@@ -48,6 +78,7 @@ def run(
     skip_invalid_rows: Annotated[
         bool, typer.Option(help="Skip and count bad rows instead of failing.")
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Recommend for every user of DATA_DIR and, with a test set, evaluate.
 
@@ -67,13 +98,16 @@ def run(
         run_config.baselines.models = [name.strip() for name in models.split(",") if name.strip()]
     run_config.skip_invalid_rows = skip_invalid_rows or run_config.skip_invalid_rows
     result = run_pipeline(data_dir, out, run_config)
-    _print_result(result)
+    _print_result(result, as_json)
 
 
-@app.command()
+@app.command(short_help="The nightly embedding stage alone (incremental).")
 def embed(
     data_dir: Annotated[
-        Path, typer.Argument(help="Dataset directory (items with text, image_path, audio_path; kg).")
+        Path,
+        typer.Argument(
+            metavar="DATA_DIR", help="Dataset directory (items with text, image_path, audio_path; kg)."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory; files go to OUT/features/.")],
     config: Annotated[
@@ -84,6 +118,7 @@ def embed(
     skip_invalid_rows: Annotated[
         bool, typer.Option(help="Skip and count bad rows instead of failing.")
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Compute frozen item embeddings (text, image, audio, KG), the two-tower vectors, the fused vectors and
     user profiles into OUT/features/*.parquet. Re-runs embed only new or changed items.
@@ -98,10 +133,16 @@ def embed(
     embedding_config = run_config.embeddings
     if modalities:
         embedding_config.modalities = [name.strip() for name in modalities.split(",") if name.strip()]
-        embedding_config.__post_init__()
     embedding_config.force_cpu = cpu or embedding_config.force_cpu
-    dataset = load_dataset(data_dir, skip_invalid_rows=skip_invalid_rows or run_config.skip_invalid_rows)
+    dataset = load_dataset(
+        data_dir,
+        skip_invalid_rows=skip_invalid_rows or run_config.skip_invalid_rows,
+        columns=run_config.columns,
+    )
     result = compute_embeddings(dataset, out / "features", embedding_config)
+    if as_json:
+        typer.echo(json.dumps(result.summary(), indent=2, default=str))
+        return
     for name, counts in result.counts.items():
         typer.echo(f"{name}: {counts}")
     typer.echo(
@@ -109,12 +150,13 @@ def embed(
     )
 
 
-@app.command()
+@app.command(short_help="Generate the demo catalogue and run the nightly flow on it.")
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where the catalogue and the run go.")] = Path(
         "demo-out"
     ),
     seed: Annotated[int, typer.Option(help="Seed of the synthetic catalogue.")] = 7,
+    as_json: JsonOption = False,
 ) -> None:
     """Generate the synthetic demo catalogue into OUT/catalogue and run the nightly flow into OUT/run:
     item embeddings, ranker training, every user's list (OUT/run/lists) and the report, on Prefect's local
@@ -129,14 +171,23 @@ def demo(
     _prefect_environment()
     from flows.nightly import nightly
 
-    _print_nightly(nightly(data_dir=str(catalogue.resolve()), out_dir=str((out / "run").resolve())))
+    result = nightly(data_dir=str(catalogue.resolve()), out_dir=str((out / "run").resolve()))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    _print_nightly(result)
+    _print_next_steps(out / "run", Path(result["lists"]))
 
 
-@app.command()
+@app.command(short_help="One user's list with the reasons for each item.")
 def recommend(
-    out: Annotated[Path, typer.Argument(help="Output directory of a run (holds recommendations.parquet).")],
+    out: Annotated[
+        Path,
+        typer.Argument(metavar="OUT_DIR", help="Output directory of a run (holds recommendations.parquet)."),
+    ],
     user: Annotated[str, typer.Option("--user", "-u", help="Raw user ID.")],
-    top_features: Annotated[int, typer.Option(help="How many ranker features to show per item.")] = 3,
+    top_features: Annotated[int, typer.Option(min=0, help="How many ranker features to show per item.")] = 3,
+    as_json: JsonOption = False,
 ) -> None:
     """Print one user's list with reasons: the candidate sources that proposed each item (with their ranks)
     and the ranker features that pushed it up.
@@ -146,6 +197,9 @@ def recommend(
     from pipelines.explain import explain_user
 
     frame = explain_user(out, user, top_features=top_features)
+    if as_json:
+        typer.echo(frame.to_json(orient="records", indent=2, default_handler=str))
+        return
     label = next((column for column in ("title", "name", "description") if column in frame.columns), None)
     for _, row in frame.iterrows():
         name = f"  {row[label]}" if label and isinstance(row[label], str) else ""
@@ -153,27 +207,34 @@ def recommend(
         typer.echo(f"     because: {row['reasons']}")
 
 
-@app.command()
+@app.command(short_help="Check a dataset directory; report what was read.")
 def validate(
-    data_dir: Annotated[Path, typer.Argument(help="Dataset directory to check.")],
+    data_dir: Annotated[Path, typer.Argument(metavar="DATA_DIR", help="Dataset directory to check.")],
     skip_invalid_rows: Annotated[
         bool, typer.Option(help="Count bad rows instead of stopping at the first.")
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Check a dataset directory against the contract and print what was read and skipped.
+    """Check a dataset directory against the contract and print what was read, skipped and merged, how
+    weights and times are read, each column's role (declared in columns.yaml or inferred) and the cold
+    items and users.
 
     Example: m6rec validate data/ml-100k --skip-invalid-rows
     """
     from m6rec.data.dataset import load_dataset
+    from m6rec.data.summary import describe_dataset
 
-    dataset = load_dataset(data_dir, skip_invalid_rows=skip_invalid_rows)
-    typer.echo(json.dumps(dataset.report.to_dict(), indent=2))
+    summary = describe_dataset(load_dataset(data_dir, skip_invalid_rows=skip_invalid_rows))
+    typer.echo(json.dumps(summary.to_dict(), indent=2) if as_json else summary.render_text().rstrip("\n"))
 
 
-@app.command("inspect")
+@app.command("inspect", short_help="Look into a Parquet file: schema, vectors, neighbours.")
 def inspect_command(
     path: Annotated[
-        Path, typer.Argument(help="A Parquet file: features/*.parquet, recommendations.parquet, any other.")
+        Path,
+        typer.Argument(
+            metavar="FILE", help="A Parquet file: features/*.parquet, recommendations.parquet, any other."
+        ),
     ],
     sample: Annotated[
         int | None,
@@ -217,9 +278,9 @@ def inspect_command(
     typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render_text().rstrip("\n"))
 
 
-@datasets_app.command("prepare")
+@datasets_app.command("prepare", short_help="Convert a public dataset into an m6rec dataset directory.")
 def datasets_prepare(
-    name: Annotated[str, typer.Argument(help="movielens-100k or lastfm-hetrec.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="movielens-100k or lastfm-hetrec.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to write.")],
     source: Annotated[
         Path | None,
@@ -232,6 +293,7 @@ def datasets_prepare(
         Path | None,
         typer.Option(help="Folder with KGCN's kg.txt and item_index2entity_id.txt (lastfm-hetrec only)."),
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Convert a public dataset into an m6rec dataset directory.
 
@@ -240,20 +302,26 @@ def datasets_prepare(
     from m6rec.data.prepare import prepare_dataset
 
     prepared = prepare_dataset(name, out, source=source, kgcn=kgcn)
+    if as_json:
+        summary = {"name": prepared.name, "out_dir": str(prepared.out_dir), "rows": prepared.row_counts}
+        typer.echo(json.dumps(summary, indent=2))
+        return
     typer.echo(f"prepared {prepared.name} in {prepared.out_dir}: {prepared.row_counts}")
 
 
 FLOW_NAMES = ("nightly", "nightly-embeddings", "train-ranker", "batch-recommend")
 
 
-@flows_app.command("run")
+@flows_app.command("run", short_help="Run one flow now, in this process.")
 def flows_run(
     name: Annotated[
-        str, typer.Argument(help="nightly, nightly-embeddings, train-ranker or batch-recommend.")
+        str,
+        typer.Argument(metavar="NAME", help="nightly, nightly-embeddings, train-ranker or batch-recommend."),
     ],
-    data_dir: Annotated[Path, typer.Argument(help="Dataset directory.")],
+    data_dir: Annotated[Path, typer.Argument(metavar="DATA_DIR", help="Dataset directory.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (the model and its lists).")],
     config: Annotated[Path | None, typer.Option(help="YAML run configuration.")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Run one flow now, in this process.
 
@@ -264,6 +332,7 @@ def flows_run(
     """
     if name not in FLOW_NAMES:
         raise typer.BadParameter(f"{name!r}: expected one of {', '.join(FLOW_NAMES)}", param_hint="NAME")
+    _check_config(config)
     _prefect_environment()
     from flows.deployments import DEPLOYMENTS, load_flow
 
@@ -273,7 +342,7 @@ def flows_run(
         out_dir=str(out.resolve()),
         config_path=str(config.resolve()) if config else None,
     )
-    if name == "nightly":
+    if name == "nightly" and not as_json:
         _print_nightly(result)
     else:
         typer.echo(json.dumps(result, indent=2, default=str))
@@ -291,7 +360,7 @@ DeploymentConfigOption = Annotated[
 ]
 
 
-@flows_app.command("serve")
+@flows_app.command("serve", short_help="Serve every deployment with its schedule from this process.")
 def flows_serve(
     data: DeploymentDataOption = None,
     out: DeploymentOutOption = None,
@@ -312,12 +381,13 @@ def flows_serve(
     serve_deployments(*_deployment_paths(data, out, config), limit=limit)
 
 
-@flows_app.command("deploy")
+@flows_app.command("deploy", short_help="Register the deployments for a process worker.")
 def flows_deploy(
     data: DeploymentDataOption = None,
     out: DeploymentOutOption = None,
     config: DeploymentConfigOption = None,
     pool: Annotated[str, typer.Option(help="Process work pool (created if missing).")] = "m6rec",
+    as_json: JsonOption = False,
 ) -> None:
     """Register every deployment with the Prefect server for a process worker.
 
@@ -330,17 +400,19 @@ def flows_deploy(
     _require_prefect_server("deploy")
     from flows.deployments import deploy_to_work_pool
 
-    for name in deploy_to_work_pool(*_deployment_paths(data, out, config), work_pool=pool):
+    names = deploy_to_work_pool(*_deployment_paths(data, out, config), work_pool=pool)
+    if as_json:
+        typer.echo(json.dumps({"work_pool": pool, "deployments": list(names)}, indent=2))
+        return
+    for name in names:
         typer.echo(f"deployed {name} (work pool {pool})")
 
 
 def _prefect_environment() -> None:
     """Prefect defaults, set before Prefect is imported: no analytics, and a patient start of the local
-    ephemeral API, whose first start migrates a fresh database and can take a minute on a busy machine.
-    The API client's request lines stay out of the INFO log."""
+    ephemeral API, whose first start migrates a fresh database and can take a minute on a busy machine."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _require_prefect_server(command: str) -> None:
@@ -353,7 +425,16 @@ def _require_prefect_server(command: str) -> None:
         )
 
 
+def _check_config(config: Path | None) -> None:
+    """Validate a configuration file now, before any flow or stage starts."""
+    if config is not None:
+        from m6rec.config import RunConfig
+
+        RunConfig.from_yaml(config)
+
+
 def _deployment_paths(data: Path | None, out: Path | None, config: Path | None) -> tuple[str | None, ...]:
+    _check_config(config)
     return tuple(None if path is None else str(path.resolve()) for path in (data, out, config))
 
 
@@ -370,10 +451,20 @@ def _print_nightly(result: dict) -> None:
         typer.echo(f"model trained {result['model_age_days']:.1f} days ago: not retrained")
 
 
-def _print_result(result) -> None:
+def _print_result(result, as_json: bool) -> None:
+    metrics_path = result.out_dir / "metrics.json" if result.metrics else None
+    if as_json:
+        summary = {
+            "recommendations": str(result.recommendations_path),
+            "metrics_file": None if metrics_path is None else str(metrics_path),
+            "selected_model": result.selected_model,
+            "metrics": result.metrics,
+        }
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
     typer.echo(f"recommendations: {result.recommendations_path}")
     if result.metrics:
-        typer.echo(f"metrics: {result.out_dir / 'metrics.json'}")
+        typer.echo(f"metrics: {metrics_path}")
         final = result.metrics["final"]
         shown = {
             key: round(value, 4) for key, value in final.items() if key.split("@")[0] in ("ndcg", "recall")
@@ -381,13 +472,75 @@ def _print_result(result) -> None:
         typer.echo(f"final list ({result.selected_model}): {shown}")
 
 
-def main() -> None:
-    """Entry point of the ``m6rec`` console script: user errors become one line and exit code 2."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    for chatty in ("httpx", "httpcore"):  # one line per HTTP request to the Prefect API
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+def _print_next_steps(run_dir: Path, lists: Path) -> None:
+    """The three commands a new user types next, with a real item and user of this run."""
+    import pyarrow.parquet as pq
+
+    first = pq.read_table(lists, columns=["user_id", "item_id"]).slice(0, 1).to_pylist()
+    if not first:
+        return
+    user, item = first[0]["user_id"], first[0]["item_id"]
+    features = next(
+        (
+            run_dir / "features" / f"{name}.parquet"
+            for name in ("fused", "text", "cf_items")
+            if (run_dir / "features" / f"{name}.parquet").exists()
+        ),
+        None,
+    )
+    typer.echo("next:")
+    if features is not None:
+        typer.echo(f"  m6rec inspect {features} --neighbours {item} --k 5")
+    typer.echo(f"  m6rec recommend {run_dir} --user {user}")
+    typer.echo(f"  xdg-open {run_dir / 'report.html'}   # the run report, in a browser")
+
+
+def _click():
+    """The click that the installed typer runs on: its own copy (typer 0.29 and later, ``typer._click``)
+    or the ``click`` package."""
     try:
-        app(standalone_mode=False)
+        from typer import _click as click_package
+    except ImportError:
+        import click as click_package
+    return click_package
+
+
+def _context_of(argv: list[str]):
+    """A click context for the deepest (sub)command named in ``argv``, for errors raised without one."""
+    import typer.main
+
+    command = typer.main.get_command(app)
+    ctx = _click().core.Context(command, info_name="m6rec")
+    for token in argv:
+        subcommands = getattr(command, "commands", {})
+        if token in subcommands:
+            command = subcommands[token]
+            ctx = _click().core.Context(command, info_name=token, parent=ctx)
+    return ctx
+
+
+def _usage_error(error, argv: list[str]) -> int:
+    """Print a command-line usage error as its usage line and one error line; return exit code 2."""
+    ctx = error.ctx if error.ctx is not None else _context_of(argv)
+    message = " ".join(error.format_message().split())
+    if ctx is not None and hasattr(ctx.command, "list_commands") and not ctx.invoked_subcommand:
+        message = f"{message.rstrip('.')}: one of {', '.join(ctx.command.list_commands(ctx))}"
+    if ctx is not None:
+        typer.echo(" ".join(ctx.get_usage().split()), err=True)
+        message += f" (see '{ctx.command_path} --help')"
+    typer.echo(f"error: {message}", err=True)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``m6rec`` console script. A usage error prints the usage line and one error line
+    and exits 2; a user's data or configuration mistake prints one ``error:`` line (and a ``hint:``) and
+    exits 2; neither shows a traceback."""
+    configure_logging()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    click_exceptions = _click().exceptions
+    try:
+        exit_code = app(args=argv, prog_name="m6rec", standalone_mode=False)
     except M6RecError as error:
         typer.echo(f"error: {error}", err=True)
         if getattr(error, "hint", None):
@@ -396,14 +549,13 @@ def main() -> None:
     except FileNotFoundError as error:
         typer.echo(f"error: {error.filename}: no such file or directory", err=True)
         sys.exit(2)
-    except typer.Abort:
+    except click_exceptions.UsageError as error:
+        sys.exit(_usage_error(error, argv))
+    except click_exceptions.ClickException as error:
+        typer.echo(f"error: {' '.join(error.format_message().split())}", err=True)
+        sys.exit(error.exit_code)
+    except (typer.Abort, getattr(click_exceptions, "Abort", typer.Abort)):
+        typer.echo("aborted", err=True)
         sys.exit(1)
-    except SystemExit:
-        raise
-    except Exception as error:
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
+    if isinstance(exit_code, int) and exit_code:
+        sys.exit(exit_code)

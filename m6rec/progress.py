@@ -6,7 +6,8 @@ is written and a wrapped loop runs as it would without them. While a bar is show
 logger's console handler are printed above it (tqdm's ``logging_redirect_tqdm``), so log lines and bars
 do not overwrite each other; finished bars are erased.
 
-Third-party loaders follow the same rule inside :func:`quiet_model_loading`.
+Third-party loaders follow the same rule inside :func:`quiet_model_loading`, and so do the log lines of
+each epoch or batch of a stage: :func:`step_log_level`.
 """
 
 from __future__ import annotations
@@ -61,6 +62,12 @@ def progress_enabled() -> bool:
         return bool(isatty and isatty())
     except ValueError:  # a closed stream
         return False
+
+
+def step_log_level() -> int:
+    """The level of per-epoch and per-batch log lines: INFO where bars are shown (:func:`progress_enabled`),
+    DEBUG otherwise, so that a log written to a file or to Prefect holds one summary line per stage."""
+    return logging.INFO if progress_enabled() else logging.DEBUG
 
 
 def progress(

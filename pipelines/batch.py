@@ -117,7 +117,9 @@ def batch_recommend(
     out_dir = Path(out_dir) if out_dir is not None else model.directory / "lists"
     clock = _Clock()
 
-    dataset = load_dataset(data_dir, skip_invalid_rows=config.skip_invalid_rows)
+    dataset = load_dataset(
+        data_dir, skip_invalid_rows=config.skip_invalid_rows, columns=getattr(config, "columns", None)
+    )
     matrix = _interactions(dataset)
     clock.lap("load")
 

@@ -97,6 +97,8 @@ def ctr_benchmark(data_dir: Path, mapping_path: Path, out_dir: Path, *, seed: in
         two_tower_item_vectors=_read(paths["cf_items"]),
         items=dataset.items,
         users=dataset.users,
+        item_columns=dataset.item_columns,
+        user_columns=dataset.user_columns,
         kg=dataset.kg,
     )
 
@@ -112,8 +114,16 @@ def ctr_benchmark(data_dir: Path, mapping_path: Path, out_dir: Path, *, seed: in
     test_table, test_labels = features("test")
     columns = feature_columns(eval_table)
     stop = np.random.default_rng(seed + 1).random(len(eval_table)) < 0.2
+    # A pointwise CTR model on one fold: less regularised than the list ranker's defaults.
     ranker = LightGBMRanker(
-        objective="binary", n_estimators=2000, learning_rate=0.03, early_stopping_rounds=100, seed=seed
+        objective="binary",
+        n_estimators=2000,
+        learning_rate=0.03,
+        num_leaves=31,
+        min_child_samples=20,
+        feature_fraction=0.9,
+        early_stopping_rounds=100,
+        seed=seed,
     )
     ranker.fit(
         eval_table.loc[~stop, columns],

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from m6rec.config import EmbeddingConfig
+from m6rec.data.columns import MEDIA_ROLES
 from m6rec.data.contract import AUDIO_PATH, IMAGE_PATH, ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset
 from m6rec.data.interactions import IdIndex, InteractionMatrix
@@ -98,7 +99,7 @@ def compute_item_embeddings(dataset: Dataset, features_dir: Path, config: Embedd
     if "kg" in config.modalities:
         _timed(result, "kg", lambda: _train_kg(dataset, features_dir, config, result))
     content = result.content_tables(read_embeddings)
-    learned_fusion = "cf" in config.modalities and config.fusion.get("mode") == "attention"
+    learned_fusion = "cf" in config.modalities and config.fusion.mode == "attention"
     if content and not learned_fusion:
         _timed(result, "fused", lambda: _concat_fusion(dataset, content, features_dir, config, result))
     return result
@@ -126,28 +127,28 @@ def _encode_content(
 ) -> None:
     from features.base import create_encoder, encode_items
 
-    params = dict(getattr(config, modality))
-    params.setdefault("force_cpu", config.force_cpu)
+    params = {**getattr(config, modality).model_dump(), "force_cpu": config.force_cpu}
+    if modality == "text":
+        params["item_columns"] = dataset.item_columns
     try:
         encoder = create_encoder(modality, **params)
     except TypeError as error:
         raise ConfigError(f"embeddings: {modality}: {error}") from None
     path = features_dir / f"{modality}.parquet"
-    report = encode_items(encoder, dataset.items, dataset.directory, path)
+    report = encode_items(encoder, _encoder_items(dataset, modality), dataset.directory, path)
     _record(result, modality, path, report)
 
 
 def _train_kg(dataset: Dataset, features_dir: Path, config: EmbeddingConfig, result) -> None:
     from features.kg import KGConfig, build_kg_triples, train_kg_embeddings
 
-    triples = build_kg_triples(dataset.kg, dataset.items, config.kg.get("attribute_columns"))
+    triples = build_kg_triples(dataset.kg, dataset.items, config.kg.attribute_columns, dataset.item_columns)
     if triples.empty:
         log.info("kg: no knowledge-graph triples and no categorical item attributes; skipped")
         return
-    params = dict(config.kg)
-    params.setdefault("force_cpu", config.force_cpu)
+    kg_config = KGConfig(**config.kg.model_dump(), force_cpu=config.force_cpu)
     path = features_dir / "kg.parquet"
-    report = train_kg_embeddings(triples, _catalogue(dataset).ids, path, KGConfig(**params))
+    report = train_kg_embeddings(triples, _catalogue(dataset).ids, path, kg_config)
     _record(result, "kg", path, report)
 
 
@@ -159,10 +160,16 @@ def _train_two_tower(
 
     users = IdIndex.from_values(train[USER_ID], None if dataset.users is None else dataset.users[USER_ID])
     matrix = InteractionMatrix.from_frame(train, users, _catalogue(dataset))
-    params = {**config.two_tower, "fusion": config.two_tower.get("fusion", config.fusion)}
-    params.setdefault("force_cpu", config.force_cpu)
+    two_tower_config = TwoTowerConfig(
+        **config.two_tower.model_dump(), fusion=config.fusion, force_cpu=config.force_cpu
+    )
     model = train_two_tower(
-        matrix, content, TwoTowerConfig(**params), users=dataset.users, interactions=train
+        matrix,
+        content,
+        two_tower_config,
+        users=dataset.users,
+        user_columns=dataset.user_columns,
+        interactions=train,
     )
     exported = model.export(features_dir)
     for name, path in (("cf_items", exported.items), ("cf_users", exported.users), ("fused", exported.fused)):
@@ -184,7 +191,7 @@ def _concat_fusion(
     from features.store import write_embeddings
 
     item_ids = _catalogue(dataset).ids
-    vectors, present = concat_fusion(content, item_ids, config.fusion.get("weights"))
+    vectors, present = concat_fusion(content, item_ids, config.fusion.weights)
     path = features_dir / "fused.parquet"
     metadata = {
         "encoder": "concat-fusion",
@@ -193,7 +200,7 @@ def _concat_fusion(
         ),
         "pretrained": all(table.metadata.get("pretrained", True) for table in content.values()),
         "modalities": sorted(content),
-        "modality_weights": config.fusion.get("weights"),
+        "modality_weights": config.fusion.weights,
     }
     problems = [None if found else "no content block" for found in present]
     write_embeddings(path, ITEM_ID, item_ids, vectors, valid=present, problems=problems, metadata=metadata)
@@ -256,13 +263,28 @@ def _timed(result: EmbeddingResult, stage: str, work) -> None:
 def _has_modality(dataset: Dataset, modality: str) -> bool:
     if dataset.items is None:
         return False
-    column = REQUIRED_COLUMN.get(modality)
-    if column is None:
+    if modality not in REQUIRED_COLUMN:
         return True
-    return (
-        column in dataset.items.columns
-        and dataset.items[column].fillna("").astype(str).str.strip().ne("").any()
-    )
+    column = _media_column(dataset, modality)
+    return column is not None and dataset.items[column].fillna("").astype(str).str.strip().ne("").any()
+
+
+def _media_column(dataset: Dataset, modality: str) -> str | None:
+    """The items column whose role is ``image_path`` / ``audio_path``, by default the column of that name."""
+    found = dataset.item_columns.with_role(MEDIA_ROLES[REQUIRED_COLUMN[modality]])
+    return found[0] if found else None
+
+
+def _encoder_items(dataset: Dataset, modality: str) -> pd.DataFrame:
+    """The items as the encoder of ``modality`` reads them: the media column of its role under the
+    contract's name (``image_path``, ``audio_path``), whichever column the dataset declared."""
+    if modality not in REQUIRED_COLUMN:
+        return dataset.items
+    name, column = REQUIRED_COLUMN[modality], _media_column(dataset, modality)
+    if column == name:
+        return dataset.items
+    items = dataset.items.drop(columns=[name], errors="ignore")
+    return items.rename(columns={column: name}) if column is not None else items
 
 
 def _catalogue(dataset: Dataset) -> IdIndex:

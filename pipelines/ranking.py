@@ -135,7 +135,7 @@ def train_ranker(
     train_part = pd.concat([frame for frame, _ in train_parts], ignore_index=True)
     train_queries = np.concatenate([queries for _, queries in train_parts])
 
-    ranker = LightGBMRanker(**{"seed": seed, "monotone": config.monotone_features, **config.params})
+    ranker = LightGBMRanker(**config.params.ranker_kwargs(), seed=seed, monotone=config.monotone_features)
     ranker.fit(
         train_part[columns],
         train_part["label"],
@@ -219,7 +219,7 @@ def rank_candidates(
     depth: int,
     *,
     new_item_slots: int = 0,
-    new_item_slot_spacing: int = RankerConfig.new_item_slot_spacing,
+    new_item_slot_spacing: int = RankerConfig().new_item_slot_spacing,
 ) -> Candidates:
     """Order each user's candidates by the ranker's score; rows follow ``user_rows``, padded with -1.
 
@@ -258,7 +258,7 @@ def rank_with_new_item_slots(
     depth: int,
     *,
     slots: int,
-    spacing: int = RankerConfig.new_item_slot_spacing,
+    spacing: int = RankerConfig().new_item_slot_spacing,
 ) -> tuple[Candidates, np.ndarray]:
     """Each user's candidates ordered by the ranker's score, with ``slots`` places reserved for new items.
 

@@ -23,6 +23,7 @@ import pandas as pd
 
 from m6rec import __version__
 from m6rec.data import contract
+from m6rec.data.columns import ResolvedColumns, resolve_columns
 from m6rec.data.contract import ITEM_ID
 from m6rec.errors import M6RecError
 from m6rec.io import atomic_path
@@ -634,6 +635,7 @@ def pca_2d(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _item_categories(run: _Run) -> tuple[tuple[str, pd.Series, pd.Series] | None, str]:
     """(column, category per item_id, title per item_id) from the run's items table, or a note why not."""
+    from m6rec.data.dataset import read_columns_file
     from m6rec.data.tables import find_table, read_table
 
     data_dir = run.summary.get("data_dir")
@@ -642,11 +644,13 @@ def _item_categories(run: _Run) -> tuple[tuple[str, pd.Series, pd.Series] | None
     try:
         path = find_table(Path(data_dir), contract.ITEMS)
         items = read_table(path, contract.ITEMS) if path is not None else None
+        declared = read_columns_file(data_dir).items
+        roles = resolve_columns(items, ITEM_ID, declared) if items is not None else None
     except (M6RecError, OSError, ValueError) as error:
         return None, f"Not coloured: the dataset's items table could not be read ({error})."
     if items is None:
         return None, f"Not coloured: the dataset in {data_dir} has no items table."
-    column = _category_column(items)
+    column = _category_column(items, roles)
     if column is None:
         return None, f"Not coloured: the items table {path} has no category-like column."
     items = items.drop_duplicates(ITEM_ID)
@@ -657,17 +661,13 @@ def _item_categories(run: _Run) -> tuple[tuple[str, pd.Series, pd.Series] | None
     return (column, values, titles), ""
 
 
-def _category_column(items: pd.DataFrame) -> str | None:
-    """A category column by name (``category``, ``genre``...), else the first string column of 2-20 values."""
+def _category_column(items: pd.DataFrame, roles: ResolvedColumns) -> str | None:
+    """A category column by name (``category``, ``genre``...) unless declared ignored, else the first
+    ``categorical`` column (``roles``: the items' resolved column roles) of 2-20 values."""
     for column in CATEGORY_COLUMNS:
-        if column in items.columns:
+        if column in items.columns and roles.role(column) != "ignored":
             return column
-    skip = {ITEM_ID, "title", "name", "description", contract.IMAGE_PATH, contract.AUDIO_PATH}
-    for column in items.columns:
-        if column in skip or not (
-            pd.api.types.is_string_dtype(items[column]) or items[column].dtype == object
-        ):
-            continue
+    for column in roles.categorical:
         if 2 <= items[column].nunique() <= 20:
             return column
     return None

@@ -94,7 +94,9 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
     out_dir = Path(out_dir)
     clock = _Clock()
 
-    dataset = load_dataset(data_dir, skip_invalid_rows=config.skip_invalid_rows)
+    dataset = load_dataset(
+        data_dir, skip_invalid_rows=config.skip_invalid_rows, columns=getattr(config, "columns", None)
+    )
     protocol = _protocol(dataset, config)
     users, items = _indexes(dataset, protocol)
     fold = make_fold(
@@ -193,6 +195,11 @@ def _protocol(dataset: Dataset, config: RunConfig) -> _Protocol:
     """The training and test interactions, and whether the ranker's fold is cut in time
     (``config.fold_split``; ``auto`` cuts it the way the test set was cut)."""
     if dataset.test is not None:
+        if config.split != "none":
+            log.warning(
+                "split %s ignored: the dataset has a test file, which the run evaluates on instead",
+                config.split,
+            )
         temporal = dataset.has_timestamps and is_cut_in_time(dataset.interactions, dataset.test)
         description = f"explicit test file ({'later than' if temporal else 'interleaved with'} training)"
         train, test = dataset.interactions, dataset.test
@@ -368,6 +375,8 @@ def _ranker_context(dataset, matrix, embeddings, which):
         two_tower_item_vectors=cf_items,
         items=dataset.items,
         users=dataset.users,
+        item_columns=dataset.item_columns,
+        user_columns=dataset.user_columns,
         kg=dataset.kg,
     )
 

@@ -26,7 +26,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features.store import EmbeddingTable
-from m6rec.data.contract import AUDIO_PATH, IMAGE_PATH, ITEM_ID, KG_HEAD, KG_TAIL, TIMESTAMP, USER_ID
+from m6rec.data.columns import ResolvedColumns, resolve_columns
+from m6rec.data.contract import ITEM_ID, KG_HEAD, KG_TAIL, TIMESTAMP, USER_ID
 from m6rec.data.interactions import InteractionMatrix
 from m6rec.io import atomic_path
 
@@ -198,9 +199,11 @@ class RankerContext:
             ``profile_max_history``), the same profile the embedding candidate sources query with.
         two_tower_user_vectors, two_tower_item_vectors: the two-tower model's vectors, as arrays aligned
             with matrix rows / columns or as embedding tables keyed by raw ID; optional.
-        items, users: attribute tables keyed by ``item_id`` / ``user_id``; their low-cardinality string
-            columns (at most ``max_category_levels`` values, not all distinct, not media paths) become
-            ``item_<column>`` / ``user_<column>`` category features.
+        items, users: attribute tables keyed by ``item_id`` / ``user_id``; their ``categorical`` columns
+            (at most ``max_category_levels`` values, not all distinct) become ``item_<column>`` /
+            ``user_<column>`` category features.
+        item_columns, user_columns: the roles of those tables' columns (``Dataset.item_columns`` /
+            ``Dataset.user_columns``); inferred from the tables when ``None``.
         kg: knowledge-graph triples (``head``, ``relation``, ``tail``) whose nodes include raw item IDs.
         reference_time: "now" for the time features (unix seconds or a datetime); default the latest
             training timestamp.
@@ -215,6 +218,8 @@ class RankerContext:
     two_tower_item_vectors: np.ndarray | EmbeddingTable | None = None
     items: pd.DataFrame | None = None
     users: pd.DataFrame | None = None
+    item_columns: ResolvedColumns | None = None
+    user_columns: ResolvedColumns | None = None
     kg: pd.DataFrame | None = None
     reference_time: float | datetime | None = None
     recent_days: float = 30.0
@@ -400,10 +405,22 @@ class RankerContext:
         reserved = set(_DECLARED)
         return [
             *_categorical_attributes(
-                self.users, USER_ID, self.user_ids, "user", self.max_category_levels, reserved
+                self.users,
+                USER_ID,
+                self.user_columns,
+                self.user_ids,
+                "user",
+                self.max_category_levels,
+                reserved,
             ),
             *_categorical_attributes(
-                self.items, ITEM_ID, self.item_ids, "item", self.max_category_levels, reserved
+                self.items,
+                ITEM_ID,
+                self.item_columns,
+                self.item_ids,
+                "item",
+                self.max_category_levels,
+                reserved,
             ),
         ]
 
@@ -759,35 +776,38 @@ def _binary(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.cs
 
 
 def _categorical_attributes(
-    table: pd.DataFrame | None, key: str, ids: np.ndarray, side: str, max_levels: int, reserved: set[str]
+    table: pd.DataFrame | None,
+    key: str,
+    columns: ResolvedColumns | None,
+    ids: np.ndarray,
+    side: str,
+    max_levels: int,
+    reserved: set[str],
 ) -> list[tuple[str, np.ndarray, pd.Index, str]]:
-    """Low-cardinality string columns of ``table`` as codes aligned with ``ids`` and sorted levels."""
+    """The ``categorical`` columns of ``table`` (roles from ``columns``, inferred when ``None``) that take at
+    most ``max_levels`` values, not all distinct, as codes aligned with ``ids`` and sorted levels."""
     if table is None or key not in table.columns:
         return []
+    roles = columns if columns is not None else resolve_columns(table, key)
     table = table.drop_duplicates(subset=key, keep="first")
     positions = pd.Index(table[key].astype(str).to_numpy(dtype=object)).get_indexer(
         np.asarray(ids, dtype=object)
     )
     attributes = []
-    for column in table.columns:
+    for column in roles.categorical:
         name = f"{side}_{column}"
-        if column in (key, IMAGE_PATH, AUDIO_PATH) or name in reserved:
+        if column not in table.columns or name in reserved:
             continue
-        values = table[column]
-        if not (
-            isinstance(values.dtype, pd.CategoricalDtype)
-            or pd.api.types.is_string_dtype(values.dtype)
-            or pd.api.types.is_object_dtype(values.dtype)
-        ):
-            continue
-        raw = values.to_numpy(dtype=object)
+        raw = table[column].to_numpy(dtype=object)
         filled = pd.notna(raw)
-        if not filled.any() or not all(isinstance(value, str) for value in raw[filled]):
+        if not filled.any():
             continue
-        levels = pd.Index(np.unique(raw[filled].astype(str)))
+        labels = np.full(len(raw), None, dtype=object)
+        labels[filled] = raw[filled].astype(str)
+        levels = pd.Index(np.unique(labels[filled].astype(str)))
         if len(levels) > max_levels or (len(levels) == filled.sum() and len(levels) > 1):
             continue
-        value_codes = levels.get_indexer(raw)
+        value_codes = levels.get_indexer(labels)
         codes = np.where(positions >= 0, value_codes[np.maximum(positions, 0)], -1)
         attributes.append((name, codes.astype(np.int64), levels, side))
     return attributes

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from m6rec.config import RankerParams, check_lightgbm_params
 from m6rec.io import atomic_path, write_json
 
 OBJECTIVES = ("lambdarank", "binary")
@@ -31,6 +32,7 @@ RANKER_FORMAT_VERSION = 1
 # LightGBM's default label_gain has 31 entries, so lambdarank labels must lie in 0..30.
 MAX_LAMBDARANK_LABEL = 30
 _FORBIDDEN_NAME_CHARACTERS = set(' \t\n",:[]{}')
+_DEFAULTS = RankerParams()
 
 
 class LightGBMRanker:
@@ -41,26 +43,29 @@ class LightGBMRanker:
     (``None`` or 0 to disable) applies only when ``fit`` gets an ``eval_set``. ``monotone`` maps
     shell-style feature-name patterns to a direction (1: the score may only rise with the feature, -1:
     only fall, 0: free); the first pattern a feature matches applies, unmatched features are free.
+    ``lightgbm_params`` are any other LightGBM parameters, by their LightGBM names or aliases (checked by
+    :func:`m6rec.config.check_lightgbm_params`). The defaults are those of :class:`m6rec.config.RankerParams`.
     """
 
     def __init__(
         self,
         *,
-        objective: str = "lambdarank",
-        n_estimators: int = 500,
-        learning_rate: float = 0.05,
-        num_leaves: int = 31,
-        min_child_samples: int = 20,
-        feature_fraction: float = 0.9,
-        bagging_fraction: float = 0.8,
-        bagging_freq: int = 1,
-        lambdarank_truncation_level: int = 20,
-        eval_at: Sequence[int] = (10,),
-        early_stopping_rounds: int | None = 50,
+        objective: str = _DEFAULTS.objective,
+        n_estimators: int = _DEFAULTS.n_estimators,
+        learning_rate: float = _DEFAULTS.learning_rate,
+        num_leaves: int = _DEFAULTS.num_leaves,
+        min_child_samples: int = _DEFAULTS.min_child_samples,
+        feature_fraction: float = _DEFAULTS.feature_fraction,
+        bagging_fraction: float = _DEFAULTS.bagging_fraction,
+        bagging_freq: int = _DEFAULTS.bagging_freq,
+        lambdarank_truncation_level: int = _DEFAULTS.lambdarank_truncation_level,
+        eval_at: Sequence[int] = tuple(_DEFAULTS.eval_at),
+        early_stopping_rounds: int | None = _DEFAULTS.early_stopping_rounds,
         monotone: Mapping[str, int] | None = None,
         seed: int = 0,
-        n_jobs: int = 2,
-        verbose: int = -1,
+        n_jobs: int = _DEFAULTS.n_jobs,
+        verbose: int = _DEFAULTS.verbose,
+        lightgbm_params: Mapping[str, object] | None = None,
     ):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -84,6 +89,7 @@ class LightGBMRanker:
         self.seed = int(seed)
         self.n_jobs = int(n_jobs)
         self.verbose = int(verbose)
+        self.lightgbm_params = dict(check_lightgbm_params(dict(lightgbm_params or {}), ("lightgbm_params",)))
         self.booster_ = None
         self.best_iteration_: int | None = None
         self.feature_names_: list[str] | None = None
@@ -108,6 +114,7 @@ class LightGBMRanker:
             "seed": self.seed,
             "n_jobs": self.n_jobs,
             "verbose": self.verbose,
+            "lightgbm_params": dict(self.lightgbm_params),
         }
 
     def fit(
@@ -299,6 +306,7 @@ class LightGBMRanker:
             "verbose": self.verbose,
             "deterministic": True,
             "force_row_wise": True,
+            **self.lightgbm_params,
         }
         if self.objective == "lambdarank":
             params.update(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from m6rec import cli, log
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.interactions import IdIndex, InteractionMatrix
 
@@ -112,3 +115,40 @@ def tiny_flow_inputs(tmp_path_factory):
     config_path = root / "run.yaml"
     config_path.write_text(TINY_FLOW_RUN_CONFIG)
     return catalogue, config_path
+
+
+@pytest.fixture
+def m6rec_main(capsys):
+    """Run the ``m6rec`` command line in-process (``m6rec.cli.main``, the console script's code path minus
+    interpreter start-up): ``m6rec_main("validate", path)`` returns (exit code, stdout, stderr)."""
+
+    def run(*args) -> tuple[int, str, str]:
+        code = 0
+        try:
+            cli.main([str(arg) for arg in args])
+        except SystemExit as exited:
+            code = exited.code or 0
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """Undo what an in-process command set up for logging (``m6rec.log.configure_logging``, or Prefect's
+    set-up in a flow run, which adds handlers to its own and the ``m6rec`` logger): root handlers and
+    level, the handlers, levels and propagation of the loggers involved, warnings routed to logging. No
+    test then sees another test's log set-up, nor a handler bound to a capture that has been closed."""
+    root = logging.getLogger()
+    names = (log.LOGGER_NAME, *log.QUIET_LIBRARIES, *log.CONSOLE_QUIET_LOGGERS, "prefect.flow_runs")
+    loggers = [root, *(logging.getLogger(name) for name in names)]
+    saved = [(logger, list(logger.handlers), logger.level, logger.propagate) for logger in loggers]
+    showwarning = warnings.showwarning
+    yield
+    logging.captureWarnings(False)
+    warnings.showwarning = showwarning
+    for logger, handlers, level, propagate in saved:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate

@@ -15,8 +15,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from m6rec import cli
-
 M6REC = Path(sys.executable).with_name("m6rec")
 SKIP_HINT = "hint: fix the file, or pass --skip-invalid-rows to skip bad rows and count them in the report"
 
@@ -108,7 +106,7 @@ def test_validate_skip_invalid_rows_prints_the_report(tmp_path):
         "u2,b,3,2020-01-05\n"
         "u2,b,1,2020-01-06\n",
     )
-    result = m6rec("validate", tmp_path, "--skip-invalid-rows")
+    result = m6rec("validate", tmp_path, "--skip-invalid-rows", "--json")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     report = json.loads(result.stdout)
@@ -133,17 +131,6 @@ def test_run_duplicate_items(tmp_path):
     result = m6rec("run", data, "--out", tmp_path / "out")
     assert result.returncode == 2
     assert_user_error(result.stderr, f"error: {path}: line 4: duplicate item_id '007'", SKIP_HINT)
-
-
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["m6rec", *map(str, args)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.mark.parametrize(
@@ -211,19 +198,21 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
         "first-of-two",
     ],
 )
-def test_main_prints_one_error_line(tmp_path, monkeypatch, capsys, files, culprit, location, problem, hint):
+def test_main_prints_one_error_line(
+    tmp_path, monkeypatch, capsys, files, culprit, location, problem, hint, m6rec_main
+):
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
-    code, out, err = run_main(monkeypatch, capsys, "validate", tmp_path)
+    code, out, err = m6rec_main("validate", tmp_path)
     assert code == 2
     assert out == ""
     where = f"{tmp_path / culprit}: {location}" if location else f"{tmp_path / culprit}"
     assert_user_error(err, f"error: {where}: {problem}", hint)
 
 
-def test_main_missing_interactions_table(tmp_path, monkeypatch, capsys):
+def test_main_missing_interactions_table(tmp_path, monkeypatch, capsys, m6rec_main):
     write_csv(tmp_path, "items", "item_id\n1\n")
-    code, _, err = run_main(monkeypatch, capsys, "validate", tmp_path)
+    code, _, err = m6rec_main("validate", tmp_path)
     assert code == 2
     assert_user_error(
         err,
@@ -232,15 +221,15 @@ def test_main_missing_interactions_table(tmp_path, monkeypatch, capsys):
     )
 
 
-def test_main_missing_directory(tmp_path, monkeypatch, capsys):
-    code, _, err = run_main(monkeypatch, capsys, "validate", tmp_path / "nowhere")
+def test_main_missing_directory(tmp_path, monkeypatch, capsys, m6rec_main):
+    code, _, err = m6rec_main("validate", tmp_path / "nowhere")
     assert code == 2
     assert_user_error(err, f"error: {tmp_path / 'nowhere'}: dataset directory does not exist")
 
 
-def test_main_valid_directory_prints_the_report(tmp_path, monkeypatch, capsys):
+def test_main_valid_directory_prints_the_report(tmp_path, monkeypatch, capsys, m6rec_main):
     write_parquet(tmp_path, "interactions", {"user_id": [1, 1, 2], "item_id": [7, 7, 8]})
-    code, out, err = run_main(monkeypatch, capsys, "validate", tmp_path)
+    code, out, err = m6rec_main("validate", tmp_path, "--json")
     assert (code, err) == (0, "")
     report = json.loads(out)
     assert report["rows_read"] == {"interactions": 3}

@@ -179,10 +179,22 @@ def test_reordering_keeps_every_item_and_meets_the_guarantee(slots, spacing):
 
 def test_config_validates_the_cold_start_keys(tmp_path):
     for text, message in [
-        ("ranker:\n  cold_item_share: 1.5\n", "ranker: cold_item_share must be in [0, 1)"),
-        ("ranker:\n  new_item_slots: -1\n", "ranker: new_item_slots must be at least 0"),
-        ("ranker:\n  new_item_slot_spacing: 0\n", "ranker: new_item_slot_spacing must be at least 1"),
-        ("ranker:\n  new_item_slots: two\n", "new_item_slots must be int"),
+        (
+            "ranker:\n  cold_item_share: 1.5\n",
+            "ranker.cold_item_share: Input should be less than 1 (got 1.5)",
+        ),
+        (
+            "ranker:\n  new_item_slots: -1\n",
+            "ranker.new_item_slots: Input should be greater than or equal to 0",
+        ),
+        (
+            "ranker:\n  new_item_slot_spacing: 0\n",
+            "ranker.new_item_slot_spacing: Input should be greater than",
+        ),
+        (
+            "ranker:\n  new_item_slots: two\n",
+            "ranker.new_item_slots: Input should be a valid integer (got 'two')",
+        ),
     ]:
         path = tmp_path / "run.yaml"
         path.write_text(text)
@@ -261,7 +273,7 @@ def planted_rankers(planted):
     feature table (sources refitted on all interactions), and each user's random-placement hits."""
     table = read_embeddings(planted.content)
     # One LightGBM thread: on a busy machine extra threads spin-wait and made this fixture 7 times slower.
-    params = {**RankerConfig().params, "min_child_samples": 50, "n_estimators": 150, "n_jobs": 1}
+    params = RankerConfig().params.replace(min_child_samples=50, n_estimators=150, n_jobs=1)
 
     def sources(matrix):
         return {

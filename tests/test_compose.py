@@ -301,7 +301,7 @@ def test_gpu_reservation_lives_only_in_the_opt_in_override(compose):
     assert "deploy" not in gpu_demo_data and gpu_demo_data["profiles"] == ["demo"]
 
 
-def test_build_args_are_declared_and_prefect_versions_agree(compose):
+def test_build_args_are_declared_and_prefect_versions_agree_with_the_lock(compose):
     declared = _dockerfile_args()
     override = _load(GPU_OVERRIDE)
     for service in [*compose["services"].values(), *override["services"].values()]:
@@ -310,9 +310,13 @@ def test_build_args_are_declared_and_prefect_versions_agree(compose):
 
     import prefect
 
-    worker_prefect = compose["services"]["worker"]["build"]["args"]["PREFECT_VERSION"]
-    assert compose["services"]["prefect-server"]["image"] == f"prefecthq/prefect:{worker_prefect}-python3.11"
-    assert declared["PREFECT_VERSION"] == worker_prefect == prefect.__version__
+    locked = dict(
+        line.split("==", 1) for line in (REPO / "requirements.lock").read_text().splitlines() if "==" in line
+    )
+    assert (
+        compose["services"]["prefect-server"]["image"] == f"prefecthq/prefect:{locked['prefect']}-python3.11"
+    )
+    assert locked["prefect"] == prefect.__version__, "the suite runs with the locked Prefect"
     assert declared["M6REC_GPU"] == "false"
     assert declared["TORCH_INDEX_URL"].endswith("/whl/cpu")
 

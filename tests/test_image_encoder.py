@@ -8,6 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -151,16 +152,19 @@ def test_weights_only_loading_refuses_pickled_objects(tiny_clip, tmp_path):
         ImageEncoder(model=str(config), checkpoint=unsafe, force_cpu=True)
 
 
-def test_unavailable_pretrained_weights_raise_a_config_error_by_default():
+def test_unavailable_pretrained_weights_raise_a_config_error_without_random_fallback():
     with pytest.raises(
         ConfigError, match="laion2b_s34b_b79k.*checkpoint=.*allow_random_weights=True"
     ) as raised:
-        ImageEncoder(model="ViT-B-32", pretrained="laion2b_s34b_b79k", force_cpu=True)
+        ImageEncoder(
+            model="ViT-B-32", pretrained="laion2b_s34b_b79k", force_cpu=True, allow_random_weights=False
+        )
     assert "\n" not in str(raised.value)
 
 
-def test_random_weights_are_only_used_when_allowed_and_say_so(grocery_images, caplog):
-    with pytest.warns(UserWarning, match="RANDOM-INIT weights \\(seed 5\\)"):
+def test_random_weights_are_only_used_when_allowed_and_say_so(grocery_images, caplog, monkeypatch):
+    monkeypatch.setattr("features.image._announced_random_weights", set())
+    with caplog.at_level(logging.WARNING, logger="m6rec"):
         encoder = ImageEncoder(
             model="ViT-B-32",
             pretrained="laion2b_s34b_b79k",
@@ -168,7 +172,7 @@ def test_random_weights_are_only_used_when_allowed_and_say_so(grocery_images, ca
             seed=5,
             force_cpu=True,
         )
-    assert "RANDOM-INIT" in caplog.text
+    assert "RANDOM-INIT weights (seed 5)" in caplog.text
     metadata = encoder.metadata()
     assert metadata["pretrained"] is False
     assert metadata["weights"] == "random-init (seed 5)"
@@ -180,11 +184,10 @@ def test_random_weights_are_only_used_when_allowed_and_say_so(grocery_images, ca
 def test_random_init_is_seeded(tiny_clip, grocery_images):
     config = str(tiny_clip[0])
     paths = [str(path) for path in grocery_images[:3]]
-    with pytest.warns(UserWarning):
-        first, same, other = (
-            ImageEncoder(model=config, pretrained=None, allow_random_weights=True, seed=seed, num_workers=0)
-            for seed in (1, 1, 2)
-        )
+    first, same, other = (
+        ImageEncoder(model=config, pretrained=None, allow_random_weights=True, seed=seed, num_workers=0)
+        for seed in (1, 1, 2)
+    )
     np.testing.assert_array_equal(first.encode(paths).vectors, same.encode(paths).vectors)
     assert not np.allclose(first.encode(paths).vectors, other.encode(paths).vectors)
     assert first.identity() == same.identity() != other.identity()

@@ -42,10 +42,10 @@ def test_three_item_list_with_known_ndcg_precision_recall_map():
     assert result["ndcg@3"] == pytest.approx(1.5 / 1.6309297535714575)
     assert result["precision@3"] == pytest.approx(2 / 3)
     assert result["recall@3"] == pytest.approx(1.0)
-    assert result["hit_rate@3"] == 1.0
+    assert result["hit_rate@3"] == pytest.approx(1.0)
     # precision@1 * rel_1 + precision@3 * rel_3 = 1 + 2/3, over min(K=3, r=2) = 2
     assert result["map@3"] == pytest.approx((1 + 2 / 3) / 2)
-    assert result["mrr"] == 1.0
+    assert result["mrr"] == pytest.approx(1.0)
     assert result["n_users"] == 1
 
 
@@ -59,8 +59,8 @@ def test_recall_and_map_when_more_relevant_items_than_k():
 
 def test_mrr_reads_the_whole_list_beyond_k():
     result = metrics_of([[9, 8, 3]], [{3}], k_values=(2,))
-    assert result["hit_rate@2"] == 0.0
-    assert result["ndcg@2"] == 0.0
+    assert result["hit_rate@2"] == pytest.approx(0.0)
+    assert result["ndcg@2"] == pytest.approx(0.0)
     assert result["mrr"] == pytest.approx(1 / 3)
 
 
@@ -78,11 +78,11 @@ def test_padding_occupies_its_position_and_never_hits():
 
 def test_user_without_hits_counts_with_zeros():
     result = metrics_of([[0, 1], [5, 6]], [{0}, {1}], k_values=(2,))
-    assert result["hit_rate@2"] == 0.5
-    assert result["recall@2"] == 0.5
-    assert result["ndcg@2"] == 0.5
-    assert result["map@2"] == 0.5
-    assert result["mrr"] == 0.5
+    assert result["hit_rate@2"] == pytest.approx(0.5)
+    assert result["recall@2"] == pytest.approx(0.5)
+    assert result["ndcg@2"] == pytest.approx(0.5)
+    assert result["map@2"] == pytest.approx(0.5)
+    assert result["mrr"] == pytest.approx(0.5)
     assert result["n_users"] == 2
 
 
@@ -95,7 +95,7 @@ def test_users_without_relevant_items_are_ignored_everywhere():
         k_values=(2,),
         item_popularity=popularity,
     )
-    assert with_idle == alone
+    assert with_idle == pytest.approx(alone)
     assert with_idle["n_users"] == 1
     assert with_idle["coverage@2"] == pytest.approx(2 / 10)  # items 7, 8, 9 belong to ignored users
 
@@ -103,7 +103,7 @@ def test_users_without_relevant_items_are_ignored_everywhere():
 def test_k_longer_than_lists_counts_empty_positions():
     result = metrics_of([[0]], [{0}], k_values=(5,))
     assert result["precision@5"] == pytest.approx(1 / 5)
-    assert result["ndcg@5"] == 1.0
+    assert result["ndcg@5"] == pytest.approx(1.0)
 
 
 def test_catalogue_coverage_counts_distinct_items_in_top_k():
@@ -262,8 +262,8 @@ def test_auc_counts_ties_as_half():
     scores = [0.8, 0.8, 0.3, 0.1]
     # positive/negative pairs: (0.8, 0.8) tie 1/2, (0.8, 0.1) 1, (0.3, 0.8) 0, (0.3, 0.1) 1 -> 2.5 of 4
     assert auc(labels, scores) == pytest.approx(2.5 / 4)
-    assert auc([True, False], [1.0, 1.0]) == 0.5
-    assert auc([0, 1], [0.0, 1.0]) == 1.0
+    assert auc([True, False], [1.0, 1.0]) == pytest.approx(0.5)
+    assert auc([0, 1], [0.0, 1.0]) == pytest.approx(1.0)
 
 
 def test_auc_matches_brute_force_pair_count():
@@ -299,7 +299,7 @@ def test_f1_at_threshold():
     assert f1_at_threshold(labels, scores) == pytest.approx(0.5)
     # threshold 0.4 predicts [1, 1, 1, 0] (a score equal to the threshold is positive): 2*2 / (2*2 + 1 + 0)
     assert f1_at_threshold(labels, scores, threshold=0.4) == pytest.approx(0.8)
-    assert f1_at_threshold([0, 0], [0.1, 0.2]) == 0.0
+    assert f1_at_threshold([0, 0], [0.1, 0.2]) == pytest.approx(0.0)
 
 
 def test_evaluate_recommendations_on_string_ids_equals_ranking_metrics_on_indices():
@@ -344,7 +344,7 @@ def test_evaluate_recommendations_compares_ids_as_strings_and_defaults_catalogue
     recommendations = pd.DataFrame({"user_id": [1, 1, 2], "item_id": [10, 11, 12], "rank": [1, 2, 1]})
     test = pd.DataFrame({"user_id": ["1", "2"], "item_id": ["11", "13"]})
     result = evaluate_recommendations(recommendations, test, k_values=(2,))
-    assert result["hit_rate@2"] == 0.5
+    assert result["hit_rate@2"] == pytest.approx(0.5)
     assert result["mrr"] == pytest.approx(0.25)  # user 1 hits at rank 2, user 2 misses
     assert result["coverage@2"] == pytest.approx(3 / 4)  # items 10, 11, 12 of {10, 11, 12, 13}
     assert not any(name.startswith("avg_popularity") for name in result)

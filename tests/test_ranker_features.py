@@ -339,7 +339,7 @@ def test_parquet_round_trip_keeps_values_dtypes_and_descriptions(tiny_features, 
     subset = tiny_features.iloc[:2]  # category levels not present in these rows must survive too
     write_feature_table(subset, path)
     back = read_feature_table(path)
-    pd.testing.assert_frame_equal(back, subset.reset_index(drop=True))
+    pd.testing.assert_frame_equal(back, subset.reset_index(drop=True), check_exact=True)  # lossless Parquet
     assert list(back["item_category"].cat.categories) == ["a", "b"]
     schema = pq.read_schema(path)
     declaration = json.loads(schema.metadata[b"m6rec"])

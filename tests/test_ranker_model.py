@@ -127,7 +127,9 @@ def test_save_load_round_trip_is_exact(fitted_ranker, ranking_data, tmp_path):
     assert meta["features"] == ["noise_a", "signal", "noise_b", "noise_c"]
     importance = json.loads((tmp_path / "importance.json").read_text())
     assert importance == fitted_ranker.feature_importance().to_dict(orient="records")
-    pd.testing.assert_frame_equal(loaded.feature_importance(), fitted_ranker.feature_importance())
+    pd.testing.assert_frame_equal(
+        loaded.feature_importance(), fitted_ranker.feature_importance(), check_exact=True
+    )
 
 
 def genre_ranking(n_queries: int, seed: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:

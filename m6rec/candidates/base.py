@@ -208,13 +208,19 @@ def _lowest_index_on_ties(scores: np.ndarray, chosen: np.ndarray) -> np.ndarray:
 
 def create_source(name: str, **params) -> CandidateSource:
     """Instantiate a registered candidate source by name."""
+    cls = source_class(name)
+    try:
+        return cls(**params)
+    except TypeError as error:
+        raise ConfigError(f"candidate source {name!r}: {error}") from None
+
+
+def source_class(name: str) -> type[CandidateSource]:
+    """The registered class of candidate source ``name``."""
     _load_builtin_sources()
     if name not in _REGISTRY:
         raise ConfigError(f"unknown candidate source {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    try:
-        return _REGISTRY[name](**params)
-    except TypeError as error:
-        raise ConfigError(f"candidate source {name!r}: {error}") from None
+    return _REGISTRY[name]
 
 
 def registered_sources() -> list[str]:

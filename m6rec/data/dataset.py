@@ -5,13 +5,22 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
 
 from m6rec.data import contract
+from m6rec.data.columns import (
+    COLUMN_ROLES,
+    COLUMNS_FILE,
+    TABLES,
+    ColumnRoles,
+    ResolvedColumns,
+    resolve_columns,
+)
 from m6rec.data.tables import RowProblem, find_table, id_problems, numeric_column, read_table, row_location
-from m6rec.errors import DataError
+from m6rec.errors import ConfigError, DataError
 
 MAX_PROBLEMS_LISTED = 200
 
@@ -48,7 +57,9 @@ class Dataset:
     """A validated dataset directory.
 
     ``interactions`` and ``test`` have string ``user_id``/``item_id``, a float ``weight`` (1.0 when the
-    file has no weight column) and, when the file has one, an integer ``timestamp``.
+    file has no weight column) and, when the file has one, an integer ``timestamp``. ``item_columns`` and
+    ``user_columns`` hold the role of every attribute column (declared in ``columns.yaml`` or the run
+    configuration, else inferred); every consumer of attributes asks them.
     """
 
     directory: Path
@@ -59,6 +70,8 @@ class Dataset:
     kg: pd.DataFrame | None
     weight_column: str | None
     report: ValidationReport
+    item_columns: ResolvedColumns = field(default_factory=ResolvedColumns)
+    user_columns: ResolvedColumns = field(default_factory=ResolvedColumns)
 
     @property
     def has_timestamps(self) -> bool:
@@ -91,15 +104,20 @@ class _RowPolicy:
         return frame.loc[~bad]
 
 
-def load_dataset(directory: str | Path, *, skip_invalid_rows: bool = False) -> Dataset:
-    """Read and validate every contract table in ``directory``.
+def load_dataset(
+    directory: str | Path, *, skip_invalid_rows: bool = False, columns: ColumnRoles | None = None
+) -> Dataset:
+    """Read and validate every contract table in ``directory``, and resolve the roles of its columns.
 
     With ``skip_invalid_rows`` bad rows are dropped and counted in ``Dataset.report``; otherwise the first
-    bad row raises :class:`DataError` naming file, row and problem.
+    bad row raises :class:`DataError` naming file, row and problem. Column roles declared in the
+    directory's ``columns.yaml`` are overridden, column by column, by those in ``columns`` (the run
+    configuration's section); undeclared columns get the inferred role (:func:`resolve_columns`).
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(str(directory), "dataset directory does not exist")
+    declared = read_columns_file(directory)
     report = ValidationReport()
     policy = _RowPolicy(skip_invalid_rows, report)
 
@@ -109,12 +127,106 @@ def load_dataset(directory: str | Path, *, skip_invalid_rows: bool = False) -> D
     test_path = find_table(directory, contract.TEST)
     test = _load_interactions(directory, contract.TEST, items, policy)[0] if test_path else None
     kg = _load_kg(directory, policy)
+    item_columns, user_columns = _column_roles(directory, items, users, declared, columns)
     for name, frame in (("interactions", interactions), ("test", test), ("items", items), ("users", users)):
         if frame is not None:
             report.rows_kept[name] = len(frame)
     if kg is not None:
         report.rows_kept["kg"] = len(kg)
-    return Dataset(directory, interactions, test, items, users, kg, weight_column, report)
+    return Dataset(
+        directory, interactions, test, items, users, kg, weight_column, report, item_columns, user_columns
+    )
+
+
+def read_columns_file(directory: str | Path) -> ColumnRoles:
+    """The column roles declared in ``directory/columns.yaml`` (none when the file is absent).
+
+    Raises :class:`DataError` naming the file and the bad key for anything but a mapping of ``items`` and
+    ``users`` to mappings of column names to roles (:data:`COLUMN_ROLES`).
+    """
+    import yaml
+
+    path = Path(directory) / COLUMNS_FILE
+    if not path.is_file():
+        return ColumnRoles()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(str(path), "not valid UTF-8; re-encode the file as UTF-8") from None
+    except yaml.YAMLError as error:
+        problem = str(error).strip().splitlines()[0]
+        raise DataError(str(path), f"not valid YAML: {problem}") from None
+    if raw is None:
+        return ColumnRoles()
+    if not isinstance(raw, dict):
+        raise DataError(str(path), f"expected a mapping with keys {' and/or '.join(TABLES)}")
+    declared = {}
+    for table, roles in raw.items():
+        if table not in TABLES:
+            raise DataError(str(path), f"unknown key {table!r}; keys: {', '.join(TABLES)}")
+        if roles is None:
+            roles = {}
+        if not isinstance(roles, dict):
+            raise DataError(str(path), f"{table}: expected a mapping of column names to roles")
+        for column, role in roles.items():
+            if role not in COLUMN_ROLES:
+                raise DataError(
+                    str(path), f"{table}.{column}: unknown role {role!r}; roles: {', '.join(COLUMN_ROLES)}"
+                )
+        declared[table] = {str(column): role for column, role in roles.items()}
+    return ColumnRoles(**declared)
+
+
+def _column_roles(
+    directory: Path,
+    items: pd.DataFrame | None,
+    users: pd.DataFrame | None,
+    from_file: ColumnRoles,
+    configured: ColumnRoles | None,
+) -> tuple[ResolvedColumns, ResolvedColumns]:
+    """Roles of the items' and users' columns: ``configured`` over ``from_file`` over inference."""
+    columns_file = str(directory / COLUMNS_FILE)
+    resolved = []
+    for spec, frame in ((contract.ITEMS, items), (contract.USERS, users)):
+        file_roles = getattr(from_file, spec.stem)
+        config_roles = getattr(configured, spec.stem) if configured is not None else {}
+        _check_declared(columns_file, directory, spec, frame, file_roles)
+        _check_declared("config", directory, spec, frame, config_roles)
+        columns = resolve_columns(frame, spec.id_columns[0], {**file_roles, **config_roles})
+        for media in ("image_path", "audio_path"):
+            named = columns.with_role(media)
+            if len(named) > 1:
+                where = "config" if any(column in config_roles for column in named) else columns_file
+                _declaration_error(
+                    where,
+                    f"{spec.stem}: columns {', '.join(named)} all have role {media}; keep it on one of "
+                    "them and declare the others (for instance ignored)",
+                )
+        resolved.append(columns)
+    return resolved[0], resolved[1]
+
+
+def _check_declared(
+    where: str, directory: Path, spec: contract.TableSpec, frame: pd.DataFrame | None, roles: dict
+) -> None:
+    """Every declared column exists in its table and is not the ID column."""
+    for column in roles:
+        key = f"{spec.stem}.{column}"
+        if frame is None:
+            _declaration_error(where, f"{key}: declared, but the dataset has no {spec.stem} table")
+        if column == spec.id_columns[0]:
+            _declaration_error(where, f"{key}: {column} is the ID column and takes no role")
+        if column not in frame.columns:
+            found = ", ".join(str(name) for name in frame.columns if name != spec.id_columns[0]) or "none"
+            table_file = find_table(directory, spec).name
+            _declaration_error(where, f"{key}: no such column in {table_file} (columns: {found})")
+
+
+def _declaration_error(where: str, problem: str) -> NoReturn:
+    """Raise ``problem`` against the file ``where``, or as a configuration error when ``where`` is config."""
+    if where == "config":
+        raise ConfigError(f"columns.{problem}")
+    raise DataError(where, problem)
 
 
 def _load_entities(directory: Path, spec: contract.TableSpec, id_column: str, policy: _RowPolicy):

@@ -15,6 +15,9 @@ import pandas as pd
 from m6rec.data.contract import TIMESTAMP, USER_ID
 from m6rec.errors import ConfigError, DataError
 
+# Seconds; the unix times pandas can represent (years 1677 to 2262).
+MAX_UNIX_TIME = 9_223_372_036
+
 
 def random_split(
     frame: pd.DataFrame, test_ratio: float, *, seed: int = 42
@@ -140,10 +143,16 @@ def _require_timestamps(frame: pd.DataFrame, kind: str) -> None:
 
 def _parse_time(value: str) -> int:
     try:
-        return int(float(value))
+        number = float(value)
     except ValueError:
         pass
+    else:
+        if not np.isfinite(number) or abs(number) > MAX_UNIX_TIME:
+            raise ConfigError(
+                f"cutoff {value!r} is not a unix time between -{MAX_UNIX_TIME} and {MAX_UNIX_TIME}"
+            )
+        return int(number)
     try:
         return int(pd.Timestamp(value, tz="UTC").timestamp())
-    except ValueError:
+    except (ValueError, OverflowError, pd.errors.OutOfBoundsDatetime):
         raise ConfigError(f"cutoff {value!r} is neither a unix time nor a date") from None
