@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import update_section  # noqa: E402
 
-from features.base import create_encoder, encode_items  # noqa: E402
+from features.base import encode_items
+from features.encoders import create_encoder  # noqa: E402
 
 BATCH_SIZE = 64
 IMAGE_COUNT = 600
@@ -256,7 +257,7 @@ def _alternate(repeats: int, ours, plain) -> tuple[float, float]:
 
 
 def _min_cosine(ours_path: Path, plain: np.ndarray, *, normalize: bool) -> float:
-    from features.store import read_embeddings
+    from m6rec.embeddings.store import read_embeddings
 
     ours = read_embeddings(ours_path).vectors
     plain = np.asarray(plain, dtype=np.float32)

@@ -122,7 +122,7 @@ def lastfm(args, scratch: Path) -> str:
 
 
 def kgcn(args, scratch: Path) -> str:
-    from pipelines.ctr import ctr_benchmark
+    from ctr_protocol import ctr_benchmark
 
     data = prepare_dataset(
         "lastfm-hetrec",

@@ -54,9 +54,9 @@ import numpy as np
 import pandas as pd
 
 from features.base import EncoderInputs, ItemEncoder, media_inputs
-from features.store import EncodeResult
 from m6rec.config import MIN_AUDIO_SAMPLE_RATE, AudioSettings
 from m6rec.data.contract import AUDIO_PATH
+from m6rec.embeddings.store import EncodeResult
 from m6rec.errors import ConfigError
 from m6rec.progress import progress
 

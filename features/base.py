@@ -14,8 +14,7 @@ from typing import ClassVar
 
 import pandas as pd
 
-from features.store import EncodeResult, IncrementalReport, embed_incrementally
-from m6rec.errors import ConfigError
+from m6rec.embeddings.store import EncodeResult, IncrementalReport, embed_incrementally
 
 _ENCODERS: dict[str, type[ItemEncoder]] = {}
 
@@ -59,8 +58,8 @@ class ItemEncoder(ABC):
 def media_inputs(items: pd.DataFrame, dataset_dir: Path, column: str) -> EncoderInputs:
     """Items with a non-empty media path in ``column`` (relative to ``dataset_dir`` or absolute), with the
     resolved paths as inputs and the files' hashes as fingerprints."""
-    from features.store import file_fingerprint
     from m6rec.data.contract import ITEM_ID
+    from m6rec.embeddings.store import file_fingerprint
 
     if column not in items.columns:
         return EncoderInputs(keys=[], inputs=[], fingerprints=[])
@@ -72,14 +71,6 @@ def media_inputs(items: pd.DataFrame, dataset_dir: Path, column: str) -> Encoder
         keys.append(key)
         paths.append(str(path if path.is_absolute() else Path(dataset_dir) / path))
     return EncoderInputs(keys=keys, inputs=paths, fingerprints=[file_fingerprint(Path(p)) for p in paths])
-
-
-def create_encoder(modality: str, **params) -> ItemEncoder:
-    """Instantiate the registered encoder of ``modality`` with ``params``."""
-    _load_builtin_encoders()
-    if modality not in _ENCODERS:
-        raise ConfigError(f"unknown encoder {modality!r}; known: {', '.join(sorted(_ENCODERS))}")
-    return _ENCODERS[modality](**params)
 
 
 def encode_items(
@@ -98,7 +89,3 @@ def encode_items(
         metadata=encoder.metadata(),
         encode=encoder.encode,
     )
-
-
-def _load_builtin_encoders() -> None:
-    from features import audio, image, text  # noqa: F401

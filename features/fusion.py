@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from features.store import EmbeddingTable
 from m6rec.config import FusionSettings
+from m6rec.embeddings.store import EmbeddingTable
 
 FusionConfig = FusionSettings
 

@@ -21,9 +21,9 @@ import pandas as pd
 
 from features.base import EncoderInputs, ItemEncoder, media_inputs
 from features.device import resolve_device
-from features.store import EncodeResult
 from m6rec.config import ImageSettings
 from m6rec.data.contract import IMAGE_PATH
+from m6rec.embeddings.store import EncodeResult
 from m6rec.errors import ConfigError
 from m6rec.log import held_back
 from m6rec.progress import progress_bar, quiet_model_loading

@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 
 from features.device import resolve_device
-from features.store import IncrementalReport, content_hash, read_embeddings, write_embeddings
 from m6rec.config import KGSettings
 from m6rec.data.columns import ResolvedColumns, distinct_values, resolve_columns, value_separator
 from m6rec.data.contract import ITEM_ID, KG_HEAD, KG_RELATION, KG_TAIL
+from m6rec.embeddings.store import IncrementalReport, content_hash, read_embeddings, write_embeddings
 from m6rec.errors import ConfigError, DataError
 from m6rec.log import quiet_third_party_loggers
 from m6rec.progress import progress_enabled, step_log_level

@@ -21,10 +21,10 @@ import pandas as pd
 
 from features.base import EncoderInputs, ItemEncoder
 from features.device import resolve_device
-from features.store import EncodeResult
 from m6rec.config import TextSettings
 from m6rec.data.columns import ResolvedColumns, resolve_columns
 from m6rec.data.contract import ITEM_ID
+from m6rec.embeddings.store import EncodeResult
 from m6rec.errors import ConfigError
 from m6rec.progress import progress_bar, quiet_model_loading
 

@@ -17,8 +17,7 @@ from flows.artifacts import batch_artifacts, publish_artifacts
 from flows.inputs import read_run_config
 from m6rec.config import RunConfig
 from pipelines.batch import batch_recommend as recommend_all_users
-
-LISTS_DIR = "lists"
+from pipelines.run_folder import RunFolder
 
 
 @task
@@ -48,7 +47,7 @@ def batch_recommend(data_dir: str, out_dir: str, config_path: str | None = None)
     """
     logger = get_run_logger()
     config = read_run_config(config_path)
-    lists = recommend_for_every_user(data_dir, out_dir, str(Path(out_dir) / LISTS_DIR), config)
+    lists = recommend_for_every_user(data_dir, out_dir, str(RunFolder(out_dir).lists.root), config)
     logger.info(
         "%d list rows for %d users: %s",
         lists["counts"]["list_rows"],

@@ -14,7 +14,7 @@ from flows.artifacts import nightly_artifacts, publish_artifacts
 from flows.batch_recommend import batch_recommend
 from flows.nightly_embeddings import nightly_embeddings
 from flows.train_ranker import train_ranker, write_run_report
-from pipelines.batch import ModelNotTrainedError, TrainedModel
+from pipelines.run_folder import ModelNotTrainedError, RunFolder
 
 SECONDS_PER_DAY = 86400.0
 
@@ -23,10 +23,10 @@ SECONDS_PER_DAY = 86400.0
 def trained_model_age_days(out_dir: str) -> float | None:
     """Days since the model in ``out_dir`` was trained, or ``None`` when it holds no usable model."""
     try:
-        model = TrainedModel.read(out_dir)
+        manifest = RunFolder(out_dir).read_manifest()
     except ModelNotTrainedError:
         return None
-    trained_at = datetime.fromisoformat(model.trained_at)
+    trained_at = datetime.fromisoformat(manifest.trained_at)
     return (datetime.now(UTC) - trained_at).total_seconds() / SECONDS_PER_DAY
 
 

@@ -20,8 +20,8 @@ from flows.policies import item_embeddings_cache_key
 from m6rec.config import EmbeddingConfig
 from m6rec.data.dataset import Dataset
 from pipelines.embeddings import compute_item_embeddings
+from pipelines.run_folder import RunFolder
 
-FEATURES_DIR = "features"
 PROBLEM_EXAMPLES = 20
 
 
@@ -53,7 +53,7 @@ def nightly_embeddings(
     logger = get_run_logger()
     config = read_run_config(config_path, cpu)
     dataset = load_catalogue(data_dir, config.skip_invalid_rows, config.columns)
-    features_dir = str(Path(out_dir) / FEATURES_DIR)
+    features_dir = str(RunFolder(out_dir).features_dir)
     state = encode_item_embeddings(dataset, features_dir, config.embeddings, return_state=True)
     embeddings = {**state.result(), "cached": state.name == "Cached"}
     missing = [path for path in embeddings["files"].values() if not Path(path).exists()]

@@ -128,6 +128,7 @@ def embed(
     from m6rec.config import RunConfig
     from m6rec.data.dataset import load_dataset
     from pipelines.embeddings import compute_embeddings
+    from pipelines.run_folder import RunFolder
 
     run_config = RunConfig.from_yaml(config) if config else RunConfig()
     embedding_config = run_config.embeddings
@@ -139,7 +140,7 @@ def embed(
         skip_invalid_rows=skip_invalid_rows or run_config.skip_invalid_rows,
         columns=run_config.columns,
     )
-    result = compute_embeddings(dataset, out / "features", embedding_config)
+    result = compute_embeddings(dataset, RunFolder(out).features_dir, embedding_config)
     if as_json:
         typer.echo(json.dumps(result.summary(), indent=2, default=str))
         return
@@ -452,7 +453,7 @@ def _print_nightly(result: dict) -> None:
 
 
 def _print_result(result, as_json: bool) -> None:
-    metrics_path = result.out_dir / "metrics.json" if result.metrics else None
+    metrics_path = result.folder.metrics if result.metrics else None
     if as_json:
         summary = {
             "recommendations": str(result.recommendations_path),
@@ -476,23 +477,20 @@ def _print_next_steps(run_dir: Path, lists: Path) -> None:
     """The three commands a new user types next, with a real item and user of this run."""
     import pyarrow.parquet as pq
 
+    from pipelines.run_folder import RunFolder
+
     first = pq.read_table(lists, columns=["user_id", "item_id"]).slice(0, 1).to_pylist()
     if not first:
         return
     user, item = first[0]["user_id"], first[0]["item_id"]
-    features = next(
-        (
-            run_dir / "features" / f"{name}.parquet"
-            for name in ("fused", "text", "cf_items")
-            if (run_dir / "features" / f"{name}.parquet").exists()
-        ),
-        None,
-    )
+    folder = RunFolder(run_dir)
+    candidates = (folder.features_dir / f"{name}.parquet" for name in ("fused", "text", "cf_items"))
+    features = next((path for path in candidates if path.exists()), None)
     typer.echo("next:")
     if features is not None:
         typer.echo(f"  m6rec inspect {features} --neighbours {item} --k 5")
     typer.echo(f"  m6rec recommend {run_dir} --user {user}")
-    typer.echo(f"  xdg-open {run_dir / 'report.html'}   # the run report, in a browser")
+    typer.echo(f"  xdg-open {folder.report_page}   # the run report, in a browser")
 
 
 def _click():

@@ -22,9 +22,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from m6rec.data.columns import ColumnRoles
+from m6rec.embeddings.profiles import DEFAULT_HALF_LIFE_DAYS
 from m6rec.errors import ConfigError
 
+# The one list of modality names. A run chooses among MODALITIES; the first three are encoded from item
+# files by frozen encoders; every item vector space (profiles, similarity features, fusion) is one of
+# ITEM_SPACES: the encoded ones, the KG embeddings, and their fusion.
 MODALITIES = ("text", "image", "audio", "kg", "cf")
+ENCODED_MODALITIES = MODALITIES[:3]
+ITEM_SPACES = (*ENCODED_MODALITIES, "kg", "fused")
 KG_MODELS = ("TransE", "TransH", "RotatE", "DistMult")
 FUSION_MODES = ("concat", "attention")
 TWO_TOWER_LOSSES = ("softmax", "bpr")
@@ -202,7 +208,9 @@ class EmbeddingConfig(Section):
     two_tower: TwoTowerSettings = Field(default_factory=TwoTowerSettings, description="Two-tower model.")
     fusion: FusionSettings = Field(default_factory=FusionSettings, description="Fusion of content blocks.")
     profile_half_life_days: PositiveFloat = Field(
-        30.0, description="Half-life of the recency weights of the per-user profiles, in days."
+        DEFAULT_HALF_LIFE_DAYS,
+        description="Half-life of the recency weights of the per-user profiles, in days: the content "
+        "source's queries, the ranker's similarity features and the profile files all use it.",
     )
     force_cpu: bool = Field(False, description="Ignore any GPU.")
 
@@ -346,7 +354,7 @@ class RankerConfig(Section):
     New items reach users only through content. So that the ranker learns what those are worth,
     ``cold_item_share`` of the fold's items are simulated new items; ``new_item_slots`` places of each
     final list are reserved for the user's best-ranked new items, at positions ``new_item_slot_spacing``,
-    ``2 * new_item_slot_spacing``, ... (``pipelines.ranking.rank_with_new_item_slots``). On
+    ``2 * new_item_slot_spacing``, ... (``ranker.lists.rank_with_new_item_slots``). On
     MovieLens-100K 5 slots every 10th place take the Recall@50 of items held out entirely from 0 to about
     0.12, at about 4% of the NDCG@10 of the other items.
     """
@@ -550,18 +558,22 @@ class ConfigProblem(ConfigError):
 
 
 def _registered_sources() -> list[str]:
-    from m6rec.candidates import registered_sources
+    from m6rec.candidates.registry import registered_sources
 
     return registered_sources()
+
+
+def _source_class(name: str):
+    from m6rec.candidates.registry import source_class
+
+    return source_class(name)
 
 
 def _source_parameters(name: str) -> dict[str, Any]:
     """Keyword parameters of candidate source ``name`` and their annotations."""
     import inspect
 
-    from m6rec.candidates.base import source_class
-
-    init = source_class(name).__init__
+    init = _source_class(name).__init__
     hints = typing.get_type_hints(init)
     return {
         parameter.name: (hints.get(parameter.name, Any), parameter.default)
@@ -571,19 +583,9 @@ def _source_parameters(name: str) -> dict[str, Any]:
 
 
 def _check_baseline_name(name: str, location: tuple) -> None:
-    known = [
-        source
-        for source in _registered_sources()
-        if all(default is not _empty() for _, default in _source_parameters(source).values())
-    ]
+    known = [source for source in _registered_sources() if not _source_class(source).side_inputs]
     if name not in known:
         raise ConfigProblem.not_allowed(location, name, f"one of {', '.join(known)}")
-
-
-def _empty():
-    import inspect
-
-    return inspect.Parameter.empty
 
 
 def _check_source_parameter(name: str, parameter: str, value: Any, location: tuple) -> None:

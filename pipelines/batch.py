@@ -1,8 +1,9 @@
 """Batch recommendations: every user's list from a trained model and the latest interactions.
 
 A trained model is the output folder of :func:`pipelines.run.run_pipeline` (``train_ranker`` in the flows):
-``run.json`` holds each candidate source's tuned parameters and whether the ranker beat them, ``ranker/``
-the LightGBM text model. ``batch_recommend`` refits every source with those parameters on all current
+its manifest ``model.json`` holds the configuration it was trained with, each candidate source's tuned
+parameters and whether the ranker beat them, ``ranker/`` the LightGBM text model (see
+:mod:`pipelines.run_folder`). ``batch_recommend`` refits every source with those parameters on all current
 interactions (cheap, and it picks up new users, items and interactions since training), retrains the
 collaborative embeddings on them over the frozen item embeddings the nightly job keeps up to date, and
 ranks with the saved ranker. The ranker learned from ranks, per-user standardised scores and shares, so
@@ -14,7 +15,6 @@ into place only when complete, so a failed batch leaves the previous lists untou
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,32 +26,31 @@ import numpy as np
 from m6rec import __version__
 from m6rec.candidates import create_source
 from m6rec.candidates.merge import merge_candidates
+from m6rec.candidates.registry import source_class
+from m6rec.candidates.side_inputs import SideInputs
 from m6rec.config import RunConfig
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset, load_dataset
 from m6rec.data.interactions import IdIndex, InteractionMatrix
-from m6rec.errors import M6RecError
-from m6rec.io import publish_staged, write_json, write_parquet
-from pipelines.baselines import with_fallback
-from pipelines.run import (
-    RANKER_DIR,
-    RANKER_FEATURES,
-    RECOMMENDATIONS,
-    RUN_SUMMARY,
-    _Clock,
-    _ranker_context,
-    _recommendation_frame,
-    source_file_params,
+from pipelines.run_folder import ModelManifest, ModelNotTrainedError, RunFolder, config_digest
+from pipelines.stages import (
+    History,
+    Outputs,
+    StageClock,
+    compute_stage_embeddings,
+    list_depth,
+    publish,
+    ranker_context,
+    recommendation_frame,
+    side_inputs,
+    with_fallback,
 )
 
 log = logging.getLogger("m6rec")
 
-BATCH_SUMMARY = "batch.json"
-EMBEDDING_SOURCES = frozenset({"two_tower", "content", "kg_neighbours"})
-
-
-class ModelNotTrainedError(M6RecError):
-    """The model folder holds no trained model (or an unusable one)."""
+# What a batch may set for itself; everything else comes from the configuration the model was trained with.
+SERVING_KEYS = ("top_k", "candidate_depth", "skip_invalid_rows")
+SERVING_RANKER_KEYS = ("new_item_slots", "new_item_slot_spacing")
 
 
 @dataclass
@@ -63,41 +62,60 @@ class BatchResult:
 
     @property
     def recommendations_path(self) -> Path:
-        return self.out_dir / RECOMMENDATIONS
+        return RunFolder(self.out_dir).recommendations
 
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """What ``run_pipeline`` left in its output folder that a batch needs."""
+    """A trained run folder and its manifest, as a batch serves it."""
 
-    directory: Path
-    source_params: dict[str, dict]
-    selected_model: str
-    ranker_used: bool
-    ranker_features: list[str]
-    trained_at: str
+    folder: RunFolder
+    manifest: ModelManifest
 
     @classmethod
     def read(cls, directory: str | Path) -> TrainedModel:
-        directory = Path(directory)
-        path = directory / RUN_SUMMARY
-        if not path.is_file():
-            raise ModelNotTrainedError(
-                f"{directory}: no trained model ({RUN_SUMMARY} is missing)",
-                hint=f"train one first: m6rec run DATA_DIR --out {directory} (or the train-ranker flow)",
+        """The model in ``directory``; one clear error when it has none, or one this version cannot read."""
+        folder = RunFolder(directory)
+        manifest = folder.read_manifest()
+        if manifest.ranker_used and not folder.ranker_dir.is_dir():
+            raise ModelNotTrainedError(f"{folder.ranker_dir}: the ranker model is missing")
+        return cls(folder, manifest)
+
+    @property
+    def directory(self) -> Path:
+        return self.folder.root
+
+    @property
+    def trained_at(self) -> str:
+        return self.manifest.trained_at
+
+    @property
+    def needs_embeddings(self) -> bool:
+        """Whether serving needs the embeddings: the ranker ranks, or the published source reads vectors."""
+        side = source_class(self.manifest.selected_model).side_inputs if not self.manifest.ranker_used else ()
+        return self.manifest.ranker_used or bool(set(side) - {"kg"})
+
+    def serving_config(self, config: RunConfig | None) -> RunConfig:
+        """The configuration the model was trained with; ``config`` (today's) sets only what a batch may
+        (:data:`SERVING_KEYS`, :data:`SERVING_RANKER_KEYS`: list length and depth, new-item places). A
+        ``config`` that differs elsewhere is reported, not applied."""
+        trained = self.manifest.run_config()
+        if config is None:
+            return trained
+        if config_digest(_serving_keys_from(trained, config)) != self.manifest.config_digest:
+            log.warning(
+                "the configuration differs from the one the model in %s was trained with (%s); the lists "
+                "use the trained one, retrain to apply the change",
+                self.directory,
+                self.trained_at,
             )
-        try:
-            summary = json.loads(path.read_text())
-            params = {name: dict(entry["params"]) for name, entry in summary["models"].items()}
-            ranker = summary.get("ranker") or {}
-            selected = summary["selected_model"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise ModelNotTrainedError(f"{path}: not a run summary written by m6rec run ({error})") from None
-        ranker_used = bool(ranker.get("used")) and selected == "ranker"
-        if ranker_used and not (directory / RANKER_DIR).is_dir():
-            raise ModelNotTrainedError(f"{directory / RANKER_DIR}: the ranker model is missing")
-        trained_at = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds")
-        return cls(directory, params, selected, ranker_used, list(ranker.get("features", [])), trained_at)
+        return _serving_keys_from(config, trained)
+
+
+def _serving_keys_from(source: RunConfig, target: RunConfig) -> RunConfig:
+    """``target`` with the serving keys of ``source``."""
+    ranker = target.ranker.replace(**{key: getattr(source.ranker, key) for key in SERVING_RANKER_KEYS})
+    return target.replace(**{key: getattr(source, key) for key in SERVING_KEYS}, ranker=ranker)
 
 
 def batch_recommend(
@@ -108,14 +126,15 @@ def batch_recommend(
 ) -> BatchResult:
     """Write every user's top-``config.top_k`` list for ``data_dir`` with the model in ``model_dir``.
 
-    ``out_dir`` defaults to ``model_dir/lists``. Item embeddings are read (and brought up to date,
-    incrementally) from ``model_dir/features``; collaborative embeddings are retrained on all
-    interactions into ``out_dir/features``.
+    ``out_dir`` defaults to ``model_dir/lists``. The configuration is the one the model was trained with
+    (``model.json``); ``config`` sets only the serving keys (``SERVING_KEYS``). Item embeddings are read
+    (and brought up to date, incrementally) from ``model_dir/features``; collaborative embeddings are
+    retrained on all interactions into ``out_dir/features``.
     """
-    config = config or RunConfig()
     model = TrainedModel.read(model_dir)
-    out_dir = Path(out_dir) if out_dir is not None else model.directory / "lists"
-    clock = _Clock()
+    config = model.serving_config(config)
+    out_dir = Path(out_dir) if out_dir is not None else model.folder.lists.root
+    clock = StageClock()
 
     dataset = load_dataset(
         data_dir, skip_invalid_rows=config.skip_invalid_rows, columns=getattr(config, "columns", None)
@@ -123,28 +142,42 @@ def batch_recommend(
     matrix = _interactions(dataset)
     clock.lap("load")
 
-    embeddings = _embeddings(dataset, model, out_dir / "features", config)
+    history = History(
+        dataset.interactions,
+        matrix,
+        RunFolder(out_dir).features_dir,
+        half_life_days=config.embeddings.profile_half_life_days,
+    )
+    embeddings = None
+    if model.needs_embeddings:
+        embeddings = compute_stage_embeddings(
+            dataset, model.folder.features_dir, config, {"collaborative": history}
+        )
+    inputs = (
+        embeddings.inputs["collaborative"]
+        if embeddings
+        else side_inputs(dataset, None, None, history.profiles)
+    )
     clock.lap("embeddings")
 
-    sources = _fit_sources(dataset, matrix, model, embeddings)
+    sources = _fit_sources(matrix, model, inputs)
     all_users = np.arange(matrix.n_users)
-    depth = max(config.candidate_depth, config.top_k)
+    depth = list_depth(config)
     clock.lap("candidates")
 
     candidates, table, new_item_places = None, None, None
-    if model.ranker_used:
-        final, new_item_places, candidates, table = _ranked(
-            model, sources, dataset, matrix, embeddings, all_users, config
-        )
+    if model.manifest.ranker_used:
+        context = ranker_context(dataset, matrix, inputs)
+        final, new_item_places, candidates, table = _ranked(model, sources, context, all_users, depth, config)
         selected = "ranker"
     else:
-        final = sources[model.selected_model].recommend(all_users, depth)
-        selected = model.selected_model
+        final = sources[model.manifest.selected_model].recommend(all_users, depth)
+        selected = model.manifest.selected_model
     fallback = sources.get("popularity") or create_source("popularity").fit(matrix)
     final, origin = with_fallback(final, fallback, all_users, depth, selected)
     clock.lap("ranking")
 
-    recommendations = _recommendation_frame(
+    recommendations = recommendation_frame(
         final, origin, candidates, matrix.users, matrix.items, config.top_k, new_item_places
     )
     summary = {
@@ -153,6 +186,7 @@ def batch_recommend(
         "data_dir": str(Path(data_dir).resolve()),
         "model_dir": str(model.directory.resolve()),
         "model_trained_at": model.trained_at,
+        "model_config_digest": model.manifest.config_digest,
         "selected_model": selected,
         "sources": sorted(sources),
         "counts": {
@@ -163,11 +197,11 @@ def batch_recommend(
             "list_rows": len(recommendations),
             "users_served_by_fallback": int((origin != selected).sum()),
         },
-        "embeddings": embeddings["summary"] if embeddings else None,
+        "embeddings": embeddings.summary if embeddings else None,
         "timings_seconds": clock.timings,
     }
-    _publish(out_dir, recommendations, table, summary)
-    log.info("batch lists for %d users: %s", matrix.n_users, out_dir / RECOMMENDATIONS)
+    publish(RunFolder(out_dir), Outputs(recommendations, ranker_features=table, batch_report=summary))
+    log.info("batch lists for %d users: %s", matrix.n_users, RunFolder(out_dir).recommendations)
     return BatchResult(out_dir, summary)
 
 
@@ -179,71 +213,37 @@ def _interactions(dataset: Dataset) -> InteractionMatrix:
     return InteractionMatrix.from_frame(frame, users, items)
 
 
-def _embeddings(dataset: Dataset, model: TrainedModel, features_dir: Path, config: RunConfig) -> dict | None:
-    if not model.ranker_used or not config.embeddings.modalities:
-        return None
-    from features.store import read_embeddings
-    from pipelines.embeddings import compute_item_embeddings, train_collaborative
-
-    item_result = compute_item_embeddings(dataset, model.directory / "features", config.embeddings)
-    collaborative = train_collaborative(
-        dataset, dataset.interactions, item_result, features_dir, config.embeddings
-    )
-    summary = {**item_result.summary(), "collaborative": collaborative.summary()}
-    return {
-        "items": item_result,
-        "train": collaborative,
-        "content": item_result.content_tables(read_embeddings),
-        "summary": summary,
-    }
-
-
-def _fit_sources(dataset, matrix, model: TrainedModel, embeddings) -> dict:
+def _fit_sources(matrix: InteractionMatrix, model: TrainedModel, inputs: SideInputs) -> dict:
     """Every source the model was trained with, refitted with its tuned parameters on ``matrix``."""
-    items, collaborative = (embeddings["items"], embeddings["train"]) if embeddings else (None, None)
-    files = source_file_params(dataset, items, collaborative)
     sources = {}
-    for name, params in model.source_params.items():
-        if name in EMBEDDING_SOURCES and name not in files:
-            log.warning("source %s skipped: its embeddings are not configured for this batch", name)
+    for name, params in model.manifest.source_params.items():
+        if not inputs.provides(source_class(name).side_inputs):
+            log.warning("source %s skipped: its side inputs are not configured for this batch", name)
             continue
         started = time.perf_counter()
-        sources[name] = create_source(name, **params, **files.get(name, {})).fit(matrix)
+        sources[name] = create_source(name, **params).fit(matrix, inputs)
         log.info("refitted %s in %.1f s", name, time.perf_counter() - started)
     return sources
 
 
-def _ranked(model, sources, dataset, matrix, embeddings, all_users, config):
-    from pipelines.ranking import rank_final_lists
+def _ranked(model, sources, context, all_users, depth, config):
     from ranker.features import build_ranker_features
+    from ranker.lists import rank_final_lists
     from ranker.model import LightGBMRanker
 
-    ranker = LightGBMRanker.load(model.directory / RANKER_DIR)
+    ranker = LightGBMRanker.load(model.folder.ranker_dir)
     width = config.ranker.candidates_per_source
     lists = {name: source.recommend(all_users, width) for name, source in sources.items()}
-    candidates = merge_candidates(lists, all_users, seen=matrix.matrix)
-    table = build_ranker_features(candidates, _ranker_context(dataset, matrix, embeddings, "train"))
+    candidates = merge_candidates(lists, all_users, seen=context.train.matrix)
+    table = build_ranker_features(candidates, context)
     missing = [name for name in ranker.feature_names_ if name not in table.columns]
     if missing:
         raise ModelNotTrainedError(
-            f"{model.directory / RANKER_DIR}: the ranker needs features this batch cannot build: "
+            f"{model.folder.ranker_dir}: the ranker needs features this batch cannot build: "
             f"{', '.join(missing)}",
             hint="the data or the configuration changed since training; retrain (train-ranker flow)",
         )
-    depth = max(config.candidate_depth, config.top_k)
     final, new_item_places = rank_final_lists(
         ranker, table, ranker.feature_names_, all_users, depth, config.ranker
     )
     return final, new_item_places, candidates, table
-
-
-def _publish(out_dir: Path, recommendations, table, summary: dict) -> None:
-    def write(staging: Path) -> None:
-        write_parquet(recommendations, staging / RECOMMENDATIONS, {"m6rec.version": __version__})
-        if table is not None:
-            from ranker.features import write_feature_table
-
-            write_feature_table(table, staging / RANKER_FEATURES)
-        write_json(summary, staging / BATCH_SUMMARY)
-
-    publish_staged(out_dir, write)

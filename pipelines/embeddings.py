@@ -15,45 +15,52 @@ from pathlib import Path
 
 import pandas as pd
 
-from m6rec.config import EmbeddingConfig
+from m6rec.config import ENCODED_MODALITIES, ITEM_SPACES, EmbeddingConfig
 from m6rec.data.columns import MEDIA_ROLES
 from m6rec.data.contract import AUDIO_PATH, IMAGE_PATH, ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset
 from m6rec.data.interactions import IdIndex, InteractionMatrix
+from m6rec.embeddings.profiles import ProfileCache
+from m6rec.embeddings.store import EmbeddingTable
 from m6rec.errors import ConfigError
 from m6rec.io import write_json
 
 log = logging.getLogger("m6rec")
 
-CONTENT_MODALITIES = ("text", "image", "audio")
-PROFILE_MODALITIES = ("text", "image", "audio", "kg", "fused")
 REQUIRED_COLUMN = {"image": IMAGE_PATH, "audio": AUDIO_PATH}
 
 
 @dataclass
 class EmbeddingResult:
-    """Paths of the embedding files written, and per-stage counts (total, computed, reused, failed)."""
+    """Paths of the embedding files written, per-stage counts (total, computed, reused, failed), and the
+    tables themselves: :meth:`table` reads each file once and keeps it for every later stage."""
 
     features_dir: Path
     paths: dict[str, Path] = field(default_factory=dict)
     counts: dict[str, dict] = field(default_factory=dict)
     problems: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    tables: dict[str, EmbeddingTable] = field(default_factory=dict, repr=False)
 
     def merge(self, other: EmbeddingResult) -> None:
-        """Add the files, counts, problems and timings of ``other``."""
+        """Add the files, counts, problems, timings and loaded tables of ``other``."""
         self.paths.update(other.paths)
         self.counts.update(other.counts)
         self.problems.extend(other.problems)
         self.timings.update(other.timings)
+        self.tables.update(other.tables)
 
-    def content_tables(self, read) -> dict:
-        """The item embedding tables a two-tower model or a ranker reads: text, image, audio, kg, fused."""
-        return {
-            name: read(self.paths[name])
-            for name in ("text", "image", "audio", "kg", "fused")
-            if name in self.paths
-        }
+    def table(self, name: str) -> EmbeddingTable:
+        """The embedding table ``name`` (read from its file the first time only)."""
+        if name not in self.tables:
+            from m6rec.embeddings.store import read_embeddings
+
+            self.tables[name] = read_embeddings(self.paths[name])
+        return self.tables[name]
+
+    def content_tables(self) -> dict[str, EmbeddingTable]:
+        """The item vector spaces a two-tower model or a ranker reads: text, image, audio, kg, fused."""
+        return {name: self.table(name) for name in ITEM_SPACES if name in self.paths}
 
     def summary(self) -> dict:
         return {
@@ -74,10 +81,10 @@ def compute_embeddings(
     """Compute every configured embedding of ``dataset`` into ``features_dir``: the item embeddings, then
     the collaborative model and user profiles learned from ``train`` (default: all interactions)."""
     config = config or EmbeddingConfig()
+    train = dataset.interactions if train is None else train
     result = compute_item_embeddings(dataset, features_dir, config)
-    collaborative = train_collaborative(
-        dataset, dataset.interactions if train is None else train, result, features_dir, config
-    )
+    profiles = ProfileCache(_matrix(dataset, train), half_life_days=config.profile_half_life_days)
+    collaborative = train_collaborative(dataset, train, result, features_dir, config, profiles)
     result.merge(collaborative)
     write_json(result.problems, Path(features_dir) / "problems.json")
     write_json(result.summary(), Path(features_dir) / "embeddings.json")
@@ -87,18 +94,16 @@ def compute_embeddings(
 def compute_item_embeddings(dataset: Dataset, features_dir: Path, config: EmbeddingConfig) -> EmbeddingResult:
     """Frozen item embeddings that do not depend on interactions: text, image, audio and KG, and their
     weighted concatenation ``fused.parquet`` (unless fusion is learned by the two-tower model)."""
-    from features.store import read_embeddings
-
     features_dir = Path(features_dir)
     result = EmbeddingResult(features_dir)
-    for modality in CONTENT_MODALITIES:
+    for modality in ENCODED_MODALITIES:
         if modality in config.modalities and _has_modality(dataset, modality):
             _timed(
                 result, modality, lambda m=modality: _encode_content(dataset, m, features_dir, config, result)
             )
     if "kg" in config.modalities:
         _timed(result, "kg", lambda: _train_kg(dataset, features_dir, config, result))
-    content = result.content_tables(read_embeddings)
+    content = result.content_tables()
     learned_fusion = "cf" in config.modalities and config.fusion.mode == "attention"
     if content and not learned_fusion:
         _timed(result, "fused", lambda: _concat_fusion(dataset, content, features_dir, config, result))
@@ -106,26 +111,31 @@ def compute_item_embeddings(dataset: Dataset, features_dir: Path, config: Embedd
 
 
 def train_collaborative(
-    dataset: Dataset, train: pd.DataFrame, items: EmbeddingResult, out_dir: Path, config: EmbeddingConfig
+    dataset: Dataset,
+    train: pd.DataFrame,
+    items: EmbeddingResult,
+    out_dir: Path,
+    config: EmbeddingConfig,
+    profiles: ProfileCache,
 ) -> EmbeddingResult:
     """Two-tower vectors (and attention-fused vectors) learned from ``train`` over the frozen item
-    embeddings in ``items``, plus per-modality user profiles, written to ``out_dir``."""
-    from features.store import read_embeddings
-
+    embeddings in ``items``, plus per-space user profiles (from ``profiles``, the cache of the same
+    history, which later stages reuse), written to ``out_dir``."""
     out_dir = Path(out_dir)
     result = EmbeddingResult(out_dir)
-    content = items.content_tables(read_embeddings)
+    content = items.content_tables()
     if "cf" in config.modalities and train is not None and len(train):
         _timed(result, "cf", lambda: _train_two_tower(dataset, train, content, out_dir, config, result))
-    profile_sources = {**items.paths, **result.paths}
-    _timed(result, "profiles", lambda: _profiles(train, out_dir, config, profile_sources, result))
+    spaces = {**content, **{name: result.table(name) for name in ITEM_SPACES if name in result.paths}}
+    _timed(result, "profiles", lambda: _write_profiles(profiles, spaces, out_dir, result))
     return result
 
 
 def _encode_content(
     dataset: Dataset, modality: str, features_dir: Path, config: EmbeddingConfig, result
 ) -> None:
-    from features.base import create_encoder, encode_items
+    from features.base import encode_items
+    from features.encoders import create_encoder
 
     params = {**getattr(config, modality).model_dump(), "force_cpu": config.force_cpu}
     if modality == "text":
@@ -155,11 +165,9 @@ def _train_kg(dataset: Dataset, features_dir: Path, config: EmbeddingConfig, res
 def _train_two_tower(
     dataset: Dataset, train: pd.DataFrame, content: dict, features_dir: Path, config: EmbeddingConfig, result
 ) -> None:
-    from features.store import read_embeddings
     from features.two_tower import TwoTowerConfig, train_two_tower
 
-    users = IdIndex.from_values(train[USER_ID], None if dataset.users is None else dataset.users[USER_ID])
-    matrix = InteractionMatrix.from_frame(train, users, _catalogue(dataset))
+    matrix = _matrix(dataset, train)
     two_tower_config = TwoTowerConfig(
         **config.two_tower.model_dump(), fusion=config.fusion, force_cpu=config.force_cpu
     )
@@ -174,8 +182,8 @@ def _train_two_tower(
     exported = model.export(features_dir)
     for name, path in (("cf_items", exported.items), ("cf_users", exported.users), ("fused", exported.fused)):
         if path is not None:
-            table = read_embeddings(path)
             result.paths[name] = path
+            table = result.table(name)
             result.counts[name] = {
                 "total": len(table.keys),
                 "computed": len(table.keys),
@@ -188,7 +196,7 @@ def _concat_fusion(
     dataset: Dataset, content: dict, features_dir: Path, config: EmbeddingConfig, result
 ) -> None:
     from features.fusion import concat_fusion
-    from features.store import write_embeddings
+    from m6rec.embeddings.store import write_embeddings
 
     item_ids = _catalogue(dataset).ids
     vectors, present = concat_fusion(content, item_ids, config.fusion.weights)
@@ -213,26 +221,33 @@ def _concat_fusion(
     }
 
 
-def _profiles(
-    train: pd.DataFrame, features_dir: Path, config: EmbeddingConfig, sources: dict, result
+def _write_profiles(
+    profiles: ProfileCache, spaces: dict[str, EmbeddingTable], out_dir: Path, result: EmbeddingResult
 ) -> None:
-    from features.profiles import user_profiles
-    from features.store import read_embeddings, write_embeddings
+    """``profile_<space>.parquet`` per item vector space: every user's profile over the cache's history."""
+    from m6rec.embeddings.store import write_embeddings
 
-    for modality in PROFILE_MODALITIES:
-        if modality not in sources:
+    user_ids = profiles.train.users.ids.astype(str)
+    for space in ITEM_SPACES:
+        if space not in spaces:
             continue
-        table = read_embeddings(sources[modality])
-        user_ids, vectors, present = user_profiles(train, table, half_life_days=config.profile_half_life_days)
-        path = features_dir / f"profile_{modality}.parquet"
+        table = spaces[space]
+        vectors, present = profiles.aligned(space, table)
+        path = out_dir / f"profile_{space}.parquet"
         metadata = {
             "encoder": f"profile:{table.metadata.get('encoder')}",
             "weights": table.metadata.get("file_hash", ""),
             "pretrained": table.metadata.get("pretrained", True),
-            "half_life_days": config.profile_half_life_days,
+            "half_life_days": profiles.half_life_days,
         }
         write_embeddings(path, USER_ID, user_ids, vectors, valid=present, metadata=metadata)
-        result.paths[f"profile_{modality}"] = path
+        result.paths[f"profile_{space}"] = path
+
+
+def _matrix(dataset: Dataset, train: pd.DataFrame) -> InteractionMatrix:
+    """``train`` as a matrix over its users (and the dataset's) and the whole catalogue."""
+    users = IdIndex.from_values(train[USER_ID], None if dataset.users is None else dataset.users[USER_ID])
+    return InteractionMatrix.from_frame(train, users, _catalogue(dataset))
 
 
 def _record(result: EmbeddingResult, name: str, path: Path, report) -> None:

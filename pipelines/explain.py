@@ -3,7 +3,6 @@ features pushed it up (TreeSHAP contributions of the saved LightGBM model)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pandas as pd
 
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.errors import M6RecError
+from pipelines.run_folder import RunFolder
 
 
 def explain_user(out_dir: Path, user_id: str, *, top_features: int = 3) -> pd.DataFrame:
@@ -18,23 +18,22 @@ def explain_user(out_dir: Path, user_id: str, *, top_features: int = 3) -> pd.Da
 
     Adds the item's title-like column when the run's dataset has an items table.
     """
-    out_dir = Path(out_dir)
-    path = out_dir / "recommendations.parquet"
+    folder = RunFolder(out_dir)
+    path = folder.recommendations
     if not path.exists():
         raise M6RecError(f"{path}: no recommendations here; run `m6rec run DATA_DIR --out {out_dir}` first")
-    recs = pd.read_parquet(path)
+    recs = folder.read_recommendations()
     mine = recs[recs[USER_ID] == str(user_id)].sort_values("rank").reset_index(drop=True)
     if mine.empty:
         raise M6RecError(f"{path}: user {user_id!r} has no recommendations (unknown user?)")
     mine["reasons"] = _source_reasons(mine)
-    ranker_dir = out_dir / "ranker"
-    if (ranker_dir / "model.txt").exists() and (out_dir / "ranker_features.parquet").exists():
-        feature_reasons = _feature_reasons(out_dir, mine, top_features)
+    if folder.has_ranker():
+        feature_reasons = _feature_reasons(folder, mine, top_features)
         mine["reasons"] = [
             "; ".join(part for part in (sources, features) if part)
             for sources, features in zip(mine["reasons"], feature_reasons, strict=True)
         ]
-    return _with_titles(out_dir, mine)
+    return _with_titles(folder, mine)
 
 
 def _source_reasons(frame: pd.DataFrame) -> list[str]:
@@ -49,15 +48,15 @@ def _source_reasons(frame: pd.DataFrame) -> list[str]:
     return reasons
 
 
-def _feature_reasons(out_dir: Path, mine: pd.DataFrame, top_features: int) -> list[str]:
+def _feature_reasons(folder: RunFolder, mine: pd.DataFrame, top_features: int) -> list[str]:
     from ranker.features import read_feature_table
     from ranker.model import LightGBMRanker
 
-    ranker = LightGBMRanker.load(out_dir / "ranker")
-    users = pd.read_parquet(out_dir / "index" / "users.parquet")[USER_ID].astype(str).to_numpy()
-    items = pd.read_parquet(out_dir / "index" / "items.parquet")[ITEM_ID].astype(str).to_numpy()
+    ranker = LightGBMRanker.load(folder.ranker_dir)
+    users = pd.read_parquet(folder.users_index)[USER_ID].astype(str).to_numpy()
+    items = pd.read_parquet(folder.items_index)[ITEM_ID].astype(str).to_numpy()
     user_row = int(np.flatnonzero(users == str(mine[USER_ID].iloc[0]))[0])
-    table = read_feature_table(out_dir / "ranker_features.parquet")
+    table = read_feature_table(folder.ranker_features)
     table = table[table["user_row"] == user_row]
     table = table.assign(**{ITEM_ID: items[table["item"].to_numpy()]}).set_index(ITEM_ID)
     rows = table.reindex(mine[ITEM_ID].astype(str))
@@ -71,11 +70,10 @@ def _feature_reasons(out_dir: Path, mine: pd.DataFrame, top_features: int) -> li
     return reasons
 
 
-def _with_titles(out_dir: Path, mine: pd.DataFrame) -> pd.DataFrame:
-    summary_path = out_dir / "run.json"
-    if not summary_path.exists():
+def _with_titles(folder: RunFolder, mine: pd.DataFrame) -> pd.DataFrame:
+    if not folder.run_report.exists():
         return mine
-    data_dir = Path(json.loads(summary_path.read_text())["data_dir"])
+    data_dir = Path(folder.read_run_report()["data_dir"])
     from m6rec.data import contract
     from m6rec.data.tables import find_table, read_table
 

@@ -2,14 +2,14 @@
 
 ``run_pipeline`` reads like the pipeline diagram: load → split → fold → item embeddings → collaborative
 embeddings (on the fold and on all training data) → candidate sources (tuned on the fold) → ranker
-(trained on the fold) → final lists → evaluate → publish. Lists and metrics are staged and moved into
-place only when complete, so a failed run leaves the previous outputs untouched.
+(trained on the fold) → final lists → evaluate → publish. The stages it shares with serving live in
+:mod:`pipelines.stages`; the folder it writes is :mod:`pipelines.run_folder`'s. Lists and metrics are
+staged and moved into place only when complete, so a failed run leaves the previous outputs untouched.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,31 +18,32 @@ import pandas as pd
 
 from m6rec import __version__
 from m6rec.candidates import Candidates, create_source
-from m6rec.candidates.merge import ITEM, SOURCES, USER_ROW, merge_candidates
+from m6rec.candidates.merge import ITEM, USER_ROW, merge_candidates
+from m6rec.candidates.registry import source_class
 from m6rec.config import RunConfig
 from m6rec.data import contract
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset, load_dataset
 from m6rec.data.interactions import IdIndex, InteractionMatrix
 from m6rec.data.splits import SplitSpec
-from m6rec.data.tables import find_table
 from m6rec.evaluation.metrics import ranking_metrics
-from m6rec.io import publish_staged, write_json, write_parquet
-from pipelines.baselines import Fold, make_fold, select_final, tune_and_fit, with_fallback
+from m6rec.io import write_json
+from pipelines.run_folder import EMBEDDINGS_SUMMARY, FINAL, PROBLEMS, ModelManifest, RunFolder
+from pipelines.source_tuning import make_fold, select_final, tune_and_fit
+from pipelines.stages import (
+    History,
+    Outputs,
+    StageClock,
+    compute_stage_embeddings,
+    list_depth,
+    publish,
+    ranker_context,
+    recommendation_frame,
+    side_inputs,
+    with_fallback,
+)
 
 log = logging.getLogger("m6rec")
-
-RECOMMENDATIONS = "recommendations.parquet"
-METRICS = "metrics.json"
-RUN_SUMMARY = "run.json"
-VALIDATION_REPORT = "validation_report.json"
-HELD_OUT = "test_interactions.parquet"
-RANKER_FEATURES = "ranker_features.parquet"
-RANKER_DIR = "ranker"
-REPORT = "report.html"
-FINAL = "final"
-# Extra candidate sources that learn from the interactions' time order alone.
-TIME_ORDER_SOURCES = frozenset({"trend", "sequential"})
 
 
 @dataclass
@@ -55,12 +56,16 @@ class RunResult:
     summary: dict = field(repr=False)
 
     @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.out_dir)
+
+    @property
     def recommendations_path(self) -> Path:
-        return self.out_dir / RECOMMENDATIONS
+        return self.folder.recommendations
 
     @property
     def report_path(self) -> Path:
-        return self.out_dir / REPORT
+        return self.folder.report_page
 
 
 @dataclass
@@ -69,17 +74,6 @@ class _Protocol:
     test: pd.DataFrame | None
     description: str
     temporal: bool
-
-
-class _Clock:
-    def __init__(self):
-        self.timings: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.timings[stage] = round(now - self._last, 3)
-        self._last = now
 
 
 def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | None = None) -> RunResult:
@@ -92,7 +86,8 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
     """
     config = config or RunConfig()
     out_dir = Path(out_dir)
-    clock = _Clock()
+    folder = RunFolder(out_dir)
+    clock = StageClock()
 
     dataset = load_dataset(
         data_dir, skip_invalid_rows=config.skip_invalid_rows, columns=getattr(config, "columns", None)
@@ -117,16 +112,27 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
     )
     clock.lap("load")
 
-    embeddings = _embeddings(dataset, fold, out_dir / "features", config)
+    half_life = config.embeddings.profile_half_life_days
+    histories = {
+        "fold": History(fold.history_frame, fold.history, folder.fold_features_dir, half_life_days=half_life),
+        "collaborative": History(fold.full_frame, fold.full, folder.features_dir, half_life_days=half_life),
+    }
+    embeddings = compute_stage_embeddings(dataset, folder.features_dir, config, histories)
+    if embeddings is not None:
+        write_json(embeddings.items.problems, folder.features_dir / PROBLEMS)
+        write_json(embeddings.summary, folder.features_dir / EMBEDDINGS_SUMMARY)
+        history_inputs, full_inputs = embeddings.inputs["fold"], embeddings.inputs["collaborative"]
+    else:
+        history_inputs = side_inputs(dataset, None, None, histories["fold"].profiles)
+        full_inputs = side_inputs(dataset, None, None, histories["collaborative"].profiles)
     clock.lap("embeddings")
 
-    history_params, full_params = _source_files(dataset, embeddings)
     models = list(config.baselines.models)
     if config.ranker.enabled:
-        available = set(full_params) | (TIME_ORDER_SOURCES if fold.full.timestamps is not None else set())
-        models += [name for name in config.ranker.extra_sources if name in available]
+        has_times = fold.full.timestamps is not None
+        models += [name for name in config.ranker.extra_sources if _available(name, full_inputs, has_times)]
     tuned = tune_and_fit(
-        fold, models, config.baselines, history_params=history_params, full_params=full_params
+        fold, models, config.baselines, history_inputs=history_inputs, full_inputs=full_inputs
     )
     fallback = (
         tuned["popularity"].source if "popularity" in tuned else create_source("popularity").fit(fold.full)
@@ -134,10 +140,14 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
     clock.lap("candidates")
 
     all_users = np.arange(len(users))
-    depth = max(config.candidate_depth, config.top_k, *config.k_values)
+    depth = list_depth(config)
     lists = {name: entry.source.recommend(all_users, depth) for name, entry in tuned.items()}
+    contexts = (
+        ranker_context(dataset, fold.history, history_inputs),
+        ranker_context(dataset, fold.full, full_inputs),
+    )
     selected, final, candidates, ranker_summary, new_item_places = _final_lists(
-        dataset, fold, tuned, lists, embeddings, all_users, depth, out_dir, config, temporal=protocol.temporal
+        fold, tuned, lists, contexts, all_users, depth, folder, config, temporal=protocol.temporal
     )
     final, origin = with_fallback(final, fallback, all_users, depth, selected)
     clock.lap("ranking")
@@ -170,23 +180,46 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
             for name, entry in tuned.items()
         },
         "ranker": ranker_summary,
-        "embeddings": embeddings["summary"] if embeddings else None,
+        "embeddings": embeddings.summary if embeddings else None,
         "timings_seconds": clock.timings,
     }
-    recommendations = _recommendation_frame(
+    recommendations = recommendation_frame(
         final, origin, candidates, users, items, config.top_k, new_item_places
     )
-    _publish(out_dir, recommendations, metrics, protocol.test, summary, dataset.report.to_dict())
-    _report(out_dir)
+    manifest = ModelManifest.create(
+        config=config,
+        data_dir=Path(data_dir),
+        source_params={name: entry.params for name, entry in tuned.items()},
+        selected_model=selected,
+        ranker_used=selected == "ranker",
+        ranker_features=(ranker_summary or {}).get("features", []),
+    )
+    outputs = Outputs(
+        recommendations,
+        metrics=metrics,
+        held_out=protocol.test,
+        run_report=summary,
+        validation_report=dataset.report.to_dict(),
+        manifest=manifest,
+    )
+    publish(folder, outputs)
+    _report(out_dir, full_inputs.item_vectors)
     return RunResult(out_dir, metrics, selected, summary)
 
 
-def _report(out_dir: Path) -> None:
-    """The run's report.html; the lists and metrics are already published, so a failure here only warns."""
+def _available(source: str, inputs, has_timestamps: bool) -> bool:
+    """Whether an extra candidate source can run: its side inputs exist, and timestamps if it needs them."""
+    cls = source_class(source)
+    return inputs.provides(cls.side_inputs) and (has_timestamps or not cls.needs_timestamps)
+
+
+def _report(out_dir: Path, item_vectors) -> None:
+    """The run's report.html (drawn with the item vectors already loaded); the lists and metrics are
+    already published, so a failure here only warns."""
     from pipelines.report import write_report
 
     try:
-        write_report(out_dir)
+        write_report(out_dir, item_vectors=item_vectors)
     except Exception as error:  # the report is a view of outputs that are already safe
         log.warning("report.html not written: %s", error)
 
@@ -242,76 +275,22 @@ def _indexes(dataset: Dataset, protocol: _Protocol) -> tuple[IdIndex, IdIndex]:
     return users, items
 
 
-def _embeddings(dataset: Dataset, fold: Fold, features_dir: Path, config: RunConfig) -> dict | None:
-    """Item embeddings once, then the collaborative model twice: on the fold's history (for training the
-    ranker) into ``features/fold/`` and on all training data into ``features/``."""
-    if not config.ranker.enabled or not config.embeddings.modalities:
-        return None
-    from features.store import read_embeddings
-    from pipelines.embeddings import compute_item_embeddings, train_collaborative
-
-    item_result = compute_item_embeddings(dataset, features_dir, config.embeddings)
-    on_history = train_collaborative(
-        dataset, fold.history_frame, item_result, features_dir / "fold", config.embeddings
-    )
-    on_train = train_collaborative(dataset, fold.full_frame, item_result, features_dir, config.embeddings)
-    content = item_result.content_tables(read_embeddings)
-    summary = {**item_result.summary(), "collaborative": on_train.summary(), "fold": on_history.summary()}
-    write_json(item_result.problems, features_dir / "problems.json")
-    write_json(summary, features_dir / "embeddings.json")
-    return {
-        "items": item_result,
-        "history": on_history,
-        "train": on_train,
-        "content": content,
-        "summary": summary,
-    }
-
-
-def _source_files(dataset: Dataset, embeddings: dict | None) -> tuple[dict, dict]:
-    """Fixed file parameters of the embedding-backed sources, for the fold fit and the full fit."""
-    if not embeddings:
-        return source_file_params(dataset, None, None), source_file_params(dataset, None, None)
-    items = embeddings["items"]
-    return (
-        source_file_params(dataset, items, embeddings["history"]),
-        source_file_params(dataset, items, embeddings["train"]),
-    )
-
-
-def source_file_params(dataset: Dataset, items, collaborative) -> dict[str, dict]:
-    """File parameters of the sources that read embeddings or the KG: two-tower vectors from
-    ``collaborative``, content vectors (fused, else text) from either result, the dataset's KG file."""
-    params = {}
-    paths = {**(items.paths if items else {}), **(collaborative.paths if collaborative else {})}
-    if "cf_items" in paths and "cf_users" in paths:
-        params["two_tower"] = {
-            "embeddings": str(paths["cf_items"]),
-            "user_embeddings": str(paths["cf_users"]),
-        }
-    content = paths.get("fused") or paths.get("text")
-    if content:
-        params["content"] = {"embeddings": str(content)}
-    kg_path = find_table(dataset.directory, contract.KG)
-    if kg_path is not None:
-        params["kg_neighbours"] = {"kg": str(kg_path)}
-    return params
-
-
-def _final_lists(dataset, fold, tuned, lists, embeddings, all_users, depth, out_dir, config, *, temporal):
+def _final_lists(fold, tuned, lists, contexts, all_users, depth, folder, config, *, temporal):
     """The ranker's lists when it beats every single source on held-out fold users, else the best source's.
+    ``contexts`` are the ranker features' contexts of the fold's history and of all training data.
     Returns (name, lists, merged final candidates or None, ranker summary, mask of the list entries moved
     up into places reserved for new items or None)."""
     best_source = select_final(tuned)
     if not config.ranker.enabled or len(tuned) < 2:
         return best_source, lists[best_source], None, None, None
-    from pipelines.ranking import candidate_table, rank_final_lists, train_ranker
-    from ranker.features import write_feature_table
+    from pipelines.ranking import candidate_table, train_ranker
+    from ranker.features import build_ranker_features, write_feature_table
+    from ranker.lists import rank_final_lists
 
     training = train_ranker(
         fold,
         {name: entry.history_source for name, entry in tuned.items()},
-        _ranker_context(dataset, fold.history, embeddings, "history"),
+        contexts[0],
         config.ranker,
         seed=config.seed,
         temporal=temporal,
@@ -330,11 +309,11 @@ def _final_lists(dataset, fold, tuned, lists, embeddings, all_users, depth, out_
         candidates, _ = candidate_table(
             {name: entry.source for name, entry in tuned.items()}, all_users, width, fold.full.matrix
         )
-    table = _ranker_features(candidates, dataset, fold.full, embeddings)
-    training.ranker.save(out_dir / RANKER_DIR)
-    write_feature_table(table, out_dir / RANKER_FEATURES)
-    fold.full.users.save(out_dir / "index" / "users.parquet", USER_ID)
-    fold.full.items.save(out_dir / "index" / "items.parquet", ITEM_ID)
+    table = build_ranker_features(candidates, contexts[1])
+    training.ranker.save(folder.ranker_dir)
+    write_feature_table(table, folder.ranker_features)
+    fold.full.users.save(folder.users_index, USER_ID)
+    fold.full.items.save(folder.items_index, ITEM_ID)
     summary = {
         "validation_ndcg@10": training.validation,
         "fold_candidate_recall": training.candidate_recall,
@@ -354,37 +333,6 @@ def _final_lists(dataset, fold, tuned, lists, embeddings, all_users, depth, out_
     )
     summary["new_item_places_per_user"] = float(new_item_places.sum() / max(len(all_users), 1))
     return "ranker", final, candidates, summary, new_item_places
-
-
-def _ranker_context(dataset, matrix, embeddings, which):
-    from features.store import read_embeddings
-    from ranker.features import RankerContext
-
-    content, cf_users, cf_items = {}, None, None
-    if embeddings:
-        content = embeddings["content"]
-        paths = embeddings[which].paths
-        if "cf_users" in paths:
-            cf_users, cf_items = read_embeddings(paths["cf_users"]), read_embeddings(paths["cf_items"])
-        if "fused" in paths:
-            content = {**content, "fused": read_embeddings(paths["fused"])}
-    return RankerContext(
-        train=matrix,
-        item_embeddings=content,
-        two_tower_user_vectors=cf_users,
-        two_tower_item_vectors=cf_items,
-        items=dataset.items,
-        users=dataset.users,
-        item_columns=dataset.item_columns,
-        user_columns=dataset.user_columns,
-        kg=dataset.kg,
-    )
-
-
-def _ranker_features(candidates, dataset, matrix, embeddings):
-    from ranker.features import build_ranker_features
-
-    return build_ranker_features(candidates, _ranker_context(dataset, matrix, embeddings, "train"))
 
 
 def _evaluate(
@@ -412,63 +360,6 @@ def _evaluate(
         )
         metrics[FINAL]["candidate_recall"] = float(found / relevant.nnz)
     return metrics
-
-
-def _recommendation_frame(
-    final: Candidates,
-    origin: np.ndarray,
-    candidates: pd.DataFrame | None,
-    users: IdIndex,
-    items: IdIndex,
-    top_k: int,
-    new_item_places: np.ndarray | None = None,
-) -> pd.DataFrame:
-    top_items = final.items[:, :top_k]
-    user_rows, ranks = np.nonzero(top_items >= 0)
-    item_rows = top_items[user_rows, ranks]
-    frame = pd.DataFrame(
-        {
-            USER_ROW: user_rows,
-            ITEM: item_rows,
-            USER_ID: pd.Series(users.ids[user_rows], dtype="string"),
-            ITEM_ID: pd.Series(items.ids[item_rows], dtype="string"),
-            "rank": (ranks + 1).astype(np.int32),
-            "score": final.scores[:, :top_k][user_rows, ranks].astype(np.float32),
-            "source": pd.Series(origin[user_rows], dtype="string"),
-        }
-    )
-    if new_item_places is not None and new_item_places.any():
-        frame["new_item_place"] = new_item_places[:, :top_k][user_rows, ranks]
-    if candidates is not None:
-        provenance = [SOURCES] + [column for column in candidates.columns if column.endswith("_rank")]
-        frame = frame.merge(candidates[[USER_ROW, ITEM, *provenance]], on=[USER_ROW, ITEM], how="left")
-        frame[SOURCES] = frame[SOURCES].astype("string")
-    return frame.drop(columns=[USER_ROW, ITEM])
-
-
-def _publish(
-    out_dir: Path,
-    recommendations: pd.DataFrame,
-    metrics: dict,
-    test: pd.DataFrame | None,
-    summary: dict,
-    report: dict,
-) -> None:
-    """Write every output into a staging folder, then move each file into ``out_dir`` (atomic per file)."""
-
-    def write(staging: Path) -> None:
-        write_parquet(recommendations, staging / RECOMMENDATIONS, {"m6rec.version": __version__})
-        if metrics:
-            write_json(metrics, staging / METRICS)
-            held_out = test[[USER_ID, ITEM_ID]].astype("string").reset_index(drop=True)
-            write_parquet(held_out, staging / HELD_OUT)
-        write_json(summary, staging / RUN_SUMMARY)
-        write_json(report, staging / VALIDATION_REPORT)
-
-    publish_staged(out_dir, write)
-    if not metrics:
-        (out_dir / METRICS).unlink(missing_ok=True)
-        (out_dir / HELD_OUT).unlink(missing_ok=True)
 
 
 def _headline(metrics: dict[str, float]) -> str:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -13,6 +18,10 @@ import pytest
 from m6rec import cli, log
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.interactions import IdIndex, InteractionMatrix
+
+if TYPE_CHECKING:
+    from m6rec.config import RunConfig
+    from pipelines.run import RunResult
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,65 @@ def tiny_flow_inputs(tmp_path_factory):
     config_path = root / "run.yaml"
     config_path.write_text(TINY_FLOW_RUN_CONFIG)
     return catalogue, config_path
+
+
+def _trained_demo_run_config() -> RunConfig:
+    from m6rec.config import EmbeddingConfig, RunConfig
+
+    return RunConfig(
+        embeddings=EmbeddingConfig(
+            modalities=["text", "audio", "kg", "cf"],
+            audio={"max_seconds": 1.0},
+            kg={"epochs": 10, "dimension": 16},
+            two_tower={"epochs": 3, "dimension": 32},
+        )
+    )
+
+
+@dataclass(frozen=True)
+class TrainedDemoRun:
+    """A demo catalogue and one run of the main job on it: ``root/catalogue``, ``root/run`` and the
+    run's :class:`~pipelines.run.RunResult` (whose ``out_dir`` is ``run_dir``)."""
+
+    catalogue: Path
+    run_dir: Path
+    result: RunResult
+
+    def config(self) -> RunConfig:
+        """A fresh copy of the configuration the run was trained with; the caller may change it."""
+        return _trained_demo_run_config()
+
+
+@pytest.fixture(scope="session")
+def trained_demo_run(tmp_path_factory) -> TrainedDemoRun:
+    """The main job run once for the session, with the default baselines and ranker, on a 120-user,
+    96-item demo catalogue (12 cold items) with text, audio, KG and collaborative embeddings. Read-only:
+    a test that writes into the run folder (a report, a batch, which brings the item embeddings in
+    ``features/`` up to date, another run) works on :func:`copy_trained_demo_run`."""
+    from m6rec.demo_catalogue import DemoCatalogueSpec, generate_demo_catalogue
+    from pipelines.run import run_pipeline
+
+    root = tmp_path_factory.mktemp("trained-demo-run")
+    spec = DemoCatalogueSpec(n_users=120, n_items=96, n_cold_items=12, interactions_per_user=(12, 30), seed=3)
+    catalogue = generate_demo_catalogue(root / "catalogue", spec)
+    result = run_pipeline(catalogue, root / "run", _trained_demo_run_config())
+    return TrainedDemoRun(catalogue, result.out_dir, result)
+
+
+@pytest.fixture(scope="session")
+def copy_trained_demo_run(trained_demo_run) -> Callable[[Path], TrainedDemoRun]:
+    """``copy_trained_demo_run(root)`` copies the shared run's catalogue and run folder to
+    ``root/catalogue`` and ``root/run`` and returns the copy, to change at will. The copied ``run.json``
+    and ``result.summary`` still name the shared catalogue as the run's data."""
+
+    def copy(root: Path) -> TrainedDemoRun:
+        catalogue = shutil.copytree(trained_demo_run.catalogue, root / "catalogue")
+        run_dir = shutil.copytree(trained_demo_run.run_dir, root / "run")
+        return TrainedDemoRun(
+            catalogue, run_dir, dataclasses.replace(trained_demo_run.result, out_dir=run_dir)
+        )
+
+    return copy
 
 
 @pytest.fixture

@@ -21,9 +21,10 @@ from features.audio import (
     audio_features,
     standardise_audio_features,
 )
-from features.base import create_encoder, encode_items
-from features.store import read_embeddings
+from features.base import encode_items
+from features.encoders import create_encoder
 from m6rec.demo_catalogue import DemoCatalogueSpec, generate_demo_catalogue
+from m6rec.embeddings.store import read_embeddings
 from m6rec.errors import ConfigError
 
 AUDIO_CLIPS = Path("../shared/data/audio-clips")

@@ -12,36 +12,29 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from m6rec.config import EmbeddingConfig, RunConfig  # noqa: E402
-from m6rec.demo_catalogue import DemoCatalogueSpec, generate_demo_catalogue  # noqa: E402
+from m6rec.config import RunConfig  # noqa: E402
 from m6rec.errors import M6RecError  # noqa: E402
-from pipelines.batch import BATCH_SUMMARY, ModelNotTrainedError, batch_recommend  # noqa: E402
-from pipelines.run import run_pipeline  # noqa: E402
-
-SMALL = DemoCatalogueSpec(n_users=80, n_items=64, n_cold_items=8, interactions_per_user=(10, 24), seed=5)
-
-
-def _config() -> RunConfig:
-    return RunConfig(
-        embeddings=EmbeddingConfig(
-            modalities=["text", "kg", "cf"],
-            kg={"epochs": 5, "dimension": 16},
-            two_tower={"epochs": 2, "dimension": 16},
-        )
-    )
+from pipelines.batch import batch_recommend  # noqa: E402
+from pipelines.run_folder import BATCH_REPORT, ModelNotTrainedError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("batch")
-    catalogue = generate_demo_catalogue(root / "catalogue", SMALL)
-    run = run_pipeline(catalogue, root / "model", _config())
-    return catalogue, run
+def trained(trained_demo_run, copy_trained_demo_run, tmp_path_factory):
+    """(catalogue, RunResult) of the shared demo run (``conftest.trained_demo_run``): its catalogue, read
+    only, and a copy of its run folder, since a batch brings the item embeddings there up to date in place."""
+    run = copy_trained_demo_run(tmp_path_factory.mktemp("batch"))
+    return trained_demo_run.catalogue, run.result
 
 
-def test_batch_on_unchanged_data_reproduces_the_training_run(trained, tmp_path):
+@pytest.fixture
+def config(trained_demo_run) -> RunConfig:
+    """The configuration the shared demo run was trained with, a fresh copy for each test."""
+    return trained_demo_run.config()
+
+
+def test_batch_on_unchanged_data_reproduces_the_training_run(trained, tmp_path, config):
     catalogue, run = trained
-    batch = batch_recommend(catalogue, run.out_dir, tmp_path / "lists", _config())
+    batch = batch_recommend(catalogue, run.out_dir, tmp_path / "lists", config)
     expected = pd.read_parquet(run.recommendations_path)
     got = pd.read_parquet(batch.recommendations_path)
     assert list(got.columns) == list(expected.columns)
@@ -51,12 +44,12 @@ def test_batch_on_unchanged_data_reproduces_the_training_run(trained, tmp_path):
         check_exact=False,
         atol=1e-5,
     )
-    summary = json.loads((tmp_path / "lists" / BATCH_SUMMARY).read_text())
+    summary = json.loads((tmp_path / "lists" / BATCH_REPORT).read_text())
     assert summary["selected_model"] == run.selected_model
     assert summary["counts"]["list_rows"] == len(got)
 
 
-def test_new_interactions_users_and_items_reach_the_lists(trained, tmp_path):
+def test_new_interactions_users_and_items_reach_the_lists(trained, tmp_path, config):
     catalogue, run = trained
     data = tmp_path / "data"
     shutil.copytree(catalogue, data)
@@ -70,44 +63,43 @@ def test_new_interactions_users_and_items_reach_the_lists(trained, tmp_path):
     no_history = users.iloc[[0]].assign(user_id="user-no-history")
     pd.concat([users, no_history]).to_parquet(data / "users.parquet")
 
-    batch = batch_recommend(data, run.out_dir, tmp_path / "lists", _config())
+    batch = batch_recommend(data, run.out_dir, tmp_path / "lists", config)
     lists = pd.read_parquet(batch.recommendations_path)
     mine = lists[lists["user_id"] == "user-new"]
-    assert len(mine) == _config().top_k
+    assert len(mine) == config.top_k
     assert not set(mine["item_id"]) & set(newcomer_items), "seen items must not be recommended"
-    assert len(lists[lists["user_id"] == "user-no-history"]) == _config().top_k
+    assert len(lists[lists["user_id"] == "user-no-history"]) == config.top_k
     assert batch.summary["counts"]["users_without_history"] >= 1
     assert batch.summary["counts"]["users"] == run.summary["counts"]["users"] + 2
 
 
-def test_a_failed_batch_keeps_the_last_good_lists(trained, tmp_path):
+def test_a_failed_batch_keeps_the_last_good_lists(trained, tmp_path, config):
     catalogue, run = trained
     out = tmp_path / "lists"
-    batch_recommend(catalogue, run.out_dir, out, _config())
+    batch_recommend(catalogue, run.out_dir, out, config)
     before = (out / "recommendations.parquet").read_bytes()
     broken = tmp_path / "broken"
     shutil.copytree(catalogue, broken)
     (broken / "interactions.parquet").write_text("not parquet")
     with pytest.raises(M6RecError, match="interactions"):
-        batch_recommend(broken, run.out_dir, out, _config())
+        batch_recommend(broken, run.out_dir, out, config)
     assert (out / "recommendations.parquet").read_bytes() == before
     assert not [path for path in out.iterdir() if path.name.startswith(".staging")]
 
 
-def test_a_folder_without_a_model_is_named_with_a_hint(tmp_path, trained):
+def test_a_folder_without_a_model_is_named_with_a_hint(tmp_path, trained, config):
     catalogue, _ = trained
-    with pytest.raises(ModelNotTrainedError, match="run.json") as raised:
-        batch_recommend(catalogue, tmp_path / "empty", config=_config())
+    with pytest.raises(ModelNotTrainedError, match="model.json is missing") as raised:
+        batch_recommend(catalogue, tmp_path / "empty", config=config)
     assert "m6rec run" in raised.value.hint
 
 
-def test_reserved_places_bring_new_items_into_the_lists_and_say_so(trained, tmp_path):
+def test_reserved_places_bring_new_items_into_the_lists_and_say_so(trained, tmp_path, config):
     catalogue, run = trained
     interacted = set(pd.read_parquet(catalogue / "interactions.parquet")["item_id"].astype(str))
     plain = pd.read_parquet(
-        batch_recommend(catalogue, run.out_dir, tmp_path / "plain", _config()).recommendations_path
+        batch_recommend(catalogue, run.out_dir, tmp_path / "plain", config).recommendations_path
     )
-    config = _config()
     config.ranker.new_item_slots, config.ranker.new_item_slot_spacing = 2, 5
     lists = pd.read_parquet(
         batch_recommend(catalogue, run.out_dir, tmp_path / "slots", config).recommendations_path

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from features.store import write_embeddings
-from m6rec.candidates import CandidateSource, create_source, registered_sources
+from m6rec.candidates import CandidateSource, create_source, load_source, registered_sources
 from m6rec.candidates.base import top_k
 from m6rec.data.contract import ITEM_ID, KG_HEAD, KG_RELATION, KG_TAIL, USER_ID
 from m6rec.data.interactions import IdIndex, InteractionMatrix
+from m6rec.embeddings.store import write_embeddings
 from m6rec.errors import ConfigError
 
 FAST_PARAMS = {
@@ -196,7 +196,7 @@ def test_save_and_load_round_trip_exactly_without_pickle(
     directory = tmp_path / "saved" / name
 
     source.save(directory)
-    loaded = CandidateSource.load(directory)
+    loaded = load_source(directory)
 
     expected_files = sorted(["arrays.npz", "source.json", *source.extra_files])
     assert sorted(path.name for path in directory.iterdir()) == expected_files

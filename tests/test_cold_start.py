@@ -10,22 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.store import read_embeddings, write_embeddings
 from m6rec.candidates import Candidates, create_source
 from m6rec.config import EmbeddingConfig, RankerConfig, RunConfig
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.interactions import IdIndex
+from m6rec.embeddings.store import read_embeddings, write_embeddings
 from m6rec.errors import ConfigError
-from pipelines.baselines import make_fold
-from pipelines.ranking import (
-    candidate_table,
-    rank_candidates,
-    rank_with_new_item_slots,
-    resampled_folds,
-    reserve_new_item_slots,
-    train_ranker,
-)
+from pipelines.ranking import candidate_table, resampled_folds, train_ranker
+from pipelines.source_tuning import make_fold
 from ranker.features import RankerContext, build_ranker_features
+from ranker.lists import rank_candidates, rank_with_new_item_slots, reserve_new_item_slots
 
 
 def _interactions(n_users: int = 40, n_items: int = 50, per_user: int = 12, seed: int = 0):

@@ -239,7 +239,7 @@ def test_the_default_text_follows_the_roles(tmp_path):
 
 def test_kg_ranker_and_two_tower_attributes_follow_the_roles(tmp_path):
     from features.kg import build_kg_triples
-    from features.two_tower import _attribute_vocabularies
+    from features.two_tower.data import _attribute_vocabularies
     from ranker.features import RankerContext
 
     def attributes(dataset):

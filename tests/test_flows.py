@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -48,7 +49,7 @@ from flows.policies import dataset_fingerprint, is_transient_io_error, item_embe
 from flows.train_ranker import fit_two_stage_model  # noqa: E402
 from m6rec.config import EmbeddingConfig, RunConfig  # noqa: E402
 from m6rec.errors import ConfigError, DataError  # noqa: E402
-from pipelines.batch import ModelNotTrainedError  # noqa: E402
+from pipelines.run_folder import ModelNotTrainedError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FLOW_MODULES = (
@@ -228,8 +229,9 @@ def test_model_age_is_read_from_the_trained_run(trained, tmp_path):
     out_dir, _ = trained
     assert trained_model_age_days.fn(str(tmp_path)) is None
     copy = shutil.copytree(out_dir, tmp_path / "model")
-    ten_days_ago = time.time() - 10 * DAY
-    os.utime(copy / "run.json", (ten_days_ago, ten_days_ago))
+    manifest = json.loads((copy / "model.json").read_text())
+    manifest["trained_at"] = datetime.fromtimestamp(time.time() - 10 * DAY, UTC).isoformat(timespec="seconds")
+    (copy / "model.json").write_text(json.dumps(manifest))
     assert trained_model_age_days.fn(str(copy)) == pytest.approx(10.0, abs=0.01)
 
 

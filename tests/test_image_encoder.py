@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.base import create_encoder, encode_items
+from features.base import encode_items
+from features.encoders import create_encoder
 from features.image import ImageEncoder
-from features.store import read_embeddings
+from m6rec.embeddings.store import read_embeddings
 from m6rec.errors import ConfigError
 
 GROCERY_ICONIC = Path("../shared/data/grocerystore/dataset/iconic-images-and-descriptions")

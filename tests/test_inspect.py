@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-import pipelines.inspect as inspect_module
-from features.store import write_embeddings
 from m6rec import cli
+from m6rec.embeddings.store import write_embeddings
 from m6rec.errors import DataError
 from pipelines.inspect import inspect_parquet
+from pipelines.inspect import reading as inspect_module
 
 KEYS = ["a", "b", "c", "d", "e", "f", "g", "h"]
 VECTORS = np.array(

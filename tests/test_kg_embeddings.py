@@ -19,8 +19,8 @@ from features.kg import (
     categorical_item_columns,
     train_kg_embeddings,
 )
-from features.store import read_embeddings
 from m6rec.config import KG_MODELS
+from m6rec.embeddings.store import read_embeddings
 from m6rec.errors import ConfigError, DataError
 
 KGCN_MUSIC = Path("../shared/data/kgcn-music")

@@ -13,7 +13,7 @@ import pytest
 from m6rec.config import BaselineConfig, EmbeddingConfig, RankerConfig, RunConfig
 from m6rec.data.splits import random_split, temporal_split
 from m6rec.errors import ConfigError
-from pipelines import run as run_module
+from pipelines import stages as stages_module
 from pipelines.run import is_cut_in_time, run_pipeline
 
 ML100K = Path("../shared/data/ml-100k")
@@ -141,7 +141,7 @@ def test_failed_run_leaves_previous_outputs_untouched(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(run_module, "write_json", crash)
+    monkeypatch.setattr(stages_module, "write_json", crash)
     with pytest.raises(OSError, match="disk full"):
         run_pipeline(data, out, config)
     after = {path.name: path.read_bytes() for path in out.iterdir()}

@@ -18,8 +18,8 @@ from features.fusion import (
     concat_fusion,
     mean_attention_weights,
 )
-from features.profiles import user_profiles
-from features.store import EmbeddingTable
+from m6rec.embeddings.profiles import user_profiles
+from m6rec.embeddings.store import EmbeddingTable
 
 DAY = 86_400
 

@@ -23,10 +23,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-import ranker.features as ranker_features
-from features.store import EmbeddingTable
+import ranker.features.builder as ranker_features
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.interactions import IdIndex, InteractionMatrix
+from m6rec.embeddings.store import EmbeddingTable
 from ranker.features import (
     FEATURES,
     KEY_COLUMNS,

@@ -7,8 +7,8 @@ import pandas as pd
 
 from m6rec.candidates import create_source
 from m6rec.data.interactions import IdIndex
-from pipelines.baselines import make_fold
 from pipelines.ranking import model_columns, resampled_folds
+from pipelines.source_tuning import make_fold
 
 
 def test_model_columns_drop_keys_label_and_excluded_patterns():

@@ -16,11 +16,8 @@ from browser import chromium_available, dump_dom, parse_elements, png_size, scre
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from m6rec.config import BaselineConfig, EmbeddingConfig, RankerConfig, RunConfig  # noqa: E402
-from m6rec.demo_catalogue import DemoCatalogueSpec, generate_demo_catalogue  # noqa: E402
 from m6rec.errors import M6RecError  # noqa: E402
-from pipelines import charts  # noqa: E402
-from pipelines.report import MAX_PROJECTED_ITEMS, TOP_FEATURES, pca_2d, write_report  # noqa: E402
+from pipelines.report import MAX_PROJECTED_ITEMS, TOP_FEATURES, charts, pca_2d, write_report  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHARTS = (
@@ -32,7 +29,6 @@ CHARTS = (
     "embeddings",
     "timings",
 )
-SMALL = DemoCatalogueSpec(n_users=80, n_items=60, n_cold_items=6, interactions_per_user=(10, 20), seed=5)
 
 
 def _marks(svg_or_page: str, tag: str, css_class: str, chart: str | None = None):
@@ -192,35 +188,17 @@ def test_a_run_without_test_set_ranker_or_embeddings_gets_notes_not_errors(tmp_p
 
 
 @pytest.fixture(scope="module")
-def report_run(tmp_path_factory) -> Path:
-    """A small real run (demo catalogue; KG and collaborative embeddings, ranker) with its report written."""
-    from pipelines.run import run_pipeline
-
-    root = tmp_path_factory.mktemp("report")
-    catalogue = generate_demo_catalogue(root / "catalogue", SMALL)
-    config = RunConfig(
-        baselines=BaselineConfig(
-            models=["popularity", "itemknn", "ease"],
-            params={"itemknn": {"neighbours": 20}, "ease": {"l2": 100.0}},
-        ),
-        embeddings=EmbeddingConfig(
-            modalities=["kg", "cf"],
-            kg={"epochs": 5, "dimension": 16},
-            two_tower={"epochs": 2, "dimension": 16},
-        ),
-        ranker=RankerConfig(
-            training_folds=1,
-            params={"learning_rate": 0.1, "num_leaves": 7, "min_child_samples": 20, "n_estimators": 60},
-        ),
-    )
-    out = run_pipeline(catalogue, root / "run", config).out_dir
+def report_run(copy_trained_demo_run, tmp_path_factory) -> Path:
+    """A copy of the shared demo run (``conftest.trained_demo_run``: text, audio, KG and collaborative
+    embeddings, ranker), next to its catalogue, with its report written."""
+    out = copy_trained_demo_run(tmp_path_factory.mktemp("report")).run_dir
     write_report(out)
     return out
 
 
 def _expected_marks(run_dir: Path) -> dict[str, tuple[str, str, int]]:
     """Per chart: (tag, class, how many marks) computed from the run folder's own files."""
-    from features.store import read_embeddings
+    from m6rec.embeddings.store import read_embeddings
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     summary = json.loads((run_dir / "run.json").read_text())

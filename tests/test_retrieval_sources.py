@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.store import write_embeddings
-from m6rec.candidates import CandidateSource, create_source
+from m6rec.candidates import create_source, load_source
 from m6rec.candidates.trend import SECONDS_PER_DAY
 from m6rec.data.contract import ITEM_ID, KG_HEAD, KG_RELATION, KG_TAIL, TIMESTAMP, USER_ID
 from m6rec.data.interactions import IdIndex, InteractionMatrix
+from m6rec.embeddings.store import write_embeddings
 from m6rec.errors import ConfigError
 
 METADATA = {"encoder": "planted", "weights": "none"}
@@ -131,7 +131,7 @@ def test_an_hnsw_index_gives_the_exact_lists_on_the_planted_data(planted_catalog
     approximate = create_source("content", **params, factory="HNSW32").fit(train)
 
     approximate.save(tmp_path / "content")
-    loaded = CandidateSource.load(tmp_path / "content")
+    loaded = load_source(tmp_path / "content")
 
     assert approximate.index.factory == loaded.index.factory == "HNSW32"
     users = np.arange(train.n_users)
@@ -361,3 +361,69 @@ def test_hnsw_retrieval_in_a_batch_equals_one_user_at_a_time(planted_catalogue):
         alone = source.recommend(np.array([user]), 7)
         np.testing.assert_array_equal(batch.items[position], alone.items[0])
         np.testing.assert_array_equal(batch.scores[position], alone.scores[0])
+
+
+def test_side_inputs_give_the_same_candidates_as_the_files_and_share_one_profile(
+    planted_catalogue, monkeypatch
+):
+    """Given loaded side inputs, the embedding sources read no file, and the content source's profiles
+    and the ranker context's profiles are one computation."""
+    import m6rec.embeddings.profiles as profiles_module
+    from m6rec.candidates.side_inputs import SideInputs
+    from m6rec.embeddings.profiles import ProfileCache
+    from m6rec.embeddings.store import read_embeddings
+    from ranker.features import RankerContext
+
+    folder, train, _, _ = planted_catalogue
+    users = np.arange(train.n_users)
+    from_files = {
+        "content": create_source("content", embeddings=str(folder / "content.parquet")).fit(train),
+        "two_tower": create_source(
+            "two_tower",
+            embeddings=str(folder / "items.parquet"),
+            user_embeddings=str(folder / "users.parquet"),
+        ).fit(train),
+    }
+    computed = []
+    original = profiles_module.user_profiles
+    monkeypatch.setattr(
+        profiles_module, "user_profiles", lambda *a, **k: computed.append(1) or original(*a, **k)
+    )
+    cache = ProfileCache(train, half_life_days=30.0)
+    inputs = SideInputs(
+        item_vectors={
+            "text": read_embeddings(folder / "content.parquet"),
+            "cf_items": read_embeddings(folder / "items.parquet"),
+        },
+        user_vectors={"cf_users": read_embeddings(folder / "users.parquet")},
+        profiles=cache,
+    )
+    assert inputs.available() == {"content", "cf_items", "cf_users"}
+    for name, by_file in from_files.items():
+        by_inputs = create_source(name).fit(train, inputs)
+        expected, got = by_file.recommend(users, 5), by_inputs.recommend(users, 5)
+        np.testing.assert_array_equal(got.items, expected.items)
+        np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-6)
+    context = RankerContext(
+        train=train, item_embeddings={"text": inputs.item_vectors["text"]}, profiles=cache
+    )
+    assert set(context.user_vectors) == {"text"}
+    assert computed == [1], "the text profiles were computed once for the source and the ranker"
+    assert cache.computed == ["text"]
+
+
+def test_sources_declare_their_capabilities():
+    from m6rec.candidates import registered_sources, source_class
+
+    with_side_inputs = {name for name in registered_sources() if source_class(name).side_inputs}
+    assert with_side_inputs == {"two_tower", "content", "kg_neighbours"}
+    assert {name for name in registered_sources() if source_class(name).needs_timestamps} == {
+        "trend",
+        "sequential",
+    }
+    assert all(
+        source_class(name).refittable() != bool(source_class(name).side_inputs)
+        for name in registered_sources()
+    )
+    with pytest.raises(ConfigError, match="no embeddings file and no side inputs"):
+        create_source("content").fit(interactions([("u", "i")]))

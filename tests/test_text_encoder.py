@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.base import create_encoder, encode_items
-from features.store import read_embeddings
+from features.base import encode_items
+from features.encoders import create_encoder
 from features.text import EMPTY_TEXT, TextEncoder, render_item_texts
+from m6rec.embeddings.store import read_embeddings
 from m6rec.errors import ConfigError
 
 ML100K_ITEMS = Path("../shared/data/ml-100k/u.item")

@@ -10,32 +10,17 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from m6rec.config import EmbeddingConfig, RunConfig  # noqa: E402
-from m6rec.demo_catalogue import DemoCatalogueSpec, generate_demo_catalogue  # noqa: E402
 from pipelines.run import run_pipeline  # noqa: E402
 from ranker.features import check_feature_table, read_feature_table  # noqa: E402
 
-SMALL = DemoCatalogueSpec(n_users=120, n_items=96, n_cold_items=12, interactions_per_user=(12, 30), seed=3)
-
-
-def _config() -> RunConfig:
-    return RunConfig(
-        embeddings=EmbeddingConfig(
-            modalities=["text", "audio", "kg", "cf"],
-            audio={"max_seconds": 1.0},
-            kg={"epochs": 10, "dimension": 16},
-            two_tower={"epochs": 3, "dimension": 32},
-        )
-    )
-
 
 @pytest.fixture(scope="module")
-def two_stage_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("two-stage")
-    catalogue = generate_demo_catalogue(root / "catalogue", SMALL)
-    first = run_pipeline(catalogue, root / "run", _config())
-    second = run_pipeline(catalogue, root / "run", _config())
-    return catalogue, first, second
+def two_stage_run(trained_demo_run, copy_trained_demo_run, tmp_path_factory):
+    """The shared demo run (``conftest.trained_demo_run``: text, audio, KG and collaborative embeddings),
+    and a second run of the same configuration on the same catalogue into a copy of its folder."""
+    again = copy_trained_demo_run(tmp_path_factory.mktemp("two-stage"))
+    second = run_pipeline(trained_demo_run.catalogue, again.run_dir, trained_demo_run.config())
+    return trained_demo_run.catalogue, trained_demo_run.result, second
 
 
 def test_every_feature_file_is_written_with_its_metadata(two_stage_run):

@@ -24,13 +24,13 @@ import pytest
 import scipy.sparse as sp
 
 from features.fusion import FusionConfig
-from features.store import EmbeddingTable, read_embeddings
 from features.two_tower import TwoTowerConfig, TwoTowerModel, train_two_tower
 from m6rec.candidates.base import top_k
 from m6rec.data.dataset import load_dataset
 from m6rec.data.interactions import IdIndex, InteractionMatrix
 from m6rec.data.splits import random_split
 from m6rec.demo_catalogue import DemoCatalogueSpec, generate_demo_catalogue
+from m6rec.embeddings.store import EmbeddingTable, read_embeddings
 from m6rec.evaluation.metrics import ranking_metrics
 
 ML_100K = Path("../shared/data/ml-100k")

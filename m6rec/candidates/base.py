@@ -6,19 +6,20 @@ index space, and saves itself as data (``source.json`` plus ``arrays.npz``, neve
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 
 from m6rec.data.interactions import InteractionMatrix
-from m6rec.errors import ConfigError
 from m6rec.io import atomic_path, write_json
 from m6rec.progress import progress
+
+if TYPE_CHECKING:
+    from m6rec.candidates.side_inputs import SideInputs
 
 _REGISTRY: dict[str, type[CandidateSource]] = {}
 
@@ -38,13 +39,30 @@ class CandidateSource(ABC):
     ``score`` (a dense [users, items] block), and list their learned arrays in ``state_arrays``. State
     that is not an array (a FAISS index) goes through ``_save_extra`` / ``_load_extra``, which write and
     read the files named in ``extra_files``.
+
+    Capabilities, which the pipelines ask instead of keeping lists of names:
+
+    - ``needs_history``: users without training interactions get no candidates;
+    - ``needs_timestamps``: it learns from the time order of the interactions, so it joins a run only
+      when they have timestamps;
+    - ``side_inputs``: what it needs besides the interaction matrix (``cf_items``/``cf_users``: the
+      two-tower vectors, ``content``: a content embedding space, ``kg``: the knowledge graph);
+    - ``refittable``: it learns from the interaction matrix alone, so refitting it on another fold's
+      history cannot leak (a source with side inputs reads vectors trained on one particular history).
     """
 
     name: ClassVar[str]
     state_arrays: ClassVar[tuple[str, ...]] = ()
     batch_size: ClassVar[int] = 1024
     needs_history: ClassVar[bool] = True
+    needs_timestamps: ClassVar[bool] = False
+    side_inputs: ClassVar[tuple[str, ...]] = ()
     extra_files: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def refittable(cls) -> bool:
+        """Whether it learns from the interaction matrix alone (no side inputs)."""
+        return not cls.side_inputs
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -56,8 +74,9 @@ class CandidateSource(ABC):
         self.n_items: int | None = None
         self.seen: sp.csr_matrix | None = None
 
-    def fit(self, train: InteractionMatrix) -> CandidateSource:
-        """Learn from ``train``; returns self."""
+    def fit(self, train: InteractionMatrix, inputs: SideInputs | None = None) -> CandidateSource:
+        """Learn from ``train`` (and, for a source with ``side_inputs``, from ``inputs``: loaded once by the
+        pipeline; without them it reads its parameters' files); returns self."""
         self.n_items = train.n_items
         self.seen = train.matrix.tocsr()
         self._fit(train.matrix.tocsr())
@@ -128,20 +147,6 @@ class CandidateSource(ABC):
     def _load_extra(self, directory: Path) -> None:  # noqa: B027 - an optional hook, empty by default
         """Read what :meth:`_save_extra` wrote, after the arrays are restored; nothing by default."""
 
-    @classmethod
-    def load(cls, directory: Path) -> CandidateSource:
-        """Rebuild a fitted source saved with :meth:`save`."""
-        directory = Path(directory)
-        meta = json.loads((directory / "source.json").read_text())
-        source = create_source(meta["name"], **meta["params"])
-        with np.load(directory / "arrays.npz", allow_pickle=False) as arrays:
-            stored = dict(arrays)
-        for name in (*source.state_arrays, "seen"):
-            setattr(source, name, _unflatten(name, stored))
-        source.n_items = meta["n_items"]
-        source._load_extra(directory)
-        return source
-
     def _require_fitted(self) -> None:
         if self.seen is None:
             raise RuntimeError(f"{self.name} is not fitted; call fit() first")
@@ -204,42 +209,6 @@ def _lowest_index_on_ties(scores: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     chosen = chosen.copy()
     chosen[straddling] = refilled
     return chosen
-
-
-def create_source(name: str, **params) -> CandidateSource:
-    """Instantiate a registered candidate source by name."""
-    cls = source_class(name)
-    try:
-        return cls(**params)
-    except TypeError as error:
-        raise ConfigError(f"candidate source {name!r}: {error}") from None
-
-
-def source_class(name: str) -> type[CandidateSource]:
-    """The registered class of candidate source ``name``."""
-    _load_builtin_sources()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown candidate source {name!r}; known: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
-
-
-def registered_sources() -> list[str]:
-    """Names of every registered candidate source."""
-    _load_builtin_sources()
-    return sorted(_REGISTRY)
-
-
-def _load_builtin_sources() -> None:
-    from m6rec.candidates import (  # noqa: F401
-        ease,
-        embedding_sources,
-        ials,
-        itemknn,
-        kg_neighbours,
-        popularity,
-        sequential,
-        trend,
-    )
 
 
 def _flatten(name: str, value) -> dict[str, np.ndarray]:

@@ -1,7 +1,8 @@
 """Candidate sources that retrieve items by nearest-neighbour search in an embedding space (FAISS).
 
-Both read their vectors from m6rec embedding Parquet files (paths in their parameters, so a config
-stays JSON) and align them to the training matrix's item and user IDs. Item vectors go into a
+Both take their vectors as side inputs (:class:`~m6rec.candidates.side_inputs.SideInputs`, loaded once by
+the pipeline), or, built standalone, read them from the m6rec embedding Parquet files named in their
+parameters; they align them to the training matrix's item and user IDs. Item vectors go into a
 :class:`~m6rec.candidates.faiss_index.VectorIndex` — every item with a vector, interactions or not, so
 cold items can be reached — and a user's query vector retrieves the nearest items.
 """
@@ -12,13 +13,14 @@ from abc import abstractmethod
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 from m6rec.candidates.base import Candidates, CandidateSource
 from m6rec.candidates.faiss_index import VectorIndex, build_index, normalise_rows
-from m6rec.data.contract import ITEM_ID, TIMESTAMP, USER_ID
+from m6rec.candidates.side_inputs import SideInputs
+from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.interactions import InteractionMatrix
+from m6rec.embeddings.profiles import DEFAULT_HALF_LIFE_DAYS, DEFAULT_MAX_HISTORY, ProfileCache
 from m6rec.errors import ConfigError
 from m6rec.progress import progress
 
@@ -53,13 +55,15 @@ class EmbeddingSource(CandidateSource):
         )
         self.index: VectorIndex | None = None
 
-    def fit(self, train: InteractionMatrix) -> EmbeddingSource:
-        """Align the embeddings to ``train``'s IDs and index the item vectors; returns self."""
-        item_vectors, item_present, query_vectors, has_query = self._vectors(train)
+    def fit(self, train: InteractionMatrix, inputs: SideInputs | None = None) -> EmbeddingSource:
+        """Align the embeddings (from ``inputs``, else the parameters' files) to ``train``'s IDs and index
+        the item vectors; returns self."""
+        item_vectors, item_present, query_vectors, has_query = self._vectors(train, inputs)
         if not item_present.any():
+            where = self.params.get("embeddings") or "the side inputs"
             raise ConfigError(
-                f"{self.name}: none of the {train.n_items} training items has a vector in "
-                f"{self.params['embeddings']}; is it an item embedding file of this dataset?"
+                f"{self.name}: none of the {train.n_items} training items has a vector in {where}; "
+                "are they item embeddings of this dataset?"
             )
         self.item_vectors = normalise_rows(item_vectors)
         self.indexed_items = np.flatnonzero(item_present).astype(np.int64)
@@ -68,7 +72,9 @@ class EmbeddingSource(CandidateSource):
         return super().fit(train)
 
     @abstractmethod
-    def _vectors(self, train: InteractionMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _vectors(
+        self, train: InteractionMatrix, inputs: SideInputs | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(item_vectors [n_items, d], item_present, query_vectors [n_users, d], has_query)``."""
 
     def _fit(self, matrix: sp.csr_matrix) -> None:
@@ -161,23 +167,33 @@ class EmbeddingSource(CandidateSource):
 class TwoTowerSource(EmbeddingSource):
     """Retrieval with the two-tower model's exported vectors: the user tower's vector queries the items.
 
-    ``embeddings`` is the item file (``cf_items.parquet``), ``user_embeddings`` the user file
-    (``cf_users.parquet``). A user without a vector in the user file gets nothing; one with a vector is
-    served even without training history (the user tower reads attributes too).
+    The vectors are the ``cf_items`` / ``cf_users`` side inputs, or, standalone, the files ``embeddings``
+    (``cf_items.parquet``) and ``user_embeddings`` (``cf_users.parquet``). A user without a vector gets
+    nothing; one with a vector is served even without training history (the user tower reads attributes
+    too).
     """
 
     name = "two_tower"
+    side_inputs = ("cf_items", "cf_users")
 
-    def __init__(self, *, embeddings: str, user_embeddings: str, **index_params):
-        super().__init__(embeddings=str(embeddings), user_embeddings=str(user_embeddings), **index_params)
+    def __init__(self, *, embeddings: str | None = None, user_embeddings: str | None = None, **index_params):
+        if (embeddings is None) != (user_embeddings is None):
+            raise ConfigError(
+                "two_tower reads both files or none: give embeddings and user_embeddings together"
+            )
+        super().__init__(embeddings=_path(embeddings), user_embeddings=_path(user_embeddings), **index_params)
 
-    def _vectors(self, train: InteractionMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        item_table = _read_table(self.params["embeddings"], ITEM_ID)
-        user_table = _read_table(self.params["user_embeddings"], USER_ID)
+    def _vectors(
+        self, train: InteractionMatrix, inputs: SideInputs | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if inputs is not None and inputs.provides(self.side_inputs):
+            item_table, user_table = inputs.item_vectors["cf_items"], inputs.user_vectors["cf_users"]
+        else:
+            item_table = _read_table(self.params["embeddings"], ITEM_ID, "embeddings")
+            user_table = _read_table(self.params["user_embeddings"], USER_ID, "user_embeddings")
         if item_table.dimension != user_table.dimension:
             raise ConfigError(
-                f"two_tower: the item vectors in {self.params['embeddings']} have dimension "
-                f"{item_table.dimension} but the user vectors in {self.params['user_embeddings']} "
+                f"two_tower: the item vectors have dimension {item_table.dimension} but the user vectors "
                 f"have {user_table.dimension}"
             )
         item_vectors, item_present = item_table.lookup(train.items.ids)
@@ -188,66 +204,67 @@ class TwoTowerSource(EmbeddingSource):
 class ContentSource(EmbeddingSource):
     """Retrieval in a content space (fused, text, image, ...): a user's profile queries the items.
 
-    The profile is the recency-weighted mean of the content vectors of the user's training items
-    (:func:`features.profiles.user_profiles`, half-life ``half_life_days``, latest ``max_history``
-    items; uniform weights without timestamps). Items with content but no interactions are indexed too,
-    which is how cold items become candidates.
+    The space is the ``content`` side input (the fused vectors, else the text vectors) with the users'
+    profiles of the history (:class:`m6rec.embeddings.profiles.ProfileCache`), or, standalone, the file
+    ``embeddings`` with profiles computed here. A profile is the recency-weighted mean of the content
+    vectors of the user's training items (half-life ``half_life_days``, latest ``max_history`` items;
+    uniform weights without timestamps); given side inputs, the cache's half-life applies. Items with
+    content but no interactions are indexed too, which is how cold items become candidates.
     """
 
     name = "content"
+    side_inputs = ("content",)
 
     def __init__(
         self,
         *,
-        embeddings: str,
-        half_life_days: float | None = 30.0,
-        max_history: int | None = 200,
+        embeddings: str | None = None,
+        half_life_days: float | None = DEFAULT_HALF_LIFE_DAYS,
+        max_history: int | None = DEFAULT_MAX_HISTORY,
         **index_params,
     ):
         super().__init__(
-            embeddings=str(embeddings), half_life_days=half_life_days, max_history=max_history, **index_params
+            embeddings=_path(embeddings),
+            half_life_days=half_life_days,
+            max_history=max_history,
+            **index_params,
         )
 
-    def _vectors(self, train: InteractionMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        from features.profiles import user_profiles
-
-        table = _read_table(self.params["embeddings"], ITEM_ID)
+    def _vectors(
+        self, train: InteractionMatrix, inputs: SideInputs | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if inputs is not None and inputs.provides(self.side_inputs) and inputs.profiles is not None:
+            space = inputs.content_space
+            table, profiles = inputs.item_vectors[space], inputs.profiles
+            # The pipeline's one configured profile: record what the queries were built with.
+            self.params.update(half_life_days=profiles.half_life_days, max_history=profiles.max_history)
+        else:
+            space = "content"
+            table = _read_table(self.params["embeddings"], ITEM_ID, "embeddings")
+            profiles = ProfileCache(
+                train, half_life_days=self.params["half_life_days"], max_history=self.params["max_history"]
+            )
         item_vectors, item_present = table.lookup(train.items.ids)
-        profile_users, profiles, has_profile = user_profiles(
-            _training_pairs(train),
-            table,
-            half_life_days=self.params["half_life_days"],
-            max_history=self.params["max_history"],
-        )
-        query_vectors = np.zeros((train.n_users, table.dimension), dtype=np.float32)
-        has_query = np.zeros(train.n_users, dtype=bool)
-        rows = train.users.positions(profile_users)
-        query_vectors[rows], has_query[rows] = profiles, has_profile
+        query_vectors, has_query = profiles.aligned(space, table)
         return item_vectors, item_present, query_vectors, has_query
 
 
-def _read_table(path: str, key_column: str):
-    """Read an embedding file and check that it is keyed by ``key_column``."""
-    from features.store import read_embeddings
+def _path(path) -> str | None:
+    return None if path is None else str(path)
 
+
+def _read_table(path: str | None, key_column: str, parameter: str):
+    """Read an embedding file and check that it is keyed by ``key_column``."""
+    from m6rec.embeddings.store import read_embeddings
+
+    if path is None:
+        raise ConfigError(f"no {parameter} file and no side inputs to take the vectors from")
     if not Path(path).exists():
         raise ConfigError(f"embedding file {path} not found; run the embedding stage first")
     table = read_embeddings(Path(path))
     if table.key_column != key_column:
         raise ConfigError(f"{path} holds {table.key_column} embeddings, expected {key_column} embeddings")
     return table
-
-
-def _training_pairs(train: InteractionMatrix) -> pd.DataFrame:
-    """The training matrix's (user_id, item_id[, timestamp]) pairs as a frame of raw IDs."""
-    pairs = (train.timestamps if train.timestamps is not None else train.matrix).tocsr()
-    user_rows = np.repeat(np.arange(train.n_users), np.diff(pairs.indptr))
-    frame = pd.DataFrame(
-        {USER_ID: train.users.ids[user_rows].astype(str), ITEM_ID: train.items.ids[pairs.indices].astype(str)}
-    )
-    if train.timestamps is not None:
-        frame[TIMESTAMP] = pairs.data.astype(np.float64)
-    return frame
 
 
 def _is_seen(history: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:

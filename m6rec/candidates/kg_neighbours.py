@@ -20,23 +20,31 @@ class KGNeighbourSource(CandidateSource):
     """Score of item j for a user = Σ over the user's ``recent`` latest items i, over entities e linked to
     both i and j (i ≠ j), of ``idf(e) = log(n_items / items linked to e)``.
 
-    ``kg`` is a knowledge-graph table (CSV or Parquet with ``head``, ``relation``, ``tail``); an item takes
-    part wherever its ``item_id`` is a head or a tail, the other end being its entity. Latest means by
+    ``kg`` is a knowledge-graph table (CSV or Parquet with ``head``, ``relation``, ``tail``), or, given to
+    :meth:`fit` as the ``kg`` side input, the loaded triples; an item takes part wherever its ``item_id``
+    is a head or a tail, the other end being its entity. Latest means by
     timestamp; without timestamps the whole training history counts. Items sharing no informative entity
     with those items score -inf (never candidates).
     """
 
     name = "kg_neighbours"
+    side_inputs = ("kg",)
     state_arrays = ("item_entities", "entity_weights", "recent_history")
 
-    def __init__(self, *, kg: str, recent: int = 10):
+    def __init__(self, *, kg: str | None = None, recent: int = 10):
         if recent < 1:
             raise ConfigError(f"kg_neighbours: recent must be at least 1, got {recent!r}")
-        super().__init__(kg=str(kg), recent=recent)
+        super().__init__(kg=None if kg is None else str(kg), recent=recent)
 
-    def fit(self, train: InteractionMatrix) -> KGNeighbourSource:
+    def fit(self, train: InteractionMatrix, inputs=None) -> KGNeighbourSource:
         """Link ``train``'s items to their KG entities and pick each user's recent items; returns self."""
-        self.item_entities = item_entity_incidence(read_kg(self.params["kg"]), train.items)
+        if inputs is not None and inputs.kg is not None:
+            triples = inputs.kg.dropna(subset=[contract.KG_HEAD, contract.KG_TAIL])
+        elif self.params["kg"] is not None:
+            triples = read_kg(self.params["kg"])
+        else:
+            raise ConfigError("kg_neighbours needs a knowledge graph: the kg side input or a kg file path")
+        self.item_entities = item_entity_incidence(triples, train.items)
         self.recent_history = latest_items(train, self.params["recent"])
         if train.timestamps is None:
             log.info("kg_neighbours: no timestamps, so each user's whole training history counts as recent")
@@ -46,7 +54,7 @@ class KGNeighbourSource(CandidateSource):
         linked_items = np.asarray(self.item_entities.sum(axis=0), dtype=np.float64).ravel()
         self.entity_weights = np.log(matrix.shape[1] / np.maximum(linked_items, 1.0))
         if self.item_entities.nnz == 0:
-            log.warning("kg_neighbours: no item of the training matrix appears in %s", self.params["kg"])
+            log.warning("kg_neighbours: no item of the training matrix appears in the knowledge graph")
 
     def score(self, user_rows: np.ndarray) -> np.ndarray:
         recent = _rows_of(self.recent_history, user_rows).astype(np.float64)

@@ -26,6 +26,7 @@ class SequentialSource(CandidateSource):
     """
 
     name = "sequential"
+    needs_timestamps = True
     state_arrays = ("weights",)
 
     def __init__(self, *, window: int = 3):
@@ -33,7 +34,7 @@ class SequentialSource(CandidateSource):
             raise ConfigError(f"sequential: window must be a positive integer, got {window!r}")
         super().__init__(window=int(window))
 
-    def fit(self, train: InteractionMatrix) -> SequentialSource:
+    def fit(self, train: InteractionMatrix, inputs=None) -> SequentialSource:
         """Count the time-adjacent pairs of ``train``; returns self."""
         times = train.timestamps
         self._timestamps = times.tocsr() if times is not None and np.isfinite(times.data).any() else None

@@ -26,6 +26,7 @@ class TrendSource(CandidateSource):
     """
 
     name = "trend"
+    needs_timestamps = True
     state_arrays = ("item_trend",)
     needs_history = False
 
@@ -35,7 +36,7 @@ class TrendSource(CandidateSource):
                 raise ConfigError(f"trend: {key} must be positive, got {value!r}")
         super().__init__(window_days=window_days, half_life_days=half_life_days)
 
-    def fit(self, train: InteractionMatrix) -> TrendSource:
+    def fit(self, train: InteractionMatrix, inputs=None) -> TrendSource:
         """Learn the item trend from ``train``'s timestamps (plain popularity without them); returns self."""
         super().fit(train)
         times = train.timestamps

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from features.store import EmbeddingTable
 from m6rec.data.contract import ITEM_ID, TIMESTAMP, USER_ID
+from m6rec.embeddings.store import EmbeddingTable
 
 SECONDS_PER_DAY = 86_400.0
+# How many of a user's latest usable interactions a profile averages, and their recency half-life.
+DEFAULT_MAX_HISTORY = 200
+DEFAULT_HALF_LIFE_DAYS = 30.0
 
 
 def user_profiles(
     interactions: pd.DataFrame,
     table: EmbeddingTable,
     *,
-    half_life_days: float | None = 30.0,
-    max_history: int | None = 200,
+    half_life_days: float | None = DEFAULT_HALF_LIFE_DAYS,
+    max_history: int | None = DEFAULT_MAX_HISTORY,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per user, the L2-normalised recency-weighted mean of the vectors of the items they interacted with.
 
@@ -102,3 +107,72 @@ def _latest_per_user(user_rows: np.ndarray, times: np.ndarray | None, limit: int
     keep = np.zeros(len(user_rows), dtype=bool)
     keep[order[from_end < limit]] = True
     return keep
+
+
+class ProfileCache:
+    """The user profiles of one training history, each space's computed once and shared by every stage
+    that needs it: the content candidate source (its queries), the ranker's similarity features and the
+    ``profile_<space>.parquet`` files.
+
+    ``train`` is the interaction matrix of the history (``InteractionMatrix``: raw IDs in ``users`` and
+    ``items``, optional ``timestamps``); ``half_life_days`` is the one configured recency half-life
+    (``embeddings.profile_half_life_days``). :meth:`aligned` returns a space's profiles aligned with the
+    matrix rows.
+    """
+
+    def __init__(self, train, *, half_life_days: float | None, max_history: int | None = DEFAULT_MAX_HISTORY):
+        self.train = train
+        self.half_life_days = half_life_days
+        self.max_history = max_history
+        self._computed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def aligned(self, space: str, table: EmbeddingTable) -> tuple[np.ndarray, np.ndarray]:
+        """``(vectors [n_users, dim] float32, present)`` of the users in the matrix rows, in the item space
+        ``space`` (whose item vectors are ``table``); zero vectors where a user has no usable item."""
+        if space not in self._computed:
+            user_ids, vectors, present = user_profiles(
+                self.pairs, table, half_life_days=self.half_life_days, max_history=self.max_history
+            )
+            aligned = np.zeros((self.train.n_users, vectors.shape[1]), dtype=np.float32)
+            has_profile = np.zeros(self.train.n_users, dtype=bool)
+            rows = self.train.users.positions(user_ids)
+            aligned[rows] = np.where(present[:, None], vectors, 0.0)
+            has_profile[rows] = present
+            self._computed[space] = (aligned, has_profile)
+        return self._computed[space]
+
+    @property
+    def computed(self) -> list[str]:
+        """The spaces whose profiles have been computed so far."""
+        return list(self._computed)
+
+    @cached_property
+    def pairs(self) -> pd.DataFrame:
+        """The history's ``user_id``, ``item_id`` (and ``timestamp`` where known) pairs, row-major."""
+        matrix = self.train.matrix.tocsr()
+        rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
+        cols = matrix.indices.astype(np.int64)
+        frame = pd.DataFrame(
+            {USER_ID: self.train.users.ids[rows].astype(str), ITEM_ID: self.train.items.ids[cols].astype(str)}
+        )
+        times = pair_times(getattr(self.train, "timestamps", None), rows, cols, matrix.shape[1])
+        if times is not None:
+            frame[TIMESTAMP] = times
+        return frame
+
+
+def pair_times(timestamps, rows: np.ndarray, cols: np.ndarray, n_items: int) -> np.ndarray | None:
+    """The unix seconds of each (row, col) pair from a sparse timestamp matrix; None when none is known."""
+    if timestamps is None:
+        return None
+    stamped = sp.coo_matrix(timestamps)
+    keys = stamped.row.astype(np.int64) * n_items + stamped.col
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], stamped.data.astype(np.float64)[order]
+    times = np.full(len(rows), np.nan)
+    if len(keys):
+        wanted = rows * n_items + cols
+        found = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        hit = keys[found] == wanted
+        times[hit] = values[found[hit]]
+    return times if np.isfinite(times).any() else None

@@ -165,6 +165,6 @@ def _best_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def _read(path):
-    from features.store import read_embeddings
+    from m6rec.embeddings.store import read_embeddings
 
     return read_embeddings(path)

@@ -1,5 +1,6 @@
-"""Candidate-source stage: tune each source on a validation fold, keep the fold-fitted best for training
-the ranker, and refit the best on all training data for the final lists."""
+"""The fold protocol and the tuning of candidate sources: cut the training interactions into a history
+and labels (the fold), tune each source on it, keep the fold-fitted best for training the ranker, and refit
+the best on all training data for the final lists."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from m6rec.candidates import Candidates, CandidateSource, create_source
+from m6rec.candidates import CandidateSource, create_source
+from m6rec.candidates.side_inputs import SideInputs
 from m6rec.config import BaselineConfig
 from m6rec.data.contract import ITEM_ID, TIMESTAMP
 from m6rec.data.interactions import IdIndex, InteractionMatrix
@@ -133,16 +135,15 @@ def tune_and_fit(
     models: list[str],
     config: BaselineConfig,
     *,
-    history_params: dict[str, dict] | None = None,
-    full_params: dict[str, dict] | None = None,
+    history_inputs: SideInputs | None = None,
+    full_inputs: SideInputs | None = None,
 ) -> dict[str, TunedSource]:
     """Grid-search each model's parameters on ``fold`` (NDCG@``selection_k`` of its label part), then
     refit the best on all training data.
 
-    ``history_params`` / ``full_params`` add fixed parameters that differ between the two fits, such as
-    the embedding files of models trained on the fold's history versus on all training data.
+    ``history_inputs`` / ``full_inputs`` are the side inputs of the two fits (the vectors of models
+    trained on the fold's history versus on all training data), loaded once and shared by every trial.
     """
-    history_params, full_params = history_params or {}, full_params or {}
     label_users = fold.label_users
     key = f"ndcg@{config.selection_k}"
     tuned = {}
@@ -150,7 +151,7 @@ def tune_and_fit(
         started = time.perf_counter()
         trials, best_source, best_score = [], None, -np.inf
         for params in _grid(config.search_spaces.get(name, {}), config.params.get(name, {})):
-            source = create_source(name, **params, **history_params.get(name, {})).fit(fold.history)
+            source = create_source(name, **params).fit(fold.history, history_inputs)
             lists = source.recommend(label_users, config.selection_k)
             score = ranking_metrics(
                 lists.items,
@@ -162,7 +163,7 @@ def tune_and_fit(
             log.info("tuning %s %s: validation %s = %.4f", name, params, key, score)
             if score > best_score:
                 best_source, best_score, best_params = source, score, params
-        source = create_source(name, **best_params, **full_params.get(name, {})).fit(fold.full)
+        source = create_source(name, **best_params).fit(fold.full, full_inputs)
         tuned[name] = TunedSource(
             best_source, source, best_params, float(best_score), trials, time.perf_counter() - started
         )
@@ -172,23 +173,6 @@ def tune_and_fit(
 def select_final(tuned: dict[str, TunedSource]) -> str:
     """Name of the source with the best validation NDCG."""
     return max(tuned, key=lambda name: tuned[name].validation_ndcg)
-
-
-def with_fallback(
-    lists: Candidates, fallback: CandidateSource, user_rows: np.ndarray, depth: int, name: str
-) -> tuple[Candidates, np.ndarray]:
-    """``lists`` with users it cannot serve (empty list) served by ``fallback``; returns the lists and the
-    name of the source behind each user's list."""
-    items, scores = lists.items.copy(), lists.scores.copy()
-    origin = np.full(len(user_rows), name, dtype=object)
-    unserved = items[:, 0] < 0
-    if unserved.any():
-        backup = fallback.recommend(user_rows[unserved], depth)
-        width = min(depth, items.shape[1])
-        items[unserved], scores[unserved] = -1, -np.inf
-        items[unserved, :width], scores[unserved, :width] = backup.items[:, :width], backup.scores[:, :width]
-        origin[unserved] = fallback.name
-    return Candidates(items, scores), origin
 
 
 def _grid(space: dict[str, list], fixed: dict) -> list[dict]:
