@@ -23,6 +23,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _count_calls() -> tuple[Counter, Counter]:
@@ -95,12 +96,50 @@ def compare(before: dict, after: dict, tolerance: float, allow_new: set[str]) ->
     return problems
 
 
+def _write_section(doc: Path, before: dict, after: dict, verdict: str, args) -> None:
+    from _report import update_section
+
+    rows = ["| | before | after |", "|---|---|---|"]
+    rows.append(
+        f"| embedding-file reads | {before['embedding_file_reads_total']} | {after['embedding_file_reads_total']} |"
+    )
+    for name in sorted(set(before["embedding_file_reads"]) | set(after["embedding_file_reads"])):
+        rows.append(
+            f"| &nbsp;&nbsp;{name} | {before['embedding_file_reads'].get(name, 0)} | "
+            f"{after['embedding_file_reads'].get(name, 0)} |"
+        )
+    rows.append(
+        f"| profile computations | {before['profile_computations']} | {after['profile_computations']} |"
+    )
+    rows.append(f"| files in the run folder | {len(before['files'])} | {len(after['files'])} |")
+    final_before, final_after = before["metrics"]["final"], after["metrics"]["final"]
+    rows.append(f"| final NDCG@10 | {final_before['ndcg@10']:.6f} | {final_after['ndcg@10']:.6f} |")
+    body = "\n".join(
+        [
+            "## Contracts between stages: one `m6rec run` on the demo catalogue (seed 7, default configuration)",
+            "",
+            f"`.venv/bin/python benchmarks/run_contract.py --compare {args.compare} --out {args.out} --doc {doc}`; the "
+            "before file was measured the same way on the code before the change"
+            + (f" (commit {args.before_commit})." if args.before_commit else "."),
+            "",
+            *rows,
+            "",
+            f"Verdict: {verdict}.",
+        ]
+    )
+    update_section(doc, "run-contract", body)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the measurement here as JSON")
     parser.add_argument("--compare", type=Path, help="a measurement from before the change")
     parser.add_argument("--tolerance", type=float, default=1e-6)
     parser.add_argument("--allow-new", default="model.json", help="comma-separated files a change may add")
+    parser.add_argument(
+        "--doc", type=Path, help="with --compare: write the before/after table into this file"
+    )
+    parser.add_argument("--before-commit", default="", help="the commit the --compare file was measured on")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         measured = measure(Path(scratch))
@@ -112,10 +151,13 @@ def main() -> int:
         problems = compare(
             json.loads(args.compare.read_text()), measured, args.tolerance, set(args.allow_new.split(","))
         )
-        print(
+        verdict = (
             "\n".join(problems)
             or f"same files (new allowed: {args.allow_new}), metrics within {args.tolerance}"
         )
+        print(verdict)
+        if args.doc:
+            _write_section(args.doc, json.loads(args.compare.read_text()), measured, verdict, args)
         return 1 if problems else 0
     return 0
 

@@ -17,6 +17,7 @@ from flows.artifacts import batch_artifacts, publish_artifacts
 from flows.inputs import read_run_config
 from m6rec.config import RunConfig
 from pipelines.batch import batch_recommend as recommend_all_users
+from pipelines.batch import lists_from_training
 from pipelines.run_folder import RunFolder
 
 
@@ -35,6 +36,23 @@ def recommend_for_every_user(data_dir: str, model_dir: str, lists_dir: str, conf
         "model_trained_at": summary.get("model_trained_at"),
         "counts": summary["counts"],
         "timings_seconds": summary.get("timings_seconds", {}),
+    }
+
+
+@task
+def publish_training_lists(model_dir: str) -> dict:
+    """The training run's lists as the batch lists (same data, so a batch would build the same ones);
+    returns what :func:`recommend_for_every_user` returns."""
+    result = lists_from_training(model_dir)
+    summary = result.summary
+    return {
+        "lists_dir": str(result.out_dir),
+        "recommendations": str(result.recommendations_path),
+        "selected_model": summary["selected_model"],
+        "sources": summary["sources"],
+        "model_trained_at": summary.get("model_trained_at"),
+        "counts": summary["counts"],
+        "timings_seconds": {},
     }
 
 

@@ -1,6 +1,10 @@
 """The nightly job: item embeddings, then the ranker retrained only when ``OUT_DIR`` holds no trained
 model or one older than ``retrain_after_days``, then every user's list, then the run's report.
 
+Nothing is built twice: right after a training on today's data the training run's lists are published as
+the batch lists (a batch would rebuild the same ones), and the report, which the training run writes,
+is written again only when it is missing.
+
 Local run: python -m flows.nightly DATA_DIR OUT_DIR [CONFIG_YAML]
 """
 
@@ -11,7 +15,7 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger, task
 
 from flows.artifacts import nightly_artifacts, publish_artifacts
-from flows.batch_recommend import batch_recommend
+from flows.batch_recommend import batch_recommend, publish_training_lists
 from flows.nightly_embeddings import nightly_embeddings
 from flows.train_ranker import train_ranker, write_run_report
 from pipelines.run_folder import ModelNotTrainedError, RunFolder
@@ -60,12 +64,23 @@ def nightly(data_dir: str, out_dir: str, config_path: str | None = None, retrain
         logger.info("ranker training skipped: %s", reason)
         steps.append({"step": "train-ranker", "status": "skipped", "detail": reason})
 
-    lists = batch_recommend(data_dir, out_dir, config_path)
+    folder = RunFolder(out_dir)
+    if trained is not None and folder.read_manifest().lists_from_all_interactions:
+        # Just trained on today's data: the batch would rebuild exactly the training run's lists.
+        lists = publish_training_lists(out_dir)
+        status = "from training"
+    else:
+        lists = batch_recommend(data_dir, out_dir, config_path)
+        status = "ran"
     steps.append(
-        {"step": "batch-recommend", "status": "ran", "detail": f"{lists['counts']['list_rows']} list rows"}
+        {"step": "batch-recommend", "status": status, "detail": f"{lists['counts']['list_rows']} list rows"}
     )
-    report = write_run_report(out_dir)
-    steps.append({"step": "report", "status": "ran", "detail": report})
+    if folder.report_page.exists():  # written by the training run; nothing it shows has changed since
+        report = str(folder.report_page)
+        steps.append({"step": "report", "status": "unchanged", "detail": report})
+    else:
+        report = write_run_report(out_dir)
+        steps.append({"step": "report", "status": "ran", "detail": report})
     publish_artifacts(nightly_artifacts(steps, {"lists": lists["recommendations"], "report": report}))
     return {
         "lists": lists["recommendations"],

@@ -23,8 +23,8 @@ app = typer.Typer(
     context_settings=CONTEXT_SETTINGS,
 )
 datasets_app = typer.Typer(
-    help="Prepare public datasets as m6rec dataset directories.",
-    short_help="Prepare MovieLens-100K or Last.FM as a dataset folder.",
+    help="Prepare public datasets, or generate a synthetic one, as m6rec dataset directories.",
+    short_help="Prepare a public dataset or generate a synthetic one.",
 )
 app.add_typer(datasets_app, name="datasets")
 flows_app = typer.Typer(
@@ -308,6 +308,54 @@ def datasets_prepare(
         typer.echo(json.dumps(summary, indent=2))
         return
     typer.echo(f"prepared {prepared.name} in {prepared.out_dir}: {prepared.row_counts}")
+
+
+@datasets_app.command("synth", short_help="Generate a synthetic dataset of any size (scale benchmarks).")
+def datasets_synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset directory to write.")],
+    users: Annotated[int, typer.Option(help="Number of users (exact).")],
+    items: Annotated[int, typer.Option(help="Number of items (exact, at least 2).")],
+    interactions: Annotated[
+        int, typer.Option(help="Distinct (user, item) pairs, test ones included (exact, at least --users).")
+    ],
+    seed: Annotated[
+        int | None, typer.Option(help="Seed (default 0); the same options give byte-identical files.")
+    ] = None,
+    test_share: Annotated[
+        float | None,
+        typer.Option(help="Share of each user's latest interactions in test.parquet (default 0.1); 0: none."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Generate a synthetic dataset directory: Zipf item popularity, lognormal user activity, one latent
+    topic per user and item (most of a user's interactions come from its topic; item text reflects it).
+    The knobs beyond these options are in m6rec.data.synth.SyntheticSpec.
+
+    Example: m6rec datasets synth --out /tmp/synth --users 1000000 --items 100000 --interactions 20000000
+    """
+    import time
+
+    from m6rec.data.synth import SyntheticSpec, generate_synthetic_dataset, read_synth_manifest
+
+    options = {"seed": seed, "test_share": test_share}
+    spec = SyntheticSpec(
+        users=users,
+        items=items,
+        interactions=interactions,
+        **{name: value for name, value in options.items() if value is not None},
+    )
+    started = time.perf_counter()
+    out_dir = generate_synthetic_dataset(out, spec)
+    seconds = round(time.perf_counter() - started, 2)
+    counts = read_synth_manifest(out_dir)["counts"]
+    if as_json:
+        typer.echo(json.dumps({"out_dir": str(out_dir), "counts": counts, "seconds": seconds}, indent=2))
+        return
+    typer.echo(
+        f"wrote a synthetic dataset to {out_dir} in {seconds:.1f} s: {counts['users']:,} users, "
+        f"{counts['items']:,} items, {counts['interactions']:,} interactions, "
+        f"{counts['test_interactions']:,} test interactions"
+    )
 
 
 FLOW_NAMES = ("nightly", "nightly-embeddings", "train-ranker", "batch-recommend")

@@ -16,6 +16,7 @@ into place only when complete, so a failed batch leaves the previous lists untou
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from m6rec.config import RunConfig
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset, load_dataset
 from m6rec.data.interactions import IdIndex, InteractionMatrix
+from m6rec.io import publish_staged, write_json
 from pipelines.run_folder import ModelManifest, ModelNotTrainedError, RunFolder, config_digest
 from pipelines.stages import (
     History,
@@ -198,7 +200,7 @@ def batch_recommend(
             "users_served_by_fallback": int((origin != selected).sum()),
         },
         "embeddings": embeddings.summary if embeddings else None,
-        "timings_seconds": clock.timings,
+        **clock.report(),
     }
     publish(RunFolder(out_dir), Outputs(recommendations, ranker_features=table, batch_report=summary))
     log.info("batch lists for %d users: %s", matrix.n_users, RunFolder(out_dir).recommendations)
@@ -247,3 +249,41 @@ def _ranked(model, sources, context, all_users, depth, config):
         ranker, table, ranker.feature_names_, all_users, depth, config.ranker
     )
     return final, new_item_places, candidates, table
+
+
+def lists_from_training(model_dir: str | Path, out_dir: str | Path | None = None) -> BatchResult:
+    """Publish the training run's own lists as the batch lists, without building them again.
+
+    Only for a model whose lists came from every interaction (``ModelManifest.lists_from_all_interactions``):
+    right after training on today's data, a batch would rebuild exactly those lists.
+    """
+    model = TrainedModel.read(model_dir)
+    if not model.manifest.lists_from_all_interactions:
+        raise ModelNotTrainedError(
+            f"{model.directory}: the training run held a test share out of its lists; build the batch lists"
+        )
+    source = model.folder
+    target = RunFolder(out_dir) if out_dir is not None else source.lists
+    recommendations = source.read_recommendations(columns=["user_id"])
+    summary = {
+        "m6rec_version": __version__,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model_dir": str(model.directory.resolve()),
+        "model_trained_at": model.trained_at,
+        "model_config_digest": model.manifest.config_digest,
+        "selected_model": model.manifest.selected_model,
+        "sources": sorted(model.manifest.source_params),
+        "from_training_run": True,
+        "counts": {"users": int(recommendations["user_id"].nunique()), "list_rows": len(recommendations)},
+    }
+
+    def write(staging: Path) -> None:
+        staged = RunFolder(staging)
+        shutil.copyfile(source.recommendations, staged.recommendations)
+        if source.ranker_features.exists():
+            shutil.copyfile(source.ranker_features, staged.ranker_features)
+        write_json(summary, staged.batch_report)
+
+    publish_staged(target.root, write)
+    log.info("batch lists from the training run (same data): %s", target.recommendations)
+    return BatchResult(target.root, summary)

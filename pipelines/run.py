@@ -181,7 +181,7 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
         },
         "ranker": ranker_summary,
         "embeddings": embeddings.summary if embeddings else None,
-        "timings_seconds": clock.timings,
+        **clock.report(),
     }
     recommendations = recommendation_frame(
         final, origin, candidates, users, items, config.top_k, new_item_places
@@ -193,6 +193,7 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
         selected_model=selected,
         ranker_used=selected == "ranker",
         ranker_features=(ranker_summary or {}).get("features", []),
+        lists_from_all_interactions=protocol.test is None or dataset.test is not None,
     )
     outputs = Outputs(
         recommendations,

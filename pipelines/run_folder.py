@@ -121,7 +121,9 @@ class ModelManifest:
     run published (``ranker`` or a source), ``ranker_used`` whether the ranker beat every single source,
     ``ranker_features`` the columns it learned from. ``config`` is the whole configuration the model was
     trained with and ``config_digest`` its SHA-256; ``data_fingerprint`` is a SHA-256 over the dataset's
-    tables (interactions, items, users, kg, columns.yaml).
+    tables (interactions, items, users, kg, columns.yaml). ``lists_from_all_interactions`` says whether
+    the run's own lists came from every interaction (no test share held out of them), so that a batch on
+    the same data would build the same lists.
     """
 
     trained_at: str
@@ -132,6 +134,7 @@ class ModelManifest:
     selected_model: str
     ranker_used: bool
     ranker_features: list[str] = field(default_factory=list)
+    lists_from_all_interactions: bool = False
     m6rec_version: str = __version__
     schema_version: int = MANIFEST_SCHEMA_VERSION
 
@@ -145,6 +148,7 @@ class ModelManifest:
         selected_model: str,
         ranker_used: bool,
         ranker_features: list[str],
+        lists_from_all_interactions: bool,
     ) -> ModelManifest:
         dumped = config.model_dump(mode="json")
         return cls(
@@ -156,6 +160,7 @@ class ModelManifest:
             selected_model=selected_model,
             ranker_used=ranker_used,
             ranker_features=list(ranker_features),
+            lists_from_all_interactions=lists_from_all_interactions,
         )
 
     def run_config(self) -> RunConfig:

@@ -63,6 +63,26 @@ def test_training_writes_a_manifest_with_its_configuration_and_data(trained):
     assert manifest.selected_model == report["selected_model"] and not manifest.ranker_used
     assert datetime.fromisoformat(manifest.trained_at).tzinfo is not None
     assert "trained_at" not in report, "run.json stays a report"
+    assert set(report["peak_rss_mib"]) == set(report["timings_seconds"])
+    assert all(value > 0 for value in report["peak_rss_mib"].values())
+
+
+def test_each_stage_reports_its_own_peak_memory():
+    import numpy as np
+
+    from pipelines.stages import StageClock
+
+    clock = StageClock()
+    block = np.ones((4096, 8192))  # 256 MiB, freed before the stage ends
+    del block
+    clock.lap("large")
+    small = np.ones(1000)
+    clock.lap("small")
+    del small
+    peaks = clock.report()["peak_rss_mib"]
+    assert peaks["large"] > 256
+    if clock.per_stage_peaks:
+        assert peaks["small"] < peaks["large"] - 200, "the second stage does not inherit the first one's peak"
 
 
 def test_the_data_fingerprint_follows_the_tables(tmp_path):
