@@ -426,6 +426,11 @@ class RunConfig(Section):
         default_factory=lambda: [10, 20], min_length=1, description="Cut-offs of the metrics."
     )
     candidate_depth: PositiveInt = Field(100, description="Candidates per user kept for evaluation.")
+    user_chunk: PositiveInt = Field(
+        20_000,
+        description="Users the batch scores at once: its memory follows this, not the number of users "
+        "(candidates, ranker features and lists stream chunk by chunk into Parquet row groups).",
+    )
     skip_invalid_rows: bool = Field(False, description="Skip and count bad input rows instead of failing.")
     fold_split: Literal["auto", "random", "temporal"] = Field(
         "auto", description="How the ranker's fold is cut: auto, random or temporal."

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from m6rec import __version__
 from m6rec.candidates import create_source
@@ -37,21 +38,22 @@ from m6rec.io import publish_staged, write_json
 from pipelines.run_folder import ModelManifest, ModelNotTrainedError, RunFolder, config_digest
 from pipelines.stages import (
     History,
-    Outputs,
+    ListWriter,
     StageClock,
     compute_stage_embeddings,
     list_depth,
-    publish,
     ranker_context,
     recommendation_frame,
     side_inputs,
+    user_chunks,
     with_fallback,
 )
+from ranker.features import FeatureTableWriter
 
 log = logging.getLogger("m6rec")
 
 # What a batch may set for itself; everything else comes from the configuration the model was trained with.
-SERVING_KEYS = ("top_k", "candidate_depth", "skip_invalid_rows")
+SERVING_KEYS = ("top_k", "candidate_depth", "skip_invalid_rows", "user_chunk")
 SERVING_RANKER_KEYS = ("new_item_slots", "new_item_slot_spacing")
 
 
@@ -163,25 +165,10 @@ def batch_recommend(
     clock.lap("embeddings")
 
     sources = _fit_sources(matrix, model, inputs)
-    all_users = np.arange(matrix.n_users)
-    depth = list_depth(config)
     clock.lap("candidates")
 
-    candidates, table, new_item_places = None, None, None
-    if model.manifest.ranker_used:
-        context = ranker_context(dataset, matrix, inputs)
-        final, new_item_places, candidates, table = _ranked(model, sources, context, all_users, depth, config)
-        selected = "ranker"
-    else:
-        final = sources[model.manifest.selected_model].recommend(all_users, depth)
-        selected = model.manifest.selected_model
-    fallback = sources.get("popularity") or create_source("popularity").fit(matrix)
-    final, origin = with_fallback(final, fallback, all_users, depth, selected)
-    clock.lap("ranking")
-
-    recommendations = recommendation_frame(
-        final, origin, candidates, matrix.users, matrix.items, config.top_k, new_item_places
-    )
+    scoring = _Scoring.prepare(model, sources, dataset, matrix, inputs, config)
+    folder = RunFolder(out_dir)
     summary = {
         "m6rec_version": __version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -189,22 +176,112 @@ def batch_recommend(
         "model_dir": str(model.directory.resolve()),
         "model_trained_at": model.trained_at,
         "model_config_digest": model.manifest.config_digest,
-        "selected_model": selected,
+        "selected_model": scoring.selected,
         "sources": sorted(sources),
-        "counts": {
+        "user_chunk": config.user_chunk,
+        "embeddings": embeddings.summary if embeddings else None,
+    }
+
+    def write(staging: Path) -> None:
+        staged = RunFolder(staging)
+        served_by_fallback = 0
+        with ListWriter(staged.recommendations) as lists, FeatureTableWriter(staged.ranker_features) as table:
+            for user_rows in user_chunks(matrix.n_users, config.user_chunk):
+                chunk = scoring.score(user_rows)
+                lists.write(chunk.recommendations)
+                if chunk.features is not None:
+                    table.write(chunk.features)
+                served_by_fallback += chunk.served_by_fallback
+        if table.rows == 0:
+            staged.ranker_features.unlink(missing_ok=True)
+        clock.lap("ranking")
+        summary["counts"] = {
             "users": matrix.n_users,
             "items": matrix.n_items,
             "interactions": int(matrix.matrix.nnz),
             "users_without_history": int((np.diff(matrix.matrix.indptr) == 0).sum()),
-            "list_rows": len(recommendations),
-            "users_served_by_fallback": int((origin != selected).sum()),
-        },
-        "embeddings": embeddings.summary if embeddings else None,
-        **clock.report(),
-    }
-    publish(RunFolder(out_dir), Outputs(recommendations, ranker_features=table, batch_report=summary))
-    log.info("batch lists for %d users: %s", matrix.n_users, RunFolder(out_dir).recommendations)
+            "list_rows": lists.rows,
+            "users_served_by_fallback": served_by_fallback,
+        }
+        summary.update(clock.report())
+        write_json(summary, staged.batch_report)
+
+    publish_staged(folder.root, write)
+    if not scoring.ranks:
+        folder.ranker_features.unlink(missing_ok=True)
+    log.info("batch lists for %d users: %s", matrix.n_users, folder.recommendations)
     return BatchResult(out_dir, summary)
+
+
+@dataclass
+class ScoredChunk:
+    """One chunk of users' published lists, their ranker features (None without the ranker), and how
+    many of them the fallback source served."""
+
+    recommendations: pd.DataFrame
+    features: pd.DataFrame | None
+    served_by_fallback: int
+
+
+@dataclass
+class _Scoring:
+    """Everything fixed across user chunks: the refitted sources, the ranker and its features' context,
+    the fallback; :meth:`score` turns one chunk of user rows into its lists."""
+
+    sources: dict
+    ranker: object | None
+    context: object | None
+    fallback: object
+    selected: str
+    matrix: InteractionMatrix
+    config: RunConfig
+    ranker_dir: Path
+
+    @classmethod
+    def prepare(cls, model, sources, dataset, matrix, inputs, config) -> _Scoring:
+        ranker, context = None, None
+        selected = model.manifest.selected_model
+        if model.manifest.ranker_used:
+            from ranker.model import LightGBMRanker
+
+            ranker, selected = LightGBMRanker.load(model.folder.ranker_dir), "ranker"
+            context = ranker_context(dataset, matrix, inputs)
+        fallback = sources.get("popularity") or create_source("popularity").fit(matrix)
+        return cls(sources, ranker, context, fallback, selected, matrix, config, model.folder.ranker_dir)
+
+    @property
+    def ranks(self) -> bool:
+        return self.ranker is not None
+
+    def score(self, user_rows: np.ndarray) -> ScoredChunk:
+        config, depth = self.config, list_depth(self.config)
+        candidates, table, places = None, None, None
+        if self.ranker is not None:
+            from ranker.features import build_ranker_features
+            from ranker.lists import rank_final_lists
+
+            width = config.ranker.candidates_per_source
+            lists = {name: source.recommend(user_rows, width) for name, source in self.sources.items()}
+            candidates = merge_candidates(lists, user_rows, seen=self.matrix.matrix)
+            table = build_ranker_features(candidates, self.context)
+            missing = [name for name in self.ranker.feature_names_ if name not in table.columns]
+            if missing:
+                raise ModelNotTrainedError(
+                    f"{self.ranker_dir}: the ranker needs features this batch cannot build: {', '.join(missing)}",
+                    hint="the data or the configuration changed since training; retrain (train-ranker flow)",
+                )
+            final, places = rank_final_lists(
+                self.ranker, table, self.ranker.feature_names_, user_rows, depth, config.ranker
+            )
+            if not config.ranker.new_item_slots:
+                places = None
+        else:
+            final = self.sources[self.selected].recommend(user_rows, depth)
+        final, origin = with_fallback(final, self.fallback, user_rows, depth, self.selected)
+        frame = recommendation_frame(
+            final, origin, candidates, self.matrix.users, self.matrix.items, config.top_k, places, user_rows
+        )
+        return ScoredChunk(frame, table, int((origin != self.selected).sum()))
 
 
 def _interactions(dataset: Dataset) -> InteractionMatrix:
@@ -226,29 +303,6 @@ def _fit_sources(matrix: InteractionMatrix, model: TrainedModel, inputs: SideInp
         sources[name] = create_source(name, **params).fit(matrix, inputs)
         log.info("refitted %s in %.1f s", name, time.perf_counter() - started)
     return sources
-
-
-def _ranked(model, sources, context, all_users, depth, config):
-    from ranker.features import build_ranker_features
-    from ranker.lists import rank_final_lists
-    from ranker.model import LightGBMRanker
-
-    ranker = LightGBMRanker.load(model.folder.ranker_dir)
-    width = config.ranker.candidates_per_source
-    lists = {name: source.recommend(all_users, width) for name, source in sources.items()}
-    candidates = merge_candidates(lists, all_users, seen=context.train.matrix)
-    table = build_ranker_features(candidates, context)
-    missing = [name for name in ranker.feature_names_ if name not in table.columns]
-    if missing:
-        raise ModelNotTrainedError(
-            f"{model.folder.ranker_dir}: the ranker needs features this batch cannot build: "
-            f"{', '.join(missing)}",
-            hint="the data or the configuration changed since training; retrain (train-ranker flow)",
-        )
-    final, new_item_places = rank_final_lists(
-        ranker, table, ranker.feature_names_, all_users, depth, config.ranker
-    )
-    return final, new_item_places, candidates, table
 
 
 def lists_from_training(model_dir: str | Path, out_dir: str | Path | None = None) -> BatchResult:

@@ -183,9 +183,8 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
         "embeddings": embeddings.summary if embeddings else None,
         **clock.report(),
     }
-    recommendations = recommendation_frame(
-        final, origin, candidates, users, items, config.top_k, new_item_places
-    )
+    places = new_item_places if config.ranker.new_item_slots else None
+    recommendations = recommendation_frame(final, origin, candidates, users, items, config.top_k, places)
     manifest = ModelManifest.create(
         config=config,
         data_dir=Path(data_dir),

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from m6rec import __version__
 from m6rec.candidates import Candidates, CandidateSource
 from m6rec.candidates.merge import ITEM, SOURCES, USER_ROW
 from m6rec.candidates.side_inputs import SideInputs
@@ -195,12 +196,16 @@ def recommendation_frame(
     items: IdIndex,
     top_k: int,
     new_item_places: np.ndarray | None = None,
+    user_rows: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The published lists: ``user_id``, ``item_id`` (raw IDs), ``rank``, ``score``, ``source``, and with
-    candidates each source that proposed the item (``sources``, ``<source>_rank``)."""
+    candidates each source that proposed the item (``sources``, ``<source>_rank``). Row ``i`` of ``final``
+    is user row ``user_rows[i]`` (default: row ``i``). ``new_item_place`` is a column whenever
+    ``new_item_places`` is given (new-item places are on), so every chunk of a list has the same schema."""
     top_items = final.items[:, :top_k]
-    user_rows, ranks = np.nonzero(top_items >= 0)
-    item_rows = top_items[user_rows, ranks]
+    positions, ranks = np.nonzero(top_items >= 0)
+    item_rows = top_items[positions, ranks]
+    user_rows = positions if user_rows is None else np.asarray(user_rows, dtype=np.int64)[positions]
     frame = pd.DataFrame(
         {
             USER_ROW: user_rows,
@@ -208,12 +213,12 @@ def recommendation_frame(
             USER_ID: pd.Series(users.ids[user_rows], dtype="string"),
             ITEM_ID: pd.Series(items.ids[item_rows], dtype="string"),
             "rank": (ranks + 1).astype(np.int32),
-            "score": final.scores[:, :top_k][user_rows, ranks].astype(np.float32),
-            "source": pd.Series(origin[user_rows], dtype="string"),
+            "score": final.scores[:, :top_k][positions, ranks].astype(np.float32),
+            "source": pd.Series(origin[positions], dtype="string"),
         }
     )
-    if new_item_places is not None and new_item_places.any():
-        frame["new_item_place"] = new_item_places[:, :top_k][user_rows, ranks]
+    if new_item_places is not None:
+        frame["new_item_place"] = new_item_places[:, :top_k][positions, ranks]
     if candidates is not None:
         provenance = [SOURCES] + [column for column in candidates.columns if column.endswith("_rank")]
         frame = frame.merge(candidates[[USER_ROW, ITEM, *provenance]], on=[USER_ROW, ITEM], how="left")
@@ -234,6 +239,40 @@ class Outputs:
     validation_report: dict | None = None
     batch_report: dict | None = None
     manifest: ModelManifest | None = None
+
+
+def user_chunks(n_users: int, size: int):
+    """Consecutive user rows, ``size`` at a time."""
+    for start in range(0, n_users, size):
+        yield np.arange(start, min(start + size, n_users), dtype=np.int64)
+
+
+class ListWriter:
+    """Write the published lists chunk by chunk, one Parquet row group each (inside a staging folder)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._writer = None
+        self.rows = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if self._writer is None:
+            metadata = {**(table.schema.metadata or {}), b"m6rec.version": __version__.encode()}
+            self._schema = table.schema.with_metadata(metadata)
+            self._writer = pq.ParquetWriter(self.path, self._schema)
+        self._writer.write_table(table.cast(self._schema))
+        self.rows += len(frame)
+
+    def __enter__(self) -> ListWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
 
 def publish(folder: RunFolder, outputs: Outputs) -> None:

@@ -31,6 +31,7 @@ from ranker.features.schema import (
     USER_ROW,
     FeatureFamily,
     FeatureSpec,
+    FeatureTableWriter,
     check_feature_table,
     feature_columns,
     feature_specs,
@@ -39,6 +40,7 @@ from ranker.features.schema import (
 )
 
 __all__ = [
+    "FeatureTableWriter",
     "FEATURES",
     "FEATURE_FAMILIES",
     "ITEM",

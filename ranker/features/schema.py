@@ -228,6 +228,47 @@ def write_feature_table(frame: pd.DataFrame, path: Path) -> None:
         pq.write_table(table, temporary)
 
 
+class FeatureTableWriter:
+    """Write a feature table chunk by chunk (one Parquet row group each), with the metadata of
+    :func:`write_feature_table` (``rows`` is not known up front, so it is left out). The caller owns the
+    file's atomicity (write into a staging folder)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._writer = None
+        self.rows = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        specs = check_feature_table(frame)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if self._writer is None:
+            fields = [
+                table.schema.field(spec.name).with_metadata({b"description": spec.description.encode()})
+                for spec in specs
+            ]
+            declaration = {
+                "kind": TABLE_KIND,
+                "format_version": TABLE_FORMAT_VERSION,
+                "rows": None,
+                "columns": [asdict(spec) for spec in specs],
+            }
+            metadata = {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(declaration).encode()}
+            self._schema = pa.schema(fields, metadata=metadata)
+            self._writer = pq.ParquetWriter(self.path, self._schema)
+        self._writer.write_table(pa.Table.from_arrays(table.columns, schema=self._schema))
+        self.rows += len(frame)
+
+    def __enter__(self) -> FeatureTableWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
 def read_feature_table(path: Path) -> pd.DataFrame:
     """Read a feature table written by :func:`write_feature_table` and check it against the declaration."""
     import pyarrow.parquet as pq
