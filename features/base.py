@@ -2,7 +2,9 @@
 
 An encoder says which items carry its modality and what its input is (``prepare``), turns a batch of
 inputs into vectors (``encode``), and names itself (``identity``) so that content hashes change when the
-model or its options do. ``encode_items`` runs it incrementally.
+model or its options do. ``encode_items`` runs it incrementally. An encoder knows its identity from the
+moment it is built and loads its model only on the first ``encode``, so a run where nothing changed
+loads no model and rewrites no file.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ class ItemEncoder(ABC):
 
     @abstractmethod
     def identity(self) -> dict:
-        """Everything that determines the output for a given input: encoder name, weights, options."""
+        """Everything that determines the output for a given input: encoder name, weights, options.
+
+        Known without loading the model (``encode`` loads it), so deciding that nothing needs encoding
+        costs no model load."""
 
     def metadata(self) -> dict:
         """Schema metadata of the output file; at least ``encoder`` and ``weights``, plus ``pretrained``."""
@@ -76,7 +81,11 @@ def media_inputs(items: pd.DataFrame, dataset_dir: Path, column: str) -> Encoder
 def encode_items(
     encoder: ItemEncoder, items: pd.DataFrame, dataset_dir: Path, out_path: Path
 ) -> IncrementalReport:
-    """Embed ``items`` with ``encoder`` into ``out_path``, recomputing only new or changed items."""
+    """Embed ``items`` with ``encoder`` into ``out_path``, recomputing only new or changed items.
+
+    The encoder's ``encode`` (and so its model load) runs only when some item is new or changed; when
+    ``out_path`` already holds exactly these items, fingerprints and encoder identity, it is not rewritten.
+    """
     prepared = encoder.prepare(items, Path(dataset_dir))
     return embed_incrementally(
         out_path,

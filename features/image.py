@@ -1,10 +1,15 @@
 """Frozen image embeddings of items with an open_clip vision tower, L2-normalised.
 
 Weights come from a local ``checkpoint`` (a state dict file, loaded by open_clip with
-``torch.load(weights_only=True)`` or safetensors) or from an open_clip ``pretrained`` tag. When the tag
-cannot be loaded (no internet, no cache) the encoder warns loudly, uses a seeded random initialisation
-of the architecture and records ``"pretrained": false`` in the output metadata; with
+``torch.load(weights_only=True)`` or safetensors) or from an open_clip ``pretrained`` tag. When the tag's
+weights cannot be had (no internet, no cache) the encoder warns loudly, uses a seeded random
+initialisation of the architecture and records ``"pretrained": false`` in the output metadata; with
 ``allow_random_weights=False`` that is an error instead.
+
+Which weights to use is decided when the encoder is built, without building the network: the checkpoint
+is hashed, the tag's file is looked up (fetched when it can be), and the preprocessing the built model
+will carry is derived from the architecture and tag configs as open_clip does. The network itself is
+built on the first ``encode``, so a run with nothing new to embed never builds it.
 
 Images are decoded in ``DataLoader`` workers. A missing, truncated or undecodable file fails only its own
 item (null embedding, a problem naming the file); the rest of the batch is embedded.
@@ -14,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +48,8 @@ class ImageEncoder(ItemEncoder):
 
     ``model`` is an open_clip architecture name or the path of an open_clip model config JSON (registered
     under its file stem). ``checkpoint`` (a local state dict) takes precedence over ``pretrained`` (a tag).
+    The weights (and the random-init fallback, with its warning) are decided at construction; the network
+    is built by the first :meth:`encode`. A checkpoint that cannot be loaded fails there.
     """
 
     modality = "image"
@@ -66,23 +75,24 @@ class ImageEncoder(ItemEncoder):
         self.device = resolve_device(force_cpu)
         with quiet_model_loading():
             self.architecture, self._architecture_digest, self.dimension = _resolve_architecture(model)
-            self._model, self._preprocess, self._weights, self.pretrained = _load_weights(
+            self._source = _resolve_weights(
                 self.architecture, pretrained, checkpoint, allow_random_weights, seed
             )
-        self._model = self._model.to(self.device.name).eval()
+        self.pretrained = self._source.pretrained
+        self._model = self._preprocess = None
 
     @property
     def weights(self) -> str:
         """Source: ``checkpoint:<sha256>``, ``open_clip:<model>/<tag>`` or ``random-init (seed N)``."""
-        return self._weights
+        return self._source.identity
 
     def identity(self) -> dict:
         """Architecture, weights and preprocessing: all that fixes the output for a given file."""
         identity = {
             "encoder": self.modality,
             "model": self.architecture,
-            "weights": self._weights,
-            "preprocess": dict(getattr(self._model.visual, "preprocess_cfg", {})),
+            "weights": self._source.identity,
+            "preprocess": dict(self._source.preprocess),
             "normalized": True,
         }
         if self._architecture_digest:
@@ -101,10 +111,11 @@ class ImageEncoder(ItemEncoder):
         import torch
         from torch.utils.data import DataLoader
 
+        model, preprocess = self._load()
         vectors = np.zeros((len(inputs), self.dimension), dtype=np.float32)
         failures: dict[int, str] = {}
         loader = DataLoader(
-            ImageFiles([str(path) for path in inputs], self._preprocess),
+            ImageFiles([str(path) for path in inputs], preprocess),
             batch_size=self.batch_size,
             num_workers=self._workers(len(inputs)),
             collate_fn=collate_decoded_images,
@@ -120,10 +131,19 @@ class ImageEncoder(ItemEncoder):
                 if pixels is None:
                     continue
                 with self.device.autocast():
-                    features = self._model.encode_image(pixels.to(self.device.name, non_blocking=True))
+                    features = model.encode_image(pixels.to(self.device.name, non_blocking=True))
                 features = torch.nn.functional.normalize(features.to(torch.float32), p=2, dim=-1)
                 vectors[positions] = features.cpu().numpy()
         return EncodeResult(vectors, failures)
+
+    def _load(self):
+        """(model on the device, eval preprocess), built from the weights chosen at construction on the
+        first call."""
+        if self._model is None:
+            with quiet_model_loading():
+                model, self._preprocess = _build_model(self.architecture, self._source)
+            self._model = model.to(self.device.name).eval()
+        return self._model, self._preprocess
 
     def _workers(self, n_inputs: int) -> int:
         """Decoding workers: as configured on a GPU; on the CPU only with cores to spare, since the
@@ -190,32 +210,50 @@ def _resolve_architecture(model: str) -> tuple[str, str | None, int]:
     return model, digest, int(config["embed_dim"])
 
 
-def _load_weights(
-    architecture: str, pretrained: str | None, checkpoint, allow_random_weights: bool, seed: int
-):
-    """(model, eval preprocess, weights identity, whether the weights are real) for the chosen source."""
-    import open_clip
+@dataclass(frozen=True)
+class WeightsSource:
+    """The image weights an encoder uses, decided without building the network.
 
+    ``kind`` is ``checkpoint`` (``location``: a state-dict file), ``tag`` (``location``: an open_clip
+    pretrained tag whose file is at hand) or ``random`` (seeded init with ``seed``). ``identity`` is the
+    ``weights`` entry of the output metadata; ``preprocess`` the preprocessing config open_clip gives the
+    built model (``model.visual.preprocess_cfg``), which enters the encoder identity.
+    """
+
+    kind: str
+    location: str | None
+    identity: str
+    pretrained: bool
+    preprocess: dict
+    seed: int = 0
+
+
+def _resolve_weights(
+    architecture: str, pretrained: str | None, checkpoint, allow_random_weights: bool, seed: int
+) -> WeightsSource:
+    """The weights for the chosen source: a checkpoint, a tag whose file can be had, or else (when
+    allowed, with a warning) a seeded random init."""
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
         if not path.is_file():
             raise ConfigError(f"image checkpoint {path} does not exist")
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                architecture, pretrained=str(path), weights_only=True, pretrained_text=False
-            )
-        except Exception as error:
-            raise ConfigError(
-                f"cannot load image checkpoint {path} into {architecture}: {_first_line(error)}"
-            ) from None
-        return model, preprocess, f"checkpoint:{hashlib.sha256(path.read_bytes()).hexdigest()}", True
+        return WeightsSource(
+            "checkpoint",
+            str(path),
+            f"checkpoint:{_file_sha256(path)}",
+            True,
+            _preprocess_config(architecture),
+        )
     if pretrained:
         try:
-            with held_back(OPEN_CLIP_DOWNLOAD_FAILED):
-                model, _, preprocess = open_clip.create_model_and_transforms(
-                    architecture, pretrained=pretrained, weights_only=True
-                )
-            return model, preprocess, f"open_clip:{architecture}/{pretrained}", True
+            tag_config = _fetch_pretrained(architecture, pretrained)
+            return WeightsSource(
+                "tag",
+                pretrained,
+                f"open_clip:{architecture}/{pretrained}",
+                True,
+                _preprocess_config(architecture, tag_config),
+            )
         except Exception as error:
             reason = f"cannot load open_clip weights {pretrained!r} for {architecture}: {_first_line(error)}"
     else:
@@ -229,14 +267,92 @@ def _load_weights(
         f"image encoder uses RANDOM-INIT weights (seed {seed}) for {architecture}: {reason}. "
         "Its embeddings carry no learned visual meaning."
     )
+    return WeightsSource(
+        "random", None, f"random-init (seed {seed})", False, _preprocess_config(architecture), seed
+    )
+
+
+def _fetch_pretrained(architecture: str, tag: str) -> dict:
+    """The open_clip pretrained config of ``tag`` once its weights file is in the local cache (fetched
+    if needed and possible), as ``open_clip.create_model`` finds it; raises when it cannot be had."""
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+    config = get_pretrained_cfg(architecture, tag)
+    if config:
+        try:
+            download_pretrained(config)
+        except Exception as error:
+            raise RuntimeError(f"Failed to download weights for tag '{tag}': {error}") from None
+        return config
+    if os.path.isfile(tag):
+        return {}
+    raise RuntimeError(f"Pretrained value '{tag}' is not a known tag or valid file path")
+
+
+def _preprocess_config(architecture: str, tag_config: dict | None = None) -> dict:
+    """The preprocessing config open_clip attaches to a built ``architecture`` model: its defaults, then
+    the pretrained tag's entries, then the vision tower's input size."""
+    import open_clip
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    config = merge_preprocess_dict(asdict(PreprocessCfg()), tag_config or {})
+    config["size"] = _input_size(open_clip.get_model_config(architecture)["vision_cfg"])
+    return config
+
+
+def _input_size(vision_cfg: dict):
+    """``model.visual.image_size`` of a vision tower built from ``vision_cfg``: a (height, width) pair,
+    except the modified ResNets (``layers`` given per stage), which keep the number as configured."""
+    from open_clip.model import CLIPVisionCfg
+    from open_clip.utils import to_2tuple
+
+    size = vision_cfg.get("image_size", CLIPVisionCfg.image_size)
+    if not vision_cfg.get("timm_model_name") and isinstance(vision_cfg.get("layers"), tuple | list):
+        return size
+    return to_2tuple(size)
+
+
+def _build_model(architecture: str, source: WeightsSource):
+    """(open_clip model, eval preprocess) of ``architecture`` with the weights of ``source``."""
+    import open_clip
+
+    if source.kind == "checkpoint":
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                architecture, pretrained=source.location, weights_only=True, pretrained_text=False
+            )
+        except Exception as error:
+            raise ConfigError(
+                f"cannot load image checkpoint {source.location} into {architecture}: {_first_line(error)}"
+            ) from None
+        return model, preprocess
+    if source.kind == "tag":
+        try:
+            with held_back(OPEN_CLIP_DOWNLOAD_FAILED):
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    architecture, pretrained=source.location, weights_only=True
+                )
+        except Exception as error:
+            raise ConfigError(
+                f"cannot load open_clip weights {source.location!r} for {architecture}: {_first_line(error)}"
+            ) from None
+        return model, preprocess
     import torch
 
     with torch.random.fork_rng(devices=[]), held_back(OPEN_CLIP_RANDOM_INIT):
-        torch.manual_seed(seed)
+        torch.manual_seed(source.seed)
         model, _, preprocess = open_clip.create_model_and_transforms(
             architecture, pretrained=None, pretrained_image=False, pretrained_text=False
         )
-    return model, preprocess, f"random-init (seed {seed})", False
+    return model, preprocess
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _announce_random_weights(message: str) -> None:

@@ -43,6 +43,9 @@ class TextEncoder(ItemEncoder):
     ``local_files_only=True``. Inputs are sorted by token length and padded per batch, so short texts do
     not pay for long ones; the output keeps the input order. ``item_columns`` (the dataset's resolved
     column roles) chooses the default template's columns; without it the roles are inferred.
+
+    Construction resolves the model and hashes its weight files (all that :meth:`identity` needs); the
+    network is loaded by the first :meth:`encode`, so a run with nothing new to embed never loads it.
     """
 
     modality = "text"
@@ -69,13 +72,17 @@ class TextEncoder(ItemEncoder):
         self.max_length = max_length
         self.device = resolve_device(force_cpu)
         self.model_source, self.model_label = _resolve_model_source(model)
-        self._tokenizer, self._model = _load_model(self.model_source, self.device.name)
+        self._tokenizer = self._model = None
+        if not _weights_are_pinned(self.model_source):
+            # A hub model that may be missing from the cache or updated on the hub: the snapshot that
+            # loading resolves is what the weights identity names, so load it now.
+            self._load()
         self._weights = _weights_identity(self.model_source)
 
     @property
     def dimension(self) -> int:
-        """Size of the output vectors (the transformer's hidden size)."""
-        return int(self._model.config.hidden_size)
+        """Size of the output vectors (the transformer's hidden size); loads the model."""
+        return int(self._load()[1].config.hidden_size)
 
     def identity(self) -> dict:
         """Model, weights digest, template, truncation length and pooling: all that fixes the output."""
@@ -104,6 +111,7 @@ class TextEncoder(ItemEncoder):
         import torch
 
         texts = [str(text).strip() for text in inputs]
+        tokenizer, _ = self._load()
         vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
         failures = {position: EMPTY_TEXT for position, text in enumerate(texts) if not text}
         todo = [position for position, text in enumerate(texts) if text]
@@ -111,7 +119,7 @@ class TextEncoder(ItemEncoder):
             return EncodeResult(vectors, failures)
         token_lengths = [
             len(ids)
-            for ids in self._tokenizer(
+            for ids in tokenizer(
                 [texts[p] for p in todo], truncation=True, max_length=self.max_length, add_special_tokens=True
             )["input_ids"]
         ]
@@ -123,14 +131,22 @@ class TextEncoder(ItemEncoder):
                 bar.update(len(batch))
         return EncodeResult(vectors, failures)
 
+    def _load(self):
+        """(tokenizer, model): loaded on the first call, which is the first ``encode`` of a run that has
+        something to embed (or construction, for a hub model whose snapshot the identity needs)."""
+        if self._model is None:
+            self._tokenizer, self._model = _load_model(self.model_source, self.device.name)
+        return self._tokenizer, self._model
+
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        features = self._tokenizer(
+        tokenizer, model = self._load()
+        features = tokenizer(
             texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device.name)
         with self.device.autocast():
-            hidden = self._model(**features).last_hidden_state
+            hidden = model(**features).last_hidden_state
         mask = features["attention_mask"].unsqueeze(-1).to(torch.float32)
         pooled = (hidden.to(torch.float32) * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().numpy()
@@ -223,8 +239,23 @@ def _resolve_model_source(model: str | None) -> tuple[str, str]:
         return str(get_model_path()), DEFAULT_MODEL_LABEL
     path = Path(model).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"cannot load text model {str(path.resolve())!r}: it has no config.json "
+                "(pass a local model directory as model=...)"
+            )
         return str(path.resolve()), path.resolve().name
     return model, model
+
+
+def _weights_are_pinned(source: str) -> bool:
+    """Whether the weights that loading ``source`` would use are known without loading it: a local
+    directory, or a hub model in the local cache while the hub is offline (nothing can update it)."""
+    if Path(source).is_dir():
+        return True
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) and _hub_snapshot(source) is not None
 
 
 def _load_model(source: str, device_name: str):

@@ -195,11 +195,12 @@ def _train_two_tower(
 def _concat_fusion(
     dataset: Dataset, content: dict, features_dir: Path, config: EmbeddingConfig, result
 ) -> None:
+    """``fused.parquet``: the weighted concatenation of the content blocks, rewritten only when an input
+    file (by its hash), the modality weights or the catalogue changed."""
     from features.fusion import concat_fusion
-    from m6rec.embeddings.store import write_embeddings
+    from m6rec.embeddings.store import current_file_problems, write_embeddings
 
     item_ids = _catalogue(dataset).ids
-    vectors, present = concat_fusion(content, item_ids, config.fusion.weights)
     path = features_dir / "fused.parquet"
     metadata = {
         "encoder": "concat-fusion",
@@ -210,9 +211,20 @@ def _concat_fusion(
         "modalities": sorted(content),
         "modality_weights": config.fusion.weights,
     }
+    result.paths["fused"] = path
+    stored_problems = current_file_problems(path, item_ids, metadata)
+    if stored_problems is not None:
+        failed = sum(problem is not None for problem in stored_problems)
+        result.counts["fused"] = {
+            "total": len(item_ids),
+            "computed": 0,
+            "reused": len(item_ids),
+            "failed": failed,
+        }
+        return
+    vectors, present = concat_fusion(content, item_ids, config.fusion.weights)
     problems = [None if found else "no content block" for found in present]
     write_embeddings(path, ITEM_ID, item_ids, vectors, valid=present, problems=problems, metadata=metadata)
-    result.paths["fused"] = path
     result.counts["fused"] = {
         "total": len(item_ids),
         "computed": len(item_ids),
@@ -224,24 +236,42 @@ def _concat_fusion(
 def _write_profiles(
     profiles: ProfileCache, spaces: dict[str, EmbeddingTable], out_dir: Path, result: EmbeddingResult
 ) -> None:
-    """``profile_<space>.parquet`` per item vector space: every user's profile over the cache's history."""
-    from m6rec.embeddings.store import write_embeddings
+    """``profile_<space>.parquet`` per item vector space: every user's profile over the cache's history.
+
+    A file whose users, item vectors (by file hash), history (by a hash of its pairs) and profile settings
+    are those of this run is left as it is, and its profiles are not computed here."""
+    from m6rec.embeddings.store import current_file_problems, write_embeddings
 
     user_ids = profiles.train.users.ids.astype(str)
+    history = _history_hash(profiles)
     for space in ITEM_SPACES:
         if space not in spaces:
             continue
         table = spaces[space]
-        vectors, present = profiles.aligned(space, table)
         path = out_dir / f"profile_{space}.parquet"
+        result.paths[f"profile_{space}"] = path
         metadata = {
             "encoder": f"profile:{table.metadata.get('encoder')}",
             "weights": table.metadata.get("file_hash", ""),
             "pretrained": table.metadata.get("pretrained", True),
             "half_life_days": profiles.half_life_days,
+            "max_history": profiles.max_history,
+            "history": history,
         }
+        if current_file_problems(path, user_ids, metadata) is not None:
+            continue
+        vectors, present = profiles.aligned(space, table)
         write_embeddings(path, USER_ID, user_ids, vectors, valid=present, metadata=metadata)
-        result.paths[f"profile_{space}"] = path
+
+
+def _history_hash(profiles: ProfileCache) -> str:
+    """SHA-256 of the (user, item, timestamp) pairs the profiles average over."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    digest.update(pd.util.hash_pandas_object(profiles.pairs, index=False).to_numpy().tobytes())
+    digest.update(",".join(map(str, profiles.pairs.columns)).encode())
+    return digest.hexdigest()
 
 
 def _matrix(dataset: Dataset, train: pd.DataFrame) -> InteractionMatrix:

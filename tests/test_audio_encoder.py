@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,12 @@ def _block(features: np.ndarray, name: str) -> np.ndarray:
             return features[..., offset : offset + block.size]
         offset += block.size
     raise KeyError(name)
+
+
+def _file_state(path: Path) -> tuple[int, int, bytes]:
+    """What rewriting a file changes: its inode (files are replaced atomically), mtime and bytes."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns, path.read_bytes()
 
 
 def _distances(vectors: np.ndarray) -> np.ndarray:
@@ -209,6 +216,67 @@ def test_second_run_recomputes_nothing_and_a_changed_file_alone(demo_dir, demo_i
     np.testing.assert_allclose(
         standardise_audio_features(read_embeddings(out).vectors), after.vectors, atol=1e-4
     )
+
+
+def test_nothing_changed_analyses_no_clip_and_leaves_the_file_as_it_is(
+    demo_dir, demo_items, tmp_path, monkeypatch
+):
+    items = demo_items.head(4)
+    out = tmp_path / "audio.parquet"
+    encode_items(AudioEncoder(max_seconds=1.0), items, demo_dir, out)
+    written = _file_state(out)
+
+    def no_analysis(self, inputs):
+        raise AssertionError(f"analysed {inputs}")
+
+    monkeypatch.setattr(AudioEncoder, "encode", no_analysis)
+    report = encode_items(AudioEncoder(max_seconds=1.0), items, demo_dir, out)
+
+    assert (report.total, report.computed, report.reused, report.failed) == (4, 0, 4, 0)
+    assert _file_state(out) == written
+
+
+def test_an_unchanged_embedding_stage_rewrites_no_file_and_one_clip_only_what_depends_on_it(
+    demo_dir, tmp_path
+):
+    """Audio and KG embeddings, their fusion and the user profiles over them: a second run on the same
+    catalogue leaves every file as it is; a changed clip rewrites the audio file and what is built on it."""
+    from m6rec.config import EmbeddingConfig
+    from m6rec.data.dataset import load_dataset
+    from pipelines.embeddings import compute_embeddings
+
+    catalogue = shutil.copytree(demo_dir, tmp_path / "catalogue")
+    features = tmp_path / "features"
+    config = EmbeddingConfig(
+        modalities=["audio", "kg"],
+        audio={"max_seconds": 1.0},
+        kg={"epochs": 2, "dimension": 8},
+        force_cpu=True,
+    )
+
+    def states() -> dict[str, tuple]:
+        return {path.name: _file_state(path) for path in sorted(features.glob("*.parquet"))}
+
+    first = compute_embeddings(load_dataset(catalogue), features, config)
+    written = states()
+    second = compute_embeddings(load_dataset(catalogue), features, config)
+
+    assert sorted(written) == [
+        f"{name}.parquet" for name in ("audio", "fused", "kg", "profile_audio", "profile_fused", "profile_kg")
+    ]
+    assert states() == written
+    n_items = first.counts["fused"]["total"]
+    assert first.counts["fused"]["computed"] == n_items
+    for name in ("audio", "kg", "fused"):
+        assert (second.counts[name]["computed"], second.counts[name]["reused"]) == (0, n_items), name
+
+    items = pd.read_parquet(catalogue / "items.parquet")
+    _write_wav(catalogue / items["audio_path"].iloc[0], _tone(1.0, 1000.0, 16000), 16000)
+    third = compute_embeddings(load_dataset(catalogue), features, config)
+
+    rewritten = {name for name, state in states().items() if state != written[name]}
+    assert rewritten == {"audio.parquet", "fused.parquet", "profile_audio.parquet", "profile_fused.parquet"}
+    assert (third.counts["audio"]["computed"], third.counts["fused"]["computed"]) == (1, n_items)
 
 
 def test_batch_equals_one_by_one_and_threads_equal_serial(demo_dir, demo_items):

