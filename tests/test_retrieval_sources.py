@@ -427,3 +427,143 @@ def test_sources_declare_their_capabilities():
     )
     with pytest.raises(ConfigError, match="no embeddings file and no side inputs"):
         create_source("content").fit(interactions([("u", "i")]))
+
+
+@pytest.fixture(scope="module")
+def heavy_user_catalogue(tmp_path_factory):
+    """300 items in 10 clusters (dimension 8) and 40 users with a two-tower vector near one cluster.
+
+    User 0 has seen 250 items, users 1..9 30 of their own cluster's nearest items (more than the search
+    margin), the rest 0 to 4 items: the heavy and the medium users' lists come up short after the seen
+    items are dropped. Returns ``(item_files, train, item_vectors, user_vectors)``.
+    """
+    rng = np.random.default_rng(11)
+    folder = tmp_path_factory.mktemp("heavy")
+    centres = rng.standard_normal((10, 8))
+    item_vectors = (centres[rng.integers(10, size=300)] + 0.5 * rng.standard_normal((300, 8))).astype(
+        np.float32
+    )
+    user_vectors = (centres[rng.integers(10, size=40)] + 0.3 * rng.standard_normal((40, 8))).astype(
+        np.float32
+    )
+    items, users = [f"i{n}" for n in range(300)], [f"u{n}" for n in range(40)]
+    nearest = np.argsort(-(user_vectors @ item_vectors.T), axis=1)
+    pairs = [("u0", f"i{n}") for n in rng.choice(300, size=250, replace=False)]
+    pairs += [(f"u{user}", f"i{item}") for user in range(1, 10) for item in nearest[user, :30]]
+    pairs += [(f"u{user}", f"i{n}") for user in range(10, 40) for n in rng.choice(300, size=user % 5)]
+    write_embeddings(folder / "items.parquet", ITEM_ID, items, item_vectors, metadata=METADATA)
+    write_embeddings(folder / "users.parquet", USER_ID, users, user_vectors, metadata=METADATA)
+    files = {"embeddings": str(folder / "items.parquet"), "user_embeddings": str(folder / "users.parquet")}
+    return files, interactions(pairs, items=items, users=users), item_vectors, user_vectors
+
+
+def exact_lists_without_seen(item_vectors, user_vectors, seen, users, k):
+    """Brute force: float64 cosine scores rounded to float32, seen items removed, best first, ties to the
+    lower item."""
+    from m6rec.candidates.faiss_index import normalise_rows
+
+    scores = (
+        normalise_rows(user_vectors[users]).astype(np.float64)
+        @ normalise_rows(item_vectors).T.astype(np.float64)
+    ).astype(np.float32)
+    scores[seen[users].toarray() > 0] = -np.inf
+    order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores), axis=-1)[:, :k]
+    return order, np.take_along_axis(scores, order, axis=1)
+
+
+def test_lists_equal_exact_search_without_seen_items_where_the_index_is_exact(heavy_user_catalogue):
+    import scipy.sparse as sp
+
+    files, train, item_vectors, user_vectors = heavy_user_catalogue
+    source = create_source("two_tower", **files).fit(train)
+    users = np.arange(train.n_users)
+
+    candidates = source.recommend(users, 20)
+
+    assert source.index.factory == "Flat"
+    expected_items, expected_scores = exact_lists_without_seen(
+        item_vectors, user_vectors, train.matrix, users, 20
+    )
+    np.testing.assert_array_equal(candidates.items, expected_items)
+    np.testing.assert_allclose(candidates.scores, expected_scores, rtol=1e-6)
+    unfiltered = source.recommend(users, 20, exclude_seen=False)
+    nothing_seen = sp.csr_matrix(train.matrix.shape)
+    expected_items, _ = exact_lists_without_seen(item_vectors, user_vectors, nothing_seen, users, 20)
+    np.testing.assert_array_equal(unfiltered.items, expected_items)
+
+
+@pytest.mark.parametrize("factory", [None, "IVF4,Flat", "HNSW8"])
+def test_a_heavy_user_neither_deepens_the_search_nor_changes_other_users_lists(
+    factory, heavy_user_catalogue, monkeypatch
+):
+    from m6rec.candidates.embedding_sources import search_depth
+
+    files, train, item_vectors, user_vectors = heavy_user_catalogue
+    source = create_source("two_tower", **files, factory=factory).fit(train)
+    searches = []
+    search = source.index.search
+
+    def recorded(queries, k, **options):
+        searches.append((k, len(queries)))
+        return search(queries, k, **options)
+
+    monkeypatch.setattr(source.index, "search", recorded)
+    others = np.arange(1, train.n_users)
+
+    with_heavy = source.recommend(np.arange(train.n_users), 20)
+    searched_with_heavy, searches[:] = list(searches), []
+    without_heavy = source.recommend(others, 20)
+
+    assert searched_with_heavy[0] == (search_depth(20), train.n_users) and search_depth(20) == 30
+    assert searches[0] == (30, len(others)), "the depth is k plus a fixed margin, whatever the histories"
+    assert all(depth > 30 and count <= 10 for depth, count in searched_with_heavy[1:] + searches[1:]), (
+        "only the users left short (u0..u9) are searched again, deeper"
+    )
+    np.testing.assert_array_equal(with_heavy.items[1:], without_heavy.items)
+    np.testing.assert_array_equal(with_heavy.scores[1:], without_heavy.scores)
+    short = np.arange(10)
+    expected_items, _ = exact_lists_without_seen(item_vectors, user_vectors, train.matrix, short, 20)
+    if factory is None:
+        np.testing.assert_array_equal(with_heavy.items[short], expected_items)
+    assert np.all(with_heavy.items[short] >= 0)
+    assert not (train.matrix[0].toarray()[0, with_heavy.items[0]] > 0).any()
+
+
+def test_a_user_the_index_leaves_short_even_searched_deeper_gets_an_exact_search(
+    heavy_user_catalogue, monkeypatch
+):
+    """One probe of four inverted lists holds about 75 items; u0 has seen 250 of the 300."""
+    files, train, item_vectors, user_vectors = heavy_user_catalogue
+    source = create_source("two_tower", **files, factory="IVF4,Flat", nprobe=1).fit(train)
+    exact_searches = []
+    exact_top = source._exact_top
+    monkeypatch.setattr(
+        source,
+        "_exact_top",
+        lambda rows, k, history: exact_searches.append(rows) or exact_top(rows, k, history),
+    )
+
+    candidates = source.recommend(np.arange(train.n_users), 20)
+
+    assert [rows.tolist() for rows in exact_searches] == [[0]]
+    expected_items, expected_scores = exact_lists_without_seen(
+        item_vectors, user_vectors, train.matrix, np.array([0]), 20
+    )
+    np.testing.assert_array_equal(candidates.items[0], expected_items[0])
+    np.testing.assert_allclose(candidates.scores[0], expected_scores[0], rtol=1e-6)
+
+
+def test_embedding_sources_tune_their_index_on_the_users_query_vectors(heavy_user_catalogue, tmp_path):
+    from m6rec.candidates.embedding_sources import search_depth
+
+    files, train, item_vectors, user_vectors = heavy_user_catalogue
+    source = create_source("two_tower", **files, factory="IVF8,Flat", recall_k=20).fit(train)
+
+    source.save(tmp_path / "two_tower")
+    loaded = load_source(tmp_path / "two_tower")
+
+    assert source.index.recall_queries == "query vectors" and source.index.recall_k == search_depth(20)
+    assert source.index.build_recall >= source.params["target_recall"] == 0.95
+    assert (loaded.index.nprobe, loaded.index.recall_k) == (source.index.nprobe, source.index.recall_k)
+    users = np.arange(train.n_users)
+    np.testing.assert_array_equal(loaded.recommend(users, 20).items, source.recommend(users, 20).items)

@@ -9,14 +9,22 @@ cold items can be reached — and a user's query vector retrieves the nearest it
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
-from m6rec.candidates.base import Candidates, CandidateSource
-from m6rec.candidates.faiss_index import VectorIndex, build_index, normalise_rows
+from m6rec.candidates.base import Candidates, CandidateSource, top_k
+from m6rec.candidates.faiss_index import (
+    RECALL_K,
+    RECALL_SAMPLE,
+    TARGET_RECALL,
+    VectorIndex,
+    build_index,
+    normalise_rows,
+)
 from m6rec.candidates.side_inputs import SideInputs
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.interactions import InteractionMatrix
@@ -27,6 +35,15 @@ from m6rec.progress import progress
 INDEX_FILE = "index.faiss"
 # Cap on the float64 values gathered at once to re-score retrieved items: bounds memory to about 128 MB.
 RESCORE_CHUNK_VALUES = 16_000_000
+# The index is searched this share of k (at least MIN_SEEN_MARGIN) deeper than the list, for the seen
+# items that are dropped; users whose list still comes up short are searched again, deeper.
+SEEN_MARGIN_SHARE = 0.5
+MIN_SEEN_MARGIN = 10
+
+
+def search_depth(k: int) -> int:
+    """How deep the index is searched for lists of ``k``: ``k`` plus a margin for the seen items."""
+    return k + max(MIN_SEEN_MARGIN, math.ceil(k * SEEN_MARGIN_SHARE))
 
 
 class EmbeddingSource(CandidateSource):
@@ -34,6 +51,10 @@ class EmbeddingSource(CandidateSource):
 
     Subclasses implement :meth:`_vectors`. Scores are cosine similarities between the normalised query
     and item vectors; items without a vector and users without a query score -inf (never candidates).
+
+    The index is tuned (:func:`~m6rec.candidates.faiss_index.build_index`) for recall@``search_depth(
+    recall_k)`` of at least ``target_recall`` on a sample of the users' query vectors; ``recall_k`` is the
+    list length the pipeline asks for (its ``candidates_per_source``, 100 by default).
     """
 
     state_arrays = ("item_vectors", "indexed_items", "query_vectors", "has_query")
@@ -48,10 +69,19 @@ class EmbeddingSource(CandidateSource):
         nprobe: int | None = None,
         seed: int = 0,
         use_gpu: bool | None = None,
+        recall_k: int = RECALL_K,
+        target_recall: float = TARGET_RECALL,
         **params,
     ):
         super().__init__(
-            **params, factory=factory, exact_below=exact_below, nprobe=nprobe, seed=seed, use_gpu=use_gpu
+            **params,
+            factory=factory,
+            exact_below=exact_below,
+            nprobe=nprobe,
+            seed=seed,
+            use_gpu=use_gpu,
+            recall_k=recall_k,
+            target_recall=target_recall,
         )
         self.index: VectorIndex | None = None
 
@@ -78,6 +108,9 @@ class EmbeddingSource(CandidateSource):
         """``(item_vectors [n_items, d], item_present, query_vectors [n_users, d], has_query)``."""
 
     def _fit(self, matrix: sp.csr_matrix) -> None:
+        users = np.flatnonzero(self.has_query)
+        rng = np.random.default_rng(self.params["seed"])
+        sample = np.sort(rng.choice(users, size=min(RECALL_SAMPLE, len(users)), replace=False))
         self.index = build_index(
             self.item_vectors[self.indexed_items],
             factory=self.params["factory"],
@@ -85,6 +118,9 @@ class EmbeddingSource(CandidateSource):
             nprobe=self.params["nprobe"],
             seed=self.params["seed"],
             use_gpu=self.params["use_gpu"],
+            k=search_depth(self.params["recall_k"]),
+            target_recall=self.params["target_recall"],
+            queries=self.query_vectors[sample] if len(sample) else None,
         )
 
     def score(self, user_rows: np.ndarray) -> np.ndarray:
@@ -99,9 +135,13 @@ class EmbeddingSource(CandidateSource):
     def recommend(self, user_rows: np.ndarray, k: int, *, exclude_seen: bool = True) -> Candidates:
         """Top-``k`` items per user from the index, best first; seen items removed unless asked not to.
 
-        The index is searched ``k`` plus the batch's largest history deep, seen items are dropped, and the
-        rest are re-scored exactly (as :meth:`score` does), so a user's list does not depend on its batch.
-        Users without a query vector get nothing; missing places are -1 with score -inf.
+        The index is searched :func:`search_depth` (``k`` plus a fixed margin) deep, seen items are
+        dropped and the rest are re-scored exactly (as :meth:`score` does). The few users whose list then
+        comes up short (many of their nearest items seen) are searched again, as deep as their own history
+        needs, and exactly if that still falls short. How deep a user is searched thus depends on that user
+        alone, so its list does not depend on its batch, and where the index is exact the lists are those
+        of exact search without the seen items. Users without a query vector get nothing; missing places
+        are -1 with score -inf.
         """
         self._require_fitted()
         user_rows = np.asarray(user_rows, dtype=np.int64)
@@ -119,24 +159,64 @@ class EmbeddingSource(CandidateSource):
         return Candidates(items, scores)
 
     def _retrieve(self, rows: np.ndarray, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Search, drop seen items, re-score exactly and keep the best ``k`` for users with a query."""
+        """The best ``k`` unseen items for users with a query: search :func:`search_depth` deep; users
+        left short after dropping their seen items are searched again as deep as their history needs,
+        and exactly where even that falls short."""
         history = self._history(rows) if exclude_seen else sp.csr_matrix((len(rows), self.n_items))
-        depth = k + int(np.diff(history.indptr).max(initial=0))
-        # A breadth fixed by k alone, not by this batch, keeps a user's list independent of its batch.
-        breadth = k + int(np.diff(self.seen.indptr).max(initial=0))
-        positions, _ = self.index.search(self.query_vectors[rows], depth, breadth=breadth)
+        depth = search_depth(k)
+        items, best, short = self._search_unseen(rows, depth, k, history)
+        if short.any():
+            # Depths double from the first one until they cover k plus the user's history, so how deep a
+            # user is searched depends on that user alone, never on the others in its batch.
+            again = np.flatnonzero(short)
+            needed = k + np.diff(history.indptr)[again]
+            doublings = np.maximum(1, np.ceil(np.log2(needed / depth))).astype(np.int64)
+            for doubling in np.unique(doublings):
+                group = again[doublings == doubling]
+                deeper = min(depth * 2 ** int(doubling), len(self.indexed_items))
+                items[group], best[group], short[group] = self._search_unseen(
+                    rows[group], deeper, k, history[group]
+                )
+        if short.any():
+            items[short], best[short] = self._exact_top(rows[short], k, history[np.flatnonzero(short)])
+        return items, best
+
+    def _search_unseen(
+        self, rows: np.ndarray, depth: int, k: int, history: sp.csr_matrix
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Search ``depth`` deep, drop the items in ``history``, re-score exactly and keep the best ``k``.
+
+        Returns ``(items, scores, short)``: ``short`` marks the rows left with fewer than ``k`` items
+        while the search did not reach every indexed item.
+        """
+        positions, _ = self.index.search(self.query_vectors[rows], depth)
         columns = np.where(positions >= 0, self.indexed_items[np.maximum(positions, 0)], -1)
         keep = (columns >= 0) & ~_is_seen(history, columns)
         scores = np.where(keep, self._pair_scores(rows, np.maximum(columns, 0)), -np.inf).astype(np.float32)
-        columns = np.where(keep, columns, self.n_items)
-        order = np.lexsort((columns, -scores), axis=-1)[:, :k]
-        columns = np.take_along_axis(columns, order, axis=1)
-        scores = np.take_along_axis(scores, order, axis=1)
-        found = np.isfinite(scores)
+        items, best = _best_k(np.where(keep, columns, self.n_items), scores, k)
+        short = (np.isfinite(best).sum(axis=1) < k) & ((positions >= 0).sum(axis=1) < len(self.indexed_items))
+        return items, best, short
+
+    def _exact_top(self, rows: np.ndarray, k: int, history: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` indexed items not in ``history`` for each of ``rows``, by exact scores (float64
+        dot products rounded to float32, as :meth:`score`), scanned in chunks of items."""
+        queries = self.query_vectors[rows].astype(np.float64)
         items = np.full((len(rows), k), -1, dtype=np.int64)
         best = np.full((len(rows), k), -np.inf, dtype=np.float32)
-        items[:, : columns.shape[1]] = np.where(found, columns, -1)
-        best[:, : scores.shape[1]] = np.where(found, scores, -np.inf)
+        per_chunk = max(1, RESCORE_CHUNK_VALUES // max(len(rows), self.item_vectors.shape[1]))
+        for start in range(0, len(self.indexed_items), per_chunk):
+            columns = self.indexed_items[start : start + per_chunk]
+            block = (queries @ self.item_vectors[columns].T.astype(np.float64)).astype(np.float32)
+            block[history[:, columns].toarray() > 0] = -np.inf
+            chunk_positions, chunk_scores = top_k(block, k)
+            chunk_columns = np.where(
+                chunk_positions >= 0, columns[np.maximum(chunk_positions, 0)], self.n_items
+            )
+            items, best = _best_k(
+                np.hstack([np.where(items >= 0, items, self.n_items), chunk_columns]),
+                np.hstack([best, chunk_scores]),
+                k,
+            )
         return items, best
 
     def _pair_scores(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -265,6 +345,20 @@ def _read_table(path: str | None, key_column: str, parameter: str):
     if table.key_column != key_column:
         raise ConfigError(f"{path} holds {table.key_column} embeddings, expected {key_column} embeddings")
     return table
+
+
+def _best_k(columns: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best ``(columns, scores)`` of each row: highest score first, ties to the lower column;
+    -inf scores are missing places (item -1)."""
+    order = np.lexsort((columns, -scores), axis=-1)[:, :k]
+    columns = np.take_along_axis(columns, order, axis=1)
+    scores = np.take_along_axis(scores, order, axis=1)
+    found = np.isfinite(scores)
+    items = np.full((len(columns), k), -1, dtype=np.int64)
+    best = np.full((len(columns), k), -np.inf, dtype=np.float32)
+    items[:, : columns.shape[1]] = np.where(found, columns, -1)
+    best[:, : scores.shape[1]] = np.where(found, scores, -np.inf)
+    return items, best
 
 
 def _is_seen(history: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
