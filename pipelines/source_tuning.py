@@ -7,13 +7,14 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from m6rec.candidates import CandidateSource, create_source
+from m6rec.candidates import CandidateSource, create_source, source_class
 from m6rec.candidates.side_inputs import SideInputs
 from m6rec.config import BaselineConfig
 from m6rec.data.contract import ITEM_ID, TIMESTAMP
@@ -143,6 +144,7 @@ def tune_and_fit(
 
     ``history_inputs`` / ``full_inputs`` are the side inputs of the two fits (the vectors of models
     trained on the fold's history versus on all training data), loaded once and shared by every trial.
+    A source class with a ``fit_grid`` capability fits its whole grid at once (see ``_fitted_trials``).
     """
     label_users = fold.label_users
     key = f"ndcg@{config.selection_k}"
@@ -150,8 +152,8 @@ def tune_and_fit(
     for name in models:
         started = time.perf_counter()
         trials, best_source, best_score = [], None, -np.inf
-        for params in _grid(config.search_spaces.get(name, {}), config.params.get(name, {})):
-            source = create_source(name, **params).fit(fold.history, history_inputs)
+        grid = _grid(config.search_spaces.get(name, {}), config.params.get(name, {}))
+        for params, source in _fitted_trials(name, grid, fold.history, history_inputs):
             lists = source.recommend(label_users, config.selection_k)
             score = ranking_metrics(
                 lists.items,
@@ -173,6 +175,23 @@ def tune_and_fit(
 def select_final(tuned: dict[str, TunedSource]) -> str:
     """Name of the source with the best validation NDCG."""
     return max(tuned, key=lambda name: tuned[name].validation_ndcg)
+
+
+def _fitted_trials(
+    name: str, grid: list[dict], train: InteractionMatrix, inputs: SideInputs | None
+) -> Iterator[tuple[dict, CandidateSource]]:
+    """``(params, source fitted on train)`` for each point of ``grid``, in order, one at a time.
+
+    A source class with a ``fit_grid(train, params_list, inputs)`` capability fits the whole grid itself,
+    sharing the work its parameters do not change (EASE: one eigendecomposition for every l2); the others
+    are fitted point by point.
+    """
+    fit_grid = getattr(source_class(name), "fit_grid", None)
+    if fit_grid is None:
+        for params in grid:
+            yield params, create_source(name, **params).fit(train, inputs)
+    else:
+        yield from zip(grid, fit_grid(train, grid, inputs), strict=True)
 
 
 def _grid(space: dict[str, list], fixed: dict) -> list[dict]:

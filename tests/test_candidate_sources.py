@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,17 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from m6rec.candidates import CandidateSource, create_source, load_source, registered_sources
+from m6rec.candidates import CandidateSource, create_source, load_source, registered_sources, source_class
+from m6rec.candidates import ease as ease_module
+from m6rec.candidates import itemknn as itemknn_module
 from m6rec.candidates.base import top_k
+from m6rec.config import BaselineConfig
 from m6rec.data.contract import ITEM_ID, KG_HEAD, KG_RELATION, KG_TAIL, USER_ID
 from m6rec.data.interactions import IdIndex, InteractionMatrix
 from m6rec.embeddings.store import write_embeddings
 from m6rec.errors import ConfigError
+from m6rec.evaluation.metrics import ranking_metrics
+from pipelines.source_tuning import make_fold, tune_and_fit
 
 FAST_PARAMS = {
     "popularity": {},
@@ -387,6 +393,55 @@ def test_itemknn_keeps_only_each_items_nearest_neighbours():
         assert kept[item, neighbour] == pytest.approx(expected[item, neighbour], rel=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("budget", "block_sizes"),
+    [(1, [1] * 6), (15, [2, 2, 2]), (10**9, [6])],
+    ids=["item-by-item", "small-blocks", "one-block"],
+)
+def test_co_occurrence_blocks_cover_the_items_in_order_within_the_entry_budget(budget, block_sizes):
+    rng = np.random.default_rng(4)
+    interactions = (rng.random((50, 30)) < 0.15).astype(np.float32)
+    columns = sp.csc_matrix(interactions)
+    items, against = np.array([3, 0, 7, 7, 29, 12]), np.array([1, 2, 3, 28])
+    # Each item's product row holds at most this many entries: 9, 6, 7, 7, 3, 7.
+    user_sizes = interactions[:, against].sum(axis=1)
+
+    blocks = list(itemknn_module.co_occurrence_blocks(columns, items, against, max_entries=budget))
+
+    np.testing.assert_array_equal(np.concatenate([block for block, _ in blocks]), items)
+    counts = sp.vstack([block_counts for _, block_counts in blocks]).toarray()
+    np.testing.assert_array_equal(counts, interactions[:, items].T @ interactions[:, against])
+    for block, _ in blocks:
+        bound = (interactions[:, block].T @ user_sizes).sum()
+        assert len(block) == 1 or bound <= budget
+    assert [len(block) for block, _ in blocks] == block_sizes
+
+
+def test_itemknn_fitted_item_by_item_equals_one_block(monkeypatch):
+    rng = np.random.default_rng(6)
+    interactions = (rng.random((80, 40)) < 0.2).astype(np.float32)
+    interactions[:, 5] = 0.0  # an item without interactions
+    train = matrix_of(interactions)
+    one_block = create_source("itemknn", neighbours=7, shrink=2.0).fit(train)
+
+    monkeypatch.setattr(itemknn_module, "BLOCK_ENTRIES", 1)
+    item_by_item = create_source("itemknn", neighbours=7, shrink=2.0).fit(train)
+
+    assert (item_by_item.similarity != one_block.similarity).nnz == 0
+    assert np.all(np.diff(item_by_item.similarity.tocsc().indptr) <= 7)
+    np.testing.assert_array_equal(item_by_item.score(np.arange(80)), one_block.score(np.arange(80)))
+
+
+def test_top_per_row_keeps_the_largest_entries_with_ties_to_the_lower_column():
+    matrix = sp.csr_matrix(
+        np.array([[0, 2, 2, 3, 2, 1], [0, 0, 0, 0, 0, 0], [5, 0, 0, 0, 0, 4]], dtype=np.float32)
+    )
+
+    kept = itemknn_module.top_per_row(matrix, 2).toarray()
+
+    np.testing.assert_array_equal(kept, [[0, 2, 0, 3, 0, 0], [0] * 6, [5, 0, 0, 0, 0, 4]])
+
+
 def ease_closed_form(interactions: np.ndarray, l2: float) -> np.ndarray:
     """B = I − P·diag(1/diag(P)) with P = (XᵀX + l2·I)⁻¹, by a direct numpy solve."""
     columns = interactions.astype(np.float64)
@@ -408,23 +463,167 @@ def test_ease_weights_equal_the_closed_form_with_a_zero_diagonal():
     np.testing.assert_allclose(source.score(np.arange(25)), interactions @ expected, rtol=1e-5, atol=1e-6)
 
 
-def test_ease_max_items_keeps_the_most_popular_items_and_scores_the_others_zero():
+def head_and_tail_interactions() -> np.ndarray:
+    """60 users × 8 items with distinct popularities, every item sharing users with the popular ones."""
     rng = np.random.default_rng(3)
-    interactions = (rng.random((60, 8)) < np.array([0.2, 0.9, 0.1, 0.7, 0.3, 0.8, 0.05, 0.4])).astype(
-        np.float32
-    )
+    shares = np.array([0.2, 0.9, 0.1, 0.7, 0.3, 0.8, 0.05, 0.4])
+    interactions = (rng.random((60, 8)) < shares).astype(np.float32)
+    assert len(np.unique(interactions.sum(axis=0))) == 8, "the known answer needs distinct popularities"
+    return interactions
+
+
+def restricted_ridge(interactions: np.ndarray, head: np.ndarray, item: int, width: int, l2: float) -> dict:
+    """Item ``item`` regressed on its ``width`` most co-occurring ``head`` items (ties: the lower column),
+    by a direct numpy solve: {head item: weight}."""
+    columns = interactions.astype(np.float64)
+    co_counts = columns[:, head].T @ columns[:, item]
+    ranked = sorted(
+        (position for position in range(len(head)) if co_counts[position] > 0),
+        key=lambda position: (-co_counts[position], position),
+    )[:width]
+    support = head[ranked]
+    system = columns[:, support].T @ columns[:, support] + l2 * np.eye(len(support))
+    return dict(zip(support.tolist(), np.linalg.solve(system, co_counts[ranked]), strict=True))
+
+
+def test_ease_over_max_items_is_exact_on_the_head_and_regresses_every_other_item_on_its_nearest_head_items(
+    caplog,
+):
+    interactions = head_and_tail_interactions()
     popularity = interactions.sum(axis=0)
-    assert len(np.unique(popularity)) == 8, "the known answer needs distinct popularities"
-    most_popular = np.sort(np.argsort(-popularity)[:3])
+    head = np.sort(np.argsort(-popularity)[:3])
+    tail = np.setdiff1d(np.arange(8), head)
 
-    source = create_source("ease", l2=2.0, max_items=3).fit(matrix_of(interactions))
+    with caplog.at_level(logging.INFO, logger="m6rec"):
+        source = create_source("ease", l2=2.0, max_items=3, tail_neighbours=2).fit(matrix_of(interactions))
 
-    np.testing.assert_array_equal(source.active_items, most_popular)
+    np.testing.assert_array_equal(source.active_items, head)
     np.testing.assert_allclose(
-        source.weights, ease_closed_form(interactions[:, most_popular], 2.0), rtol=1e-5, atol=1e-6
+        source.weights, ease_closed_form(interactions[:, head], 2.0), rtol=1e-5, atol=1e-6
     )
-    others = np.setdiff1d(np.arange(8), most_popular)
-    assert np.all(source.score(np.arange(60))[:, others] == 0.0)
+    tail_weights = source.tail_weights.toarray()
+    for item in tail:
+        expected = restricted_ridge(interactions, head, item, width=2, l2=2.0)
+        assert np.flatnonzero(tail_weights[:, item]).tolist() == sorted(expected)
+        np.testing.assert_allclose(tail_weights[list(expected), item], list(expected.values()), rtol=1e-5)
+    assert not tail_weights[:, head].any(), "head items are scored by the dense part only"
+    scores = source.score(np.arange(60))
+    expected_scores = np.zeros((60, 8))
+    expected_scores[:, head] = interactions[:, head] @ source.weights
+    expected_scores += interactions @ tail_weights
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-6)
+    assert np.all(np.any(scores != 0.0, axis=0)), "every item with interactions gets scores"
+    assert source.mode == "dense head + sparse tail"
+    message = " ".join(record.getMessage() for record in caplog.records)
+    assert "dense head + sparse tail" in message and "8 of 8 catalogue items" in message
+    assert "max_items=3" in message and "GiB" in message and "the other 5 regressed" in message
+
+
+def test_ease_within_max_items_is_dense_with_an_empty_tail():
+    source = create_source("ease", l2=2.0).fit(matrix_of(head_and_tail_interactions()))
+
+    assert source.mode == "dense" and source.tail_weights.nnz == 0
+    np.testing.assert_array_equal(source.active_items, np.arange(8))
+
+
+def test_ease_over_max_items_saves_and_loads_its_tail(tmp_path):
+    train = matrix_of(head_and_tail_interactions())
+    source = create_source("ease", l2=2.0, max_items=3, tail_neighbours=2).fit(train)
+
+    source.save(tmp_path / "ease")
+    loaded = load_source(tmp_path / "ease")
+
+    assert loaded.mode == source.mode == "dense head + sparse tail"
+    np.testing.assert_array_equal(loaded.tail_weights.toarray(), source.tail_weights.toarray())
+    np.testing.assert_array_equal(loaded.score(np.arange(60)), source.score(np.arange(60)))
+
+
+L2_GRID = [50.0, 2.0, 10.0, 500.0, 1.0, 100.0]
+
+
+@pytest.fixture
+def linear_algebra_calls(monkeypatch) -> dict[str, int]:
+    """Counts of the dense inverses and eigendecompositions EASE computes while the test runs."""
+    calls = {"inv": 0, "eigh": 0}
+    inverse, eigh = np.linalg.inv, ease_module.eigh
+
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(np.linalg, "inv", counted("inv", inverse))
+    monkeypatch.setattr(ease_module, "eigh", counted("eigh", eigh))
+    return calls
+
+
+@pytest.mark.parametrize("max_items", [8000, 3], ids=["dense", "head-and-tail"])
+def test_ease_fit_grid_equals_one_fit_per_l2_from_one_eigendecomposition(max_items, linear_algebra_calls):
+    interactions = head_and_tail_interactions()
+    train = matrix_of(interactions)
+    grid = [{"l2": l2, "max_items": max_items, "tail_neighbours": 2} for l2 in L2_GRID]
+    alone = [create_source("ease", **params).fit(train) for params in grid]
+    assert linear_algebra_calls == {"inv": len(grid), "eigh": 0}
+
+    together = list(source_class("ease").fit_grid(train, grid))
+
+    assert linear_algebra_calls == {"inv": len(grid), "eigh": 1}, "one eigendecomposition, no inverse"
+    for params, grid_source, single in zip(grid, together, alone, strict=True):
+        assert grid_source.params == single.params == params
+        np.testing.assert_array_equal(grid_source.active_items, single.active_items)
+        # float64 eigendecomposition vs inverse, both rounded to float32 weights
+        np.testing.assert_allclose(grid_source.weights, single.weights, rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(grid_source.tail_weights.toarray(), single.tail_weights.toarray())
+        users = np.arange(train.n_users)
+        np.testing.assert_allclose(grid_source.score(users), single.score(users), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(grid_source.recommend(users, 5).items, single.recommend(users, 5).items)
+
+
+def test_ease_fit_grid_below_the_eigen_threshold_inverts_and_equals_fit_exactly(linear_algebra_calls):
+    train = matrix_of(head_and_tail_interactions())
+    grid = [{"l2": l2} for l2 in L2_GRID[: ease_module.EIGEN_FROM_GRID_SIZE - 1]]
+
+    together = list(source_class("ease").fit_grid(train, grid))
+
+    assert linear_algebra_calls == {"inv": len(grid), "eigh": 0}
+    for params, grid_source in zip(grid, together, strict=True):
+        np.testing.assert_array_equal(grid_source.weights, create_source("ease", **params).fit(train).weights)
+
+
+def test_tuning_fits_the_ease_grid_once_and_scores_each_l2_as_a_single_fit_would(
+    checkerboard_interactions, monkeypatch
+):
+    board = checkerboard_interactions
+    fold = make_fold(board.frame, board.train.users, board.train.items, 0.2, temporal=False, seed=0)
+    config = BaselineConfig(models=["ease"], search_spaces={"ease": {"l2": L2_GRID}}, selection_k=3)
+    grids = []
+    fit_grid = source_class("ease").fit_grid
+
+    def recorded(train, params_list, inputs=None):
+        grids.append(params_list)
+        return fit_grid(train, params_list, inputs)
+
+    monkeypatch.setattr(source_class("ease"), "fit_grid", recorded)
+
+    tuned = tune_and_fit(fold, ["ease"], config)["ease"]
+
+    assert grids == [[{"l2": l2} for l2 in L2_GRID]]
+    key = "ndcg@3"
+    for trial, l2 in zip(tuned.trials, L2_GRID, strict=True):
+        single = create_source("ease", l2=l2).fit(fold.history)
+        expected = ranking_metrics(
+            single.recommend(fold.label_users, 3).items,
+            fold.labels.matrix[fold.label_users],
+            k_values=(3,),
+            n_catalogue_items=fold.full.n_items,
+        )[key]
+        assert trial == {"params": {"l2": l2}, key: expected}
+    assert tuned.validation_ndcg == max(trial[key] for trial in tuned.trials)
+    np.testing.assert_array_equal(
+        tuned.source.weights, create_source("ease", **tuned.params).fit(fold.full).weights
+    )
 
 
 def held_out_hits(source: CandidateSource, checkerboard) -> np.ndarray:

@@ -1,18 +1,27 @@
-"""Item-based k-nearest-neighbours with shrunk cosine similarity."""
+"""Item-based k-nearest-neighbours with shrunk cosine similarity, and the blocked item co-occurrence it
+is computed from (which EASE's sparse part reads too)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse as sp
 
 from m6rec.candidates.base import CandidateSource
 
+# Upper bound on the entries of one block of the co-occurrence product (the count scipy allocates for
+# it): 2**24 entries, about 200 MB with their indices, whatever the catalogue size.
+BLOCK_ENTRIES = 1 << 24
+
 
 class ItemKNNSource(CandidateSource):
     """Score = sum of the similarities between an item and the user's history items.
 
     Similarity is cosine between item columns, shrunk by ``shrink`` (``dot / (norm_i * norm_j + shrink)``),
-    keeping each item's ``neighbours`` most similar items.
+    keeping each item's ``neighbours`` most similar items. The co-occurrence is computed for blocks of
+    items at a time and cut to the neighbours before the next block, so memory stays
+    O(interactions + items × neighbours): no items × items array, dense or sparse, is ever built.
     """
 
     name = "itemknn"
@@ -23,21 +32,90 @@ class ItemKNNSource(CandidateSource):
 
     def _fit(self, matrix: sp.csr_matrix) -> None:
         columns = matrix.tocsc().astype(np.float32)
-        co_counts = (columns.T @ columns).tocsr()
         norms = np.sqrt(np.asarray(columns.multiply(columns).sum(axis=0)).ravel())
-        co_counts.setdiag(0)
-        co_counts.eliminate_zeros()
-        rows = np.repeat(np.arange(co_counts.shape[0]), np.diff(co_counts.indptr))
-        co_counts.data = co_counts.data / (norms[rows] * norms[co_counts.indices] + self.params["shrink"])
-        self.similarity = _keep_top_per_row(co_counts, self.params["neighbours"]).T.tocsr()
+        every_item = np.arange(columns.shape[1])
+        kept = []
+        for block_items, co_counts in co_occurrence_blocks(columns, every_item):
+            rows = np.repeat(block_items, np.diff(co_counts.indptr))
+            co_counts.data[co_counts.indices == rows] = 0.0
+            co_counts.eliminate_zeros()
+            rows = np.repeat(block_items, np.diff(co_counts.indptr))
+            co_counts.data = co_counts.data / (norms[rows] * norms[co_counts.indices] + self.params["shrink"])
+            kept.append(_keep_top_per_row(co_counts, self.params["neighbours"]))
+        n_items = columns.shape[1]
+        nearest = (
+            sp.vstack(kept, format="csr") if kept else sp.csr_matrix((n_items, n_items), dtype=np.float32)
+        )
+        self.similarity = nearest.T.tocsr()
 
     def score(self, user_rows: np.ndarray) -> np.ndarray:
         history = self._history(user_rows)
         return np.asarray((history @ self.similarity).todense(), dtype=np.float32)
 
 
+def co_occurrence_blocks(
+    columns: sp.csc_matrix,
+    items: np.ndarray,
+    against: np.ndarray | None = None,
+    *,
+    max_entries: int | None = None,
+) -> Iterator[tuple[np.ndarray, sp.csr_matrix]]:
+    """The co-occurrence rows ``Xᵀ X`` of ``items`` (columns of the users × items matrix ``columns``),
+    a block of consecutive items at a time.
+
+    Yields ``(block_items, counts)``: ``counts[r, c]`` = Σ_u X[u, block_items[r]] · X[u, against[c]]
+    (``against`` defaults to every column, so ``c`` is then the item itself). Blocks are cut so that the
+    product holds at most ``max_entries`` (default ``BLOCK_ENTRIES``) entries before summing (an item
+    whose own row exceeds it comes alone), which bounds the memory of one block whatever the catalogue
+    size.
+    """
+    item_rows = columns[:, items].T.tocsr()
+    target = columns if against is None else columns[:, against]
+    user_rows = target.tocsr()
+    # An item's product row has at most Σ over its users of their interaction counts entries.
+    item_users = sp.csr_matrix(
+        (np.ones(item_rows.nnz), item_rows.indices, item_rows.indptr), shape=item_rows.shape
+    )
+    row_bound = item_users @ np.diff(user_rows.indptr).astype(np.float64)
+    ends = _block_ends(row_bound, BLOCK_ENTRIES if max_entries is None else max_entries)
+    start = 0
+    for end in ends:
+        yield items[start:end], (item_rows[start:end] @ user_rows).tocsr()
+        start = end
+
+
+def _block_ends(sizes: np.ndarray, budget: int) -> list[int]:
+    """Ends of consecutive blocks whose ``sizes`` sum to at most ``budget`` (a larger one alone)."""
+    ends, total = [], 0.0
+    for position, size in enumerate(sizes):
+        if total and total + size > budget:
+            ends.append(position)
+            total = 0.0
+        total += size
+    if len(sizes):
+        ends.append(len(sizes))
+    return ends
+
+
+def top_per_row(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:
+    """The ``keep`` largest entries of each row of ``matrix`` (CSR, same shape), ties going to the lower
+    column; entries keep their order within a row."""
+    lengths = np.diff(matrix.indptr)
+    row_of = np.repeat(np.arange(matrix.shape[0]), lengths)
+    kept = lengths[row_of] <= keep
+    crowded = np.flatnonzero(~kept)
+    order = crowded[np.lexsort((matrix.indices[crowded], -matrix.data[crowded], row_of[crowded]))]
+    ranked_rows = row_of[order]
+    rank = np.arange(len(order)) - np.searchsorted(ranked_rows, ranked_rows)
+    kept[order[rank < keep]] = True
+    counts = np.bincount(row_of[kept], minlength=matrix.shape[0])
+    return sp.csr_matrix(
+        (matrix.data[kept], matrix.indices[kept], np.r_[0, np.cumsum(counts)]), shape=matrix.shape
+    )
+
+
 def _keep_top_per_row(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:
-    """Zero all but the ``keep`` largest entries of each row."""
+    """Zero all but the ``keep`` largest entries of each row (ties resolved by ``argpartition``)."""
     data, indices, indptr = [], [], [0]
     for row in range(matrix.shape[0]):
         start, end = matrix.indptr[row], matrix.indptr[row + 1]
