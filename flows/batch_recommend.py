@@ -27,6 +27,17 @@ def recommend_for_every_user(data_dir: str, model_dir: str, lists_dir: str, conf
     the model that ranked them, the candidate sources, the counts (users, items, interactions, list rows)
     and stage timings."""
     result = recommend_all_users(data_dir, model_dir=Path(model_dir), out_dir=Path(lists_dir), config=config)
+    return _lists_summary(result)
+
+
+@task
+def publish_training_lists(model_dir: str) -> dict:
+    """The training run's lists as the batch lists (same data, so a batch would build the same ones);
+    returns what :func:`recommend_for_every_user` returns."""
+    return _lists_summary(lists_from_training(model_dir))
+
+
+def _lists_summary(result) -> dict:
     summary = result.summary
     return {
         "lists_dir": str(result.out_dir),
@@ -36,23 +47,6 @@ def recommend_for_every_user(data_dir: str, model_dir: str, lists_dir: str, conf
         "model_trained_at": summary.get("model_trained_at"),
         "counts": summary["counts"],
         "timings_seconds": summary.get("timings_seconds", {}),
-    }
-
-
-@task
-def publish_training_lists(model_dir: str) -> dict:
-    """The training run's lists as the batch lists (same data, so a batch would build the same ones);
-    returns what :func:`recommend_for_every_user` returns."""
-    result = lists_from_training(model_dir)
-    summary = result.summary
-    return {
-        "lists_dir": str(result.out_dir),
-        "recommendations": str(result.recommendations_path),
-        "selected_model": summary["selected_model"],
-        "sources": summary["sources"],
-        "model_trained_at": summary.get("model_trained_at"),
-        "counts": summary["counts"],
-        "timings_seconds": {},
     }
 
 

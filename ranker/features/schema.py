@@ -207,34 +207,18 @@ def write_feature_table(frame: pd.DataFrame, path: Path) -> None:
     The schema metadata key ``m6rec`` holds JSON with the table kind, format version and every column's
     spec (name, dtype, description); each field also carries its description in its own metadata.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    specs = check_feature_table(frame)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    fields = [
-        table.schema.field(spec.name).with_metadata({b"description": spec.description.encode()})
-        for spec in specs
-    ]
-    declaration = {
-        "kind": TABLE_KIND,
-        "format_version": TABLE_FORMAT_VERSION,
-        "rows": len(frame),
-        "columns": [asdict(spec) for spec in specs],
-    }
-    metadata = {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(declaration).encode()}
-    table = pa.Table.from_arrays(table.columns, schema=pa.schema(fields, metadata=metadata))
-    with atomic_path(path) as temporary:
-        pq.write_table(table, temporary)
+    with atomic_path(path) as temporary, FeatureTableWriter(temporary, rows=len(frame)) as writer:
+        writer.write(frame)
 
 
 class FeatureTableWriter:
-    """Write a feature table chunk by chunk (one Parquet row group each), with the metadata of
-    :func:`write_feature_table` (``rows`` is not known up front, so it is left out). The caller owns the
-    file's atomicity (write into a staging folder)."""
+    """Write a feature table chunk by chunk (one Parquet row group each) with its declaration in the
+    schema metadata; ``rows`` is declared when known up front (streamed tables leave it out). The caller
+    owns the file's atomicity (a temporary path, or a staging folder)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, rows: int | None = None):
         self.path = Path(path)
+        self.declared_rows = rows
         self._writer = None
         self.rows = 0
 
@@ -252,7 +236,7 @@ class FeatureTableWriter:
             declaration = {
                 "kind": TABLE_KIND,
                 "format_version": TABLE_FORMAT_VERSION,
-                "rows": None,
+                "rows": self.declared_rows,
                 "columns": [asdict(spec) for spec in specs],
             }
             metadata = {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(declaration).encode()}
