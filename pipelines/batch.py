@@ -44,7 +44,6 @@ from pipelines.stages import (
     list_depth,
     ranker_context,
     recommendation_frame,
-    side_inputs,
     user_chunks,
     with_fallback,
 )
@@ -152,16 +151,10 @@ def batch_recommend(
         RunFolder(out_dir).features_dir,
         half_life_days=config.embeddings.profile_half_life_days,
     )
-    embeddings = None
-    if model.needs_embeddings:
-        embeddings = compute_stage_embeddings(
-            dataset, model.folder.features_dir, config, {"collaborative": history}
-        )
-    inputs = (
-        embeddings.inputs["collaborative"]
-        if embeddings
-        else side_inputs(dataset, None, None, history.profiles)
+    embeddings = compute_stage_embeddings(
+        dataset, model.folder.features_dir, config, {"collaborative": history}, needed=model.needs_embeddings
     )
+    inputs = embeddings.inputs["collaborative"]
     clock.lap("embeddings")
 
     sources = _fit_sources(matrix, model, inputs)
@@ -179,7 +172,7 @@ def batch_recommend(
         "selected_model": scoring.selected,
         "sources": sorted(sources),
         "user_chunk": config.user_chunk,
-        "embeddings": embeddings.summary if embeddings else None,
+        "embeddings": embeddings.summary,
     }
 
     def write(staging: Path) -> None:

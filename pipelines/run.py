@@ -39,7 +39,6 @@ from pipelines.stages import (
     publish,
     ranker_context,
     recommendation_frame,
-    side_inputs,
     with_fallback,
 )
 
@@ -118,13 +117,10 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
         "collaborative": History(fold.full_frame, fold.full, folder.features_dir, half_life_days=half_life),
     }
     embeddings = compute_stage_embeddings(dataset, folder.features_dir, config, histories)
-    if embeddings is not None:
+    if embeddings.items is not None:
         write_json(embeddings.items.problems, folder.features_dir / PROBLEMS)
         write_json(embeddings.summary, folder.features_dir / EMBEDDINGS_SUMMARY)
-        history_inputs, full_inputs = embeddings.inputs["fold"], embeddings.inputs["collaborative"]
-    else:
-        history_inputs = side_inputs(dataset, None, None, histories["fold"].profiles)
-        full_inputs = side_inputs(dataset, None, None, histories["collaborative"].profiles)
+    history_inputs, full_inputs = embeddings.inputs["fold"], embeddings.inputs["collaborative"]
     clock.lap("embeddings")
 
     models = list(config.baselines.models)
@@ -180,7 +176,7 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
             for name, entry in tuned.items()
         },
         "ranker": ranker_summary,
-        "embeddings": embeddings.summary if embeddings else None,
+        "embeddings": embeddings.summary,
         **clock.report(),
     }
     places = new_item_places if config.ranker.new_item_slots else None

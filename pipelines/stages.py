@@ -100,21 +100,32 @@ class History:
 
 @dataclass
 class StageEmbeddings:
-    """The item embeddings (once) and, per history, the collaborative embeddings and the side inputs."""
+    """The item embeddings (once) and, per history, the collaborative embeddings and the side inputs.
+    Without embeddings ``items`` and ``summary`` are None and the side inputs hold the dataset's
+    knowledge graph and the profiles' cache only."""
 
-    items: EmbeddingResult
+    items: EmbeddingResult | None
     collaborative: dict[str, EmbeddingResult]
     inputs: dict[str, SideInputs]
-    summary: dict
+    summary: dict | None
 
 
 def compute_stage_embeddings(
-    dataset: Dataset, features_dir: Path, config: RunConfig, histories: dict[str, History]
-) -> StageEmbeddings | None:
+    dataset: Dataset,
+    features_dir: Path,
+    config: RunConfig,
+    histories: dict[str, History],
+    *,
+    needed: bool = True,
+) -> StageEmbeddings:
     """Item embeddings into ``features_dir`` (incrementally), then for each history the collaborative
-    model over them and its side inputs; None when the ranker or every modality is off."""
-    if not config.ranker.enabled or not config.embeddings.modalities:
-        return None
+    model over them and its side inputs; no embeddings when they are not ``needed`` or the ranker or
+    every modality is off."""
+    if not needed or not config.ranker.enabled or not config.embeddings.modalities:
+        bare = {
+            name: side_inputs(dataset, None, None, history.profiles) for name, history in histories.items()
+        }
+        return StageEmbeddings(None, {}, bare, None)
     from pipelines.embeddings import compute_item_embeddings, train_collaborative
 
     items = compute_item_embeddings(dataset, features_dir, config.embeddings)
