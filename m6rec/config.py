@@ -146,6 +146,18 @@ class KGSettings(Section):
         None,
         description="Item columns turned into `has_<column>` relations; empty: the categorical columns.",
     )
+    warm_start_epochs: NonNegativeInt | None = Field(
+        None,
+        description="Epochs of a warm start: when the triples changed since the last run with the same "
+        "settings (`epochs` aside), entities and relations seen before start from their previous vectors "
+        "and train this many epochs. Empty: a tenth of `epochs` (at least 1); 0: always train from scratch.",
+    )
+
+    def warm_start_epoch_count(self) -> int:
+        """The epochs of a warm start: ``warm_start_epochs``, or a tenth of ``epochs`` when it is empty."""
+        if self.warm_start_epochs is not None:
+            return self.warm_start_epochs
+        return max(1, self.epochs // 10)
 
     @field_validator("model")
     @classmethod
@@ -174,7 +186,29 @@ class TwoTowerSettings(Section):
     """The two-tower collaborative model; the defaults train the demo catalogue in seconds."""
 
     dimension: PositiveInt = Field(64, description="Size of the user and item vectors.")
-    epochs: PositiveInt = Field(20, description="Training epochs.")
+    epochs: PositiveInt = Field(
+        20, description="Most training epochs: training stops once the validation loss stops improving."
+    )
+    patience: PositiveInt = Field(
+        3, description="Epochs without a lower validation loss after which training stops (best epoch kept)."
+    )
+    validation_share: Share = Field(
+        0.5,
+        description="Share of the training users (with two or more interactions) of whom one random "
+        "interaction, 10,000 at most, is held out of training to measure the validation loss; 0 trains "
+        "all `epochs`.",
+    )
+    warm_start: bool = Field(
+        False,
+        description="Start the full-data model from the ranker fold's model and train it for a short "
+        "schedule instead of from scratch. Off by default: on MovieLens-100K it cost 0.004 to 0.005 of the "
+        "final lists' NDCG@10, and at equal validation loss it saved no epochs.",
+    )
+    warm_start_epochs_share: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.5,
+        description="A warm-started model trains at most this share of its starting model's best epoch "
+        "count (at least one epoch, still with early stopping).",
+    )
     batch_size: Annotated[int, Field(ge=2)] = Field(512, description="Interactions per batch.")
     learning_rate: PositiveFloat = Field(3e-3, description="Adam learning rate.")
     weight_decay: Annotated[float, Field(ge=0)] = Field(1e-6, description="Adam weight decay.")
@@ -238,6 +272,11 @@ class BaselineConfig(Section):
         0.2, description="Share of each user's training interactions held out to tune on."
     )
     selection_k: PositiveInt = Field(10, description="Cut-off of the validation NDCG that picks a model.")
+    max_tuning_users: PositiveInt = Field(
+        50_000,
+        description="Fold label users each trial is scored on (a seeded sample above it), so tuning a grid "
+        "costs the same at a million users as at fifty thousand.",
+    )
 
     @field_validator("search_spaces", mode="before")
     @classmethod
@@ -390,6 +429,16 @@ class RankerConfig(Section):
         0, description="Places of each final list reserved for new items (0: off)."
     )
     new_item_slot_spacing: PositiveInt = Field(10, description="Every this many places, one new-item place.")
+    max_training_users: PositiveInt = Field(
+        50_000,
+        description="Fold label users the ranker trains on (a seeded sample above it): its training table "
+        "holds about candidates_per_source × sources rows per user, so this bounds the training memory.",
+    )
+    feature_table: Literal["all", "listed", "none"] = Field(
+        "all",
+        description="Rows of `ranker_features.parquet`: every candidate (`all`), only the candidates in "
+        "the published lists (`listed`, about top_k rows per user; for millions of users), or `none`.",
+    )
 
     @field_validator("extra_sources")
     @classmethod
@@ -402,6 +451,29 @@ class RankerConfig(Section):
 
 
 # --- the run ----------------------------------------------------------------------------------------------
+
+
+class BatchSettings(Section):
+    """What the nightly batch redoes. It loads the sources the training run saved and folds in what is
+    new (new and changed users scored from their current history over the fixed item side, new items
+    through content); it refits them on all current interactions only when the model is older than
+    ``refit_after_days`` or the interactions drifted: more than ``refit_drift_share`` of them are new
+    since training. Users whose history did not change keep the lists of the last batch of the same
+    model, unless the catalogue changed (new items must reach every list) or more than
+    ``rescore_all_share`` of the users changed."""
+
+    refit_after_days: PositiveFloat | None = Field(
+        7.0, description="Refit the sources when the model is older than this many days; empty: never."
+    )
+    refit_drift_share: Annotated[float, Field(gt=0)] = Field(
+        0.2, description="Refit when the new interactions since training exceed this share of them."
+    )
+    rescore_all_share: Share = Field(
+        0.5, description="Rescore every user when more than this share of users changed."
+    )
+    incremental: bool = Field(
+        True, description="Fold in and rescore what changed; false: refit and rescore everything nightly."
+    )
 
 
 class RunConfig(Section):
@@ -432,6 +504,9 @@ class RunConfig(Section):
         "(candidates, ranker features and lists stream chunk by chunk into Parquet row groups).",
     )
     skip_invalid_rows: bool = Field(False, description="Skip and count bad input rows instead of failing.")
+    batch: BatchSettings = Field(
+        default_factory=lambda: BatchSettings(), description="How the nightly batch follows what changed."
+    )
     fold_split: Literal["auto", "random", "temporal"] = Field(
         "auto", description="How the ranker's fold is cut: auto, random or temporal."
     )

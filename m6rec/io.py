@@ -68,7 +68,8 @@ def publish_staged(out_dir: Path, write: Callable[[Path], None]) -> list[str]:
     """Let ``write`` fill a staging folder inside ``out_dir``, then move each file it wrote into ``out_dir``.
 
     Nothing in ``out_dir`` changes unless ``write`` succeeds, so a failed run keeps the last good outputs.
-    Returns the names of the files published.
+    A folder it wrote replaces the folder of that name whole (moved aside, then removed). Returns the
+    names of the files and folders published.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -77,7 +78,10 @@ def publish_staged(out_dir: Path, write: Callable[[Path], None]) -> list[str]:
         write(staging)
         names = sorted(path.name for path in staging.iterdir())
         for name in names:
-            (staging / name).replace(out_dir / name)
+            target = out_dir / name
+            if (staging / name).is_dir() and target.is_dir():
+                target.replace(staging / f".replaced-{name}")
+            (staging / name).replace(target)
         return names
     finally:
         shutil.rmtree(staging, ignore_errors=True)

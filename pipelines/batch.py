@@ -2,12 +2,16 @@
 
 A trained model is the output folder of :func:`pipelines.run.run_pipeline` (``train_ranker`` in the flows):
 its manifest ``model.json`` holds the configuration it was trained with, each candidate source's tuned
-parameters and whether the ranker beat them, ``ranker/`` the LightGBM text model (see
-:mod:`pipelines.run_folder`). ``batch_recommend`` refits every source with those parameters on all current
-interactions (cheap, and it picks up new users, items and interactions since training), retrains the
-collaborative embeddings on them over the frozen item embeddings the nightly job keeps up to date, and
-ranks with the saved ranker. The ranker learned from ranks, per-user standardised scores and shares, so
-it transfers from the sources it was trained on to these refitted ones, as it does in ``run_pipeline``.
+parameters and whether the ranker beat them, ``sources/`` every source fitted on all training
+interactions, ``ranker/`` the LightGBM text model (see :mod:`pipelines.run_folder`).
+
+``batch_recommend`` does what changed since the last lists of the same model, no more
+(:func:`batch_plan`, :class:`m6rec.config.BatchSettings`): the saved sources fold in the current
+interactions (new and changed users scored from their current history over the item side as trained);
+only users new or with a changed history are scored again, the others keep their lists; on the refit
+schedule, or when the interactions drifted, every source is refitted on all current interactions
+instead. The ranker learned from ranks, per-user standardised scores and shares, so it transfers from
+the sources it was trained on to these folded-in or refitted ones, as it does in ``run_pipeline``.
 
 Outputs (``recommendations.parquet``, ``ranker_features.parquet``, ``batch.json``) are staged and moved
 into place only when complete, so a failed batch leaves the previous lists untouched.
@@ -15,6 +19,7 @@ into place only when complete, so a failed batch leaves the previous lists untou
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -27,32 +32,40 @@ import pandas as pd
 
 from m6rec import __version__
 from m6rec.candidates import create_source
-from m6rec.candidates.merge import merge_candidates
 from m6rec.candidates.registry import source_class
 from m6rec.candidates.side_inputs import SideInputs
-from m6rec.config import RunConfig
+from m6rec.config import BatchSettings, RunConfig
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset, load_dataset
-from m6rec.data.interactions import IdIndex, InteractionMatrix
-from m6rec.io import publish_staged, write_json
-from pipelines.run_folder import ModelManifest, ModelNotTrainedError, RunFolder, config_digest
+from m6rec.data.interactions import (
+    HISTORY_DIGEST,
+    IdIndex,
+    InteractionMatrix,
+    frame_digest,
+    user_history_digests,
+)
+from m6rec.io import publish_staged, write_parquet
+from pipelines.run_folder import (
+    ModelManifest,
+    ModelNotTrainedError,
+    RunFolder,
+    config_digest,
+    data_fingerprint,
+)
 from pipelines.stages import (
     History,
-    ListWriter,
+    ListScorer,
     StageClock,
     compute_stage_embeddings,
-    list_depth,
     ranker_context,
-    recommendation_frame,
-    user_chunks,
-    with_fallback,
+    write_lists,
+    write_outputs,
 )
-from ranker.features import FeatureTableWriter
 
 log = logging.getLogger("m6rec")
 
 # What a batch may set for itself; everything else comes from the configuration the model was trained with.
-SERVING_KEYS = ("top_k", "candidate_depth", "skip_invalid_rows", "user_chunk")
+SERVING_KEYS = ("top_k", "candidate_depth", "skip_invalid_rows", "user_chunk", "batch")
 SERVING_RANKER_KEYS = ("new_item_slots", "new_item_slot_spacing")
 
 
@@ -115,6 +128,12 @@ class TrainedModel:
         return _serving_keys_from(config, trained)
 
 
+def serving_digest(config: RunConfig) -> str:
+    """The digest of what shapes the lists: the configuration apart from how much a batch redoes
+    (``batch``), so lists built under other batch settings are still the lists of this configuration."""
+    return config_digest(config.replace(batch=BatchSettings()))
+
+
 def _serving_keys_from(source: RunConfig, target: RunConfig) -> RunConfig:
     """``target`` with the serving keys of ``source``."""
     ranker = target.ranker.replace(**{key: getattr(source.ranker, key) for key in SERVING_RANKER_KEYS})
@@ -130,151 +149,312 @@ def batch_recommend(
     """Write every user's top-``config.top_k`` list for ``data_dir`` with the model in ``model_dir``.
 
     ``out_dir`` defaults to ``model_dir/lists``. The configuration is the one the model was trained with
-    (``model.json``); ``config`` sets only the serving keys (``SERVING_KEYS``). Item embeddings are read
-    (and brought up to date, incrementally) from ``model_dir/features``; collaborative embeddings are
-    retrained on all interactions into ``out_dir/features``.
+    (``model.json``); ``config`` sets only the serving keys (``SERVING_KEYS``) and ``batch`` (how much is
+    redone, :class:`m6rec.config.BatchSettings`).
+
+    Work follows what changed. With the same data as the last lists of this model, nothing is redone. Else
+    the sources the training run saved are loaded and fold in the current interactions (a refit on all of
+    them only on the schedule or past the drift threshold, see :func:`batch_plan`), and only users whose
+    history changed since those lists, or who are new, are scored again; the others keep their lists.
+    Item embeddings are read (and brought up to date, incrementally) from ``model_dir/features``.
     """
     model = TrainedModel.read(model_dir)
     config = model.serving_config(config)
-    out_dir = Path(out_dir) if out_dir is not None else model.folder.lists.root
+    folder = RunFolder(out_dir) if out_dir is not None else model.folder.lists
     clock = StageClock()
+    fingerprint = data_fingerprint(Path(data_dir))
+    previous = PreviousLists.find(model, folder, config) if config.batch.incremental else None
+    if previous is not None and previous.data_fingerprint == fingerprint:
+        log.info(
+            "batch lists for %s users kept: the data and the model are those of the lists in %s, so "
+            "nothing is redone",
+            previous.summary.get("counts", {}).get("users", "all"),
+            previous.folder.root,
+        )
+        summary = {**previous.summary, "reused_lists": str(previous.folder.root.resolve())}
+        if previous.folder.root.resolve() != folder.root.resolve():
+            _copy_lists(previous.folder, folder, summary)
+        return BatchResult(folder.root, summary)
 
     dataset = load_dataset(
         data_dir, skip_invalid_rows=config.skip_invalid_rows, columns=getattr(config, "columns", None)
     )
     matrix = _interactions(dataset)
+    plan = batch_plan(model, config, dataset, matrix, previous)
+    log.info("batch: %s", plan.reason)
     clock.lap("load")
 
     history = History(
         dataset.interactions,
         matrix,
-        RunFolder(out_dir).features_dir,
+        folder.features_dir,
         half_life_days=config.embeddings.profile_half_life_days,
     )
     embeddings = compute_stage_embeddings(
-        dataset, model.folder.features_dir, config, {"collaborative": history}, needed=model.needs_embeddings
+        dataset,
+        model.folder.features_dir,
+        config,
+        {"collaborative": history},
+        needed=model.needs_embeddings,
+        trained_model_dir=None if plan.refit else model.folder.features_dir,
     )
     inputs = embeddings.inputs["collaborative"]
     clock.lap("embeddings")
 
-    sources = _fit_sources(matrix, model, inputs)
+    sources = _current_sources(matrix, model, inputs, refit=plan.refit)
     clock.lap("candidates")
 
-    scoring = _Scoring.prepare(model, sources, dataset, matrix, inputs, config)
-    folder = RunFolder(out_dir)
+    scorer = _scorer(model, sources, dataset, matrix, inputs, config)
     summary = {
         "m6rec_version": __version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "data_dir": str(Path(data_dir).resolve()),
+        "data_fingerprint": fingerprint,
+        "catalogue_digest": plan.catalogue_digest,
+        "serving_digest": serving_digest(config),
         "model_dir": str(model.directory.resolve()),
         "model_trained_at": model.trained_at,
         "model_config_digest": model.manifest.config_digest,
-        "selected_model": scoring.selected,
+        "selected_model": scorer.selected,
         "sources": sorted(sources),
+        "sources_mode": "refit" if plan.refit else "fold-in",
+        "plan": plan.reason,
         "user_chunk": config.user_chunk,
         "embeddings": embeddings.summary,
     }
 
     def write(staging: Path) -> None:
         staged = RunFolder(staging)
-        served_by_fallback = 0
-        with ListWriter(staged.recommendations) as lists, FeatureTableWriter(staged.ranker_features) as table:
-            for user_rows in user_chunks(matrix.n_users, config.user_chunk):
-                chunk = scoring.score(user_rows)
-                lists.write(chunk.recommendations)
-                if chunk.features is not None:
-                    table.write(chunk.features)
-                served_by_fallback += chunk.served_by_fallback
-        if table.rows == 0:
-            staged.ranker_features.unlink(missing_ok=True)
+        rescored = plan.rescored_rows(matrix)
+        carried = previous.lists_except(matrix.users.ids[rescored]) if previous and plan.keeps_lists else None
+        written = write_lists(scorer, staged, rescored, carried=carried)
+        write_parquet(plan.digests, staged.user_histories)
+        matrix.users.save(staged.users_index, USER_ID)
+        matrix.items.save(staged.items_index, ITEM_ID)
         clock.lap("ranking")
         summary["counts"] = {
             "users": matrix.n_users,
             "items": matrix.n_items,
             "interactions": int(matrix.matrix.nnz),
             "users_without_history": int((np.diff(matrix.matrix.indptr) == 0).sum()),
-            "list_rows": lists.rows,
-            "users_served_by_fallback": served_by_fallback,
+            "users_scored": len(rescored),
+            "users_kept": written.carried_users,
+            "list_rows": written.rows,
+            "feature_rows": written.feature_rows,
+            "users_served_by_fallback": written.served_by_fallback,
         }
         summary.update(clock.report())
-        write_json(summary, staged.batch_report)
+        write_outputs(staged, batch_report=summary)
 
     publish_staged(folder.root, write)
-    if not scoring.ranks:
+    if not scorer.context or config.ranker.feature_table == "none":
         folder.ranker_features.unlink(missing_ok=True)
-    log.info("batch lists for %d users: %s", matrix.n_users, folder.recommendations)
-    return BatchResult(out_dir, summary)
+    log.info(
+        "batch lists for %d users (%d scored, the others kept): %s",
+        matrix.n_users,
+        summary["counts"]["users_scored"],
+        folder.recommendations,
+    )
+    return BatchResult(folder.root, summary)
 
 
-@dataclass
-class ScoredChunk:
-    """One chunk of users' published lists, their ranker features (None without the ranker), and how
-    many of them the fallback source served."""
+@dataclass(frozen=True)
+class PreviousLists:
+    """The last lists of the same model served the same way: a batch's lists folder (or the training
+    run's own lists when they came from every interaction), the data they were built from and each
+    user's history digest then."""
 
-    recommendations: pd.DataFrame
-    features: pd.DataFrame | None
-    served_by_fallback: int
-
-
-@dataclass
-class _Scoring:
-    """Everything fixed across user chunks: the refitted sources, the ranker and its features' context,
-    the fallback; :meth:`score` turns one chunk of user rows into its lists."""
-
-    sources: dict
-    ranker: object | None
-    context: object | None
-    fallback: object
-    selected: str
-    matrix: InteractionMatrix
-    config: RunConfig
-    ranker_dir: Path
+    folder: RunFolder
+    summary: dict
+    data_fingerprint: str
+    catalogue_digest: str
+    digests: pd.DataFrame
 
     @classmethod
-    def prepare(cls, model, sources, dataset, matrix, inputs, config) -> _Scoring:
-        ranker, context = None, None
-        selected = model.manifest.selected_model
-        if model.manifest.ranker_used:
-            from ranker.model import LightGBMRanker
-
-            ranker, selected = LightGBMRanker.load(model.folder.ranker_dir), "ranker"
-            context = ranker_context(dataset, matrix, inputs)
-        fallback = sources.get("popularity") or create_source("popularity").fit(matrix)
-        return cls(sources, ranker, context, fallback, selected, matrix, config, model.folder.ranker_dir)
-
-    @property
-    def ranks(self) -> bool:
-        return self.ranker is not None
-
-    def score(self, user_rows: np.ndarray) -> ScoredChunk:
-        config, depth = self.config, list_depth(self.config)
-        candidates, table, places = None, None, None
-        if self.ranker is not None:
-            from ranker.features import build_ranker_features
-            from ranker.lists import rank_final_lists
-
-            width = config.ranker.candidates_per_source
-            lists = {name: source.recommend(user_rows, width) for name, source in self.sources.items()}
-            candidates = merge_candidates(lists, user_rows, seen=self.matrix.matrix)
-            table = build_ranker_features(candidates, self.context)
-            missing = [name for name in self.ranker.feature_names_ if name not in table.columns]
-            if missing:
-                raise ModelNotTrainedError(
-                    f"{self.ranker_dir}: the ranker needs features this batch cannot build: {', '.join(missing)}",
-                    hint="the data or the configuration changed since training; retrain (train-ranker flow)",
-                )
-            final, places = rank_final_lists(
-                self.ranker, table, self.ranker.feature_names_, user_rows, depth, config.ranker
+    def find(cls, model: TrainedModel, folder: RunFolder, config: RunConfig) -> PreviousLists | None:
+        report = folder.batch_report
+        if report.is_file() and folder.recommendations.is_file() and folder.user_histories.is_file():
+            summary = json.loads(report.read_text())
+            same_model = summary.get("model_trained_at") == model.trained_at and (
+                summary.get("model_config_digest") == model.manifest.config_digest
             )
-            if not config.ranker.new_item_slots:
-                places = None
-        else:
-            final = self.sources[self.selected].recommend(user_rows, depth)
-        final, origin = with_fallback(final, self.fallback, user_rows, depth, self.selected)
-        frame = recommendation_frame(
-            final, origin, candidates, self.matrix.users, self.matrix.items, config.top_k, places, user_rows
+            if same_model and summary.get("serving_digest") == serving_digest(config):
+                return cls(
+                    folder,
+                    summary,
+                    summary.get("data_fingerprint", ""),
+                    summary.get("catalogue_digest", ""),
+                    pd.read_parquet(folder.user_histories),
+                )
+        if model.manifest.lists_from_all_interactions and model.folder.user_histories.is_file():
+            if serving_digest(model.manifest.run_config()) == serving_digest(config):
+                return cls.of_training_run(model)
+        return None
+
+    @classmethod
+    def of_training_run(cls, model: TrainedModel) -> PreviousLists:
+        """The training run's own lists (built from every interaction: ``lists_from_all_interactions``)."""
+        manifest = model.manifest
+        summary = {
+            "m6rec_version": __version__,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "model_dir": str(model.directory.resolve()),
+            "model_trained_at": model.trained_at,
+            "model_config_digest": manifest.config_digest,
+            "data_fingerprint": manifest.data_fingerprint,
+            "catalogue_digest": manifest.catalogue_digest,
+            "serving_digest": serving_digest(manifest.run_config()),
+            "selected_model": manifest.selected_model,
+            "sources": sorted(manifest.source_params),
+            "from_training_run": True,
+            "counts": _list_counts(model.folder),
+        }
+        digests = (
+            pd.read_parquet(model.folder.user_histories) if model.folder.user_histories.is_file() else None
         )
-        return ScoredChunk(frame, table, int((origin != self.selected).sum()))
+        return cls(model.folder, summary, manifest.data_fingerprint, manifest.catalogue_digest, digests)
+
+    def lists_except(self, user_ids: np.ndarray):
+        """The previous list rows of every user not in ``user_ids``, one row group at a time."""
+        import pyarrow.parquet as pq
+
+        rescored = pd.Index(pd.Series(user_ids).astype(str))
+        parquet = pq.ParquetFile(self.folder.recommendations)
+        for group in range(parquet.num_row_groups):
+            rows = parquet.read_row_group(group).to_pandas()
+            yield rows[~rows[USER_ID].astype(str).isin(rescored)]
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What tonight's batch redoes: refit the sources or fold in, and which users are scored again."""
+
+    refit: bool
+    keeps_lists: bool
+    changed_users: np.ndarray
+    digests: pd.DataFrame
+    catalogue_digest: str
+    reason: str
+
+    def rescored_rows(self, matrix: InteractionMatrix) -> np.ndarray:
+        if not self.keeps_lists:
+            return np.arange(matrix.n_users, dtype=np.int64)
+        return np.sort(matrix.users.positions(self.changed_users)).astype(np.int64)
+
+
+def batch_plan(
+    model: TrainedModel,
+    config: RunConfig,
+    dataset: Dataset,
+    matrix: InteractionMatrix,
+    previous: PreviousLists | None,
+) -> BatchPlan:
+    """Refit or fold in, and whom to score: see :class:`m6rec.config.BatchSettings`."""
+    settings = config.batch
+    digests = user_history_digests(dataset.interactions, matrix.users)
+    catalogue = frame_digest(dataset.items)
+    trained = model.manifest
+    age_days = (datetime.now(UTC) - datetime.fromisoformat(trained.trained_at)).total_seconds() / 86_400
+    growth = (len(dataset.interactions) - trained.interactions) / max(trained.interactions, 1)
+    refit_reasons = []
+    if not settings.incremental:
+        refit_reasons.append("incremental batches are off")
+    if not trained.saved_sources:
+        refit_reasons.append("the model has no saved sources (trained by an older m6rec)")
+    if settings.refit_after_days is not None and age_days > settings.refit_after_days:
+        refit_reasons.append(
+            f"the model is {age_days:.1f} days old (refit_after_days {settings.refit_after_days:g})"
+        )
+    if growth > settings.refit_drift_share:
+        refit_reasons.append(
+            f"the interactions grew by {growth:.1%} since training (refit_drift_share {settings.refit_drift_share:g})"
+        )
+    if refit_reasons:
+        log.warning(
+            "batch: refitting every source on all interactions: %s; retrain to stop this",
+            "; ".join(refit_reasons),
+        )
+    refit = bool(refit_reasons)
+    changed, why_all = _changed_or_why_all(settings, previous, refit, catalogue, digests)
+    if why_all is not None:
+        reason = f"{_mode(refit)}; {why_all}: all {matrix.n_users} users scored"
+    else:
+        reason = (
+            f"{_mode(refit)}; {len(changed)} of {matrix.n_users} users new or with a changed history are "
+            "scored, the others keep their lists"
+        )
+    return BatchPlan(refit, why_all is None, changed, digests, catalogue, reason)
+
+
+def _changed_or_why_all(settings, previous, refit, catalogue, digests) -> tuple[np.ndarray, str | None]:
+    """The users to score again, or why every user is scored (then the users are not listed)."""
+    nobody = np.array([], dtype=object)
+    if previous is None:
+        return nobody, "no earlier lists of this model"
+    if refit:
+        return nobody, "the sources were refitted"
+    if previous.catalogue_digest != catalogue:
+        return nobody, "the catalogue changed, so new items can reach every list"
+    changed = _changed_users(previous.digests, digests)
+    share = len(changed) / max(len(digests), 1)
+    if share > settings.rescore_all_share:
+        return changed, f"{share:.0%} of the users changed (rescore_all_share {settings.rescore_all_share:g})"
+    return changed, None
+
+
+def _mode(refit: bool) -> str:
+    return "sources refitted" if refit else "saved sources fold in the new interactions"
+
+
+def _changed_users(before: pd.DataFrame, now: pd.DataFrame) -> np.ndarray:
+    """Users of ``now`` whose history digest differs from ``before``, or whom ``before`` did not know."""
+    then = pd.Series(before[HISTORY_DIGEST].to_numpy(np.uint64), index=before[USER_ID].astype(str))
+    then = then.reindex(now[USER_ID].astype(str))
+    differs = then.isna().to_numpy() | (
+        then.fillna(0).to_numpy(np.uint64) != now[HISTORY_DIGEST].to_numpy(np.uint64)
+    )
+    return now[USER_ID].astype(str).to_numpy(dtype=object)[differs]
+
+
+def _list_counts(folder: RunFolder) -> dict:
+    users = folder.read_recommendations(columns=[USER_ID])[USER_ID]
+    return {"users": int(users.nunique()), "list_rows": len(users)}
+
+
+def _copy_lists(source: RunFolder, target: RunFolder, summary: dict) -> None:
+    """Publish the lists of ``source`` (with their feature table and history digests) into ``target``,
+    with ``summary`` as its batch report."""
+
+    def write(staging: Path) -> None:
+        staged = RunFolder(staging)
+        shutil.copyfile(source.recommendations, staged.recommendations)
+        if source.ranker_features.exists():
+            shutil.copyfile(source.ranker_features, staged.ranker_features)
+        if source.index_dir.is_dir():
+            shutil.copytree(source.index_dir, staged.index_dir)
+        write_outputs(staged, batch_report=summary)
+
+    publish_staged(target.root, write)
+
+
+def _scorer(model, sources, dataset, matrix, inputs, config) -> ListScorer:
+    ranker, context, selected = None, None, model.manifest.selected_model
+    if model.manifest.ranker_used:
+        from ranker.model import LightGBMRanker
+
+        ranker, selected = LightGBMRanker.load(model.folder.ranker_dir), "ranker"
+        context = ranker_context(dataset, matrix, inputs)
+    fallback = sources.get("popularity") or create_source("popularity").fit(matrix)
+    return ListScorer(
+        sources=sources,
+        matrix=matrix,
+        config=config,
+        selected=selected,
+        fallback=fallback,
+        context=context,
+        ranker=ranker,
+        model_name=str(model.folder.ranker_dir),
+    )
 
 
 def _interactions(dataset: Dataset) -> InteractionMatrix:
@@ -285,16 +465,32 @@ def _interactions(dataset: Dataset) -> InteractionMatrix:
     return InteractionMatrix.from_frame(frame, users, items)
 
 
-def _fit_sources(matrix: InteractionMatrix, model: TrainedModel, inputs: SideInputs) -> dict:
-    """Every source the model was trained with, refitted with its tuned parameters on ``matrix``."""
+def _current_sources(
+    matrix: InteractionMatrix, model: TrainedModel, inputs: SideInputs, *, refit: bool
+) -> dict:
+    """Every source the model was trained with, brought up to ``matrix``: loaded as the training run
+    saved it and folded into ``matrix`` (the item side as trained), or, with ``refit`` or for a source
+    not saved (or saved without what fold-in needs), refitted with its tuned parameters."""
+    from m6rec.candidates.base import FoldInError
+    from m6rec.candidates.registry import load_source
+
     sources = {}
     for name, params in model.manifest.source_params.items():
         if not inputs.provides(source_class(name).side_inputs):
             log.warning("source %s skipped: its side inputs are not configured for this batch", name)
             continue
-        started = time.perf_counter()
-        sources[name] = create_source(name, **params).fit(matrix, inputs)
-        log.info("refitted %s in %.1f s", name, time.perf_counter() - started)
+        started, how = time.perf_counter(), "refitted"
+        if not refit and name in model.manifest.saved_sources:
+            try:
+                sources[name], how = (
+                    load_source(model.folder.source_dir(name)).fold_in(matrix, inputs),
+                    "folded in",
+                )
+            except FoldInError as error:
+                log.warning("%s; refitting it", error)
+        if name not in sources:
+            sources[name] = create_source(name, **params).fit(matrix, inputs)
+        log.info("%s %s in %.1f s", name, how, time.perf_counter() - started)
     return sources
 
 
@@ -309,28 +505,8 @@ def lists_from_training(model_dir: str | Path, out_dir: str | Path | None = None
         raise ModelNotTrainedError(
             f"{model.directory}: the training run held a test share out of its lists; build the batch lists"
         )
-    source = model.folder
-    target = RunFolder(out_dir) if out_dir is not None else source.lists
-    recommendations = source.read_recommendations(columns=["user_id"])
-    summary = {
-        "m6rec_version": __version__,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model_dir": str(model.directory.resolve()),
-        "model_trained_at": model.trained_at,
-        "model_config_digest": model.manifest.config_digest,
-        "selected_model": model.manifest.selected_model,
-        "sources": sorted(model.manifest.source_params),
-        "from_training_run": True,
-        "counts": {"users": int(recommendations["user_id"].nunique()), "list_rows": len(recommendations)},
-    }
-
-    def write(staging: Path) -> None:
-        staged = RunFolder(staging)
-        shutil.copyfile(source.recommendations, staged.recommendations)
-        if source.ranker_features.exists():
-            shutil.copyfile(source.ranker_features, staged.ranker_features)
-        write_json(summary, staged.batch_report)
-
-    publish_staged(target.root, write)
+    target = RunFolder(out_dir) if out_dir is not None else model.folder.lists
+    summary = PreviousLists.of_training_run(model).summary
+    _copy_lists(model.folder, target, summary)
     log.info("batch lists from the training run (same data): %s", target.recommendations)
     return BatchResult(target.root, summary)

@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -24,6 +25,10 @@ from m6rec.embeddings.profiles import ProfileCache
 from m6rec.embeddings.store import EmbeddingTable
 from m6rec.errors import ConfigError
 from m6rec.io import write_json
+from pipelines.run_folder import TWO_TOWER_DIR
+
+if TYPE_CHECKING:
+    from features.two_tower import ExportedEmbeddings, TwoTowerModel
 
 log = logging.getLogger("m6rec")
 
@@ -117,18 +122,64 @@ def train_collaborative(
     out_dir: Path,
     config: EmbeddingConfig,
     profiles: ProfileCache,
+    *,
+    warm_start: TwoTowerModel | None = None,
 ) -> EmbeddingResult:
     """Two-tower vectors (and attention-fused vectors) learned from ``train`` over the frozen item
     embeddings in ``items``, plus per-space user profiles (from ``profiles``, the cache of the same
-    history, which later stages reuse), written to ``out_dir``."""
+    history, which later stages reuse), written to ``out_dir``; the trained model is saved in
+    ``out_dir/two_tower`` (:func:`load_collaborative_model` reads it back).
+
+    ``warm_start``: a model trained on a subset of ``train`` (the ranker fold's model for the full
+    history) that the training starts from, for a short schedule (see ``TwoTowerSettings``)."""
     out_dir = Path(out_dir)
     result = EmbeddingResult(out_dir)
     content = items.content_tables()
     if "cf" in config.modalities and train is not None and len(train):
-        _timed(result, "cf", lambda: _train_two_tower(dataset, train, content, out_dir, config, result))
+        _timed(
+            result,
+            "cf",
+            lambda: _train_two_tower(dataset, train, content, out_dir, config, result, warm_start),
+        )
     spaces = {**content, **{name: result.table(name) for name in ITEM_SPACES if name in result.paths}}
     _timed(result, "profiles", lambda: _write_profiles(profiles, spaces, out_dir, result))
     return result
+
+
+def fold_in_collaborative(
+    dataset: Dataset,
+    train: pd.DataFrame,
+    items: EmbeddingResult,
+    model: TwoTowerModel,
+    out_dir: Path,
+    config: EmbeddingConfig,
+    profiles: ProfileCache,
+) -> EmbeddingResult:
+    """The files of :func:`train_collaborative` for the current catalogue and histories, from a trained
+    ``model`` without training (:meth:`TwoTowerModel.fold_in`): known items and users keep their ID
+    vectors, new items are served through the content tower, every user through its history in
+    ``train`` (and attributes). A file whose vectors would come out the same is not rewritten.
+
+    Raises ``ValueError`` when the content modalities in ``items`` are not those the model was trained
+    with (retrain then)."""
+    out_dir = Path(out_dir)
+    result = EmbeddingResult(out_dir)
+    content = items.content_tables()
+    if "cf" in config.modalities and train is not None and len(train):
+        _timed(result, "cf", lambda: _fold_in_two_tower(dataset, train, content, model, out_dir, result))
+    spaces = {**content, **{name: result.table(name) for name in ITEM_SPACES if name in result.paths}}
+    _timed(result, "profiles", lambda: _write_profiles(profiles, spaces, out_dir, result))
+    return result
+
+
+def load_collaborative_model(out_dir: Path, *, force_cpu: bool = False) -> TwoTowerModel | None:
+    """The two-tower model :func:`train_collaborative` saved in ``out_dir`` (None when it saved none)."""
+    from features.two_tower import CONFIG_FILE, TwoTowerModel
+
+    directory = Path(out_dir) / TWO_TOWER_DIR
+    if not (directory / CONFIG_FILE).exists():
+        return None
+    return TwoTowerModel.load(directory, force_cpu=force_cpu)
 
 
 def _encode_content(
@@ -163,33 +214,59 @@ def _train_kg(dataset: Dataset, features_dir: Path, config: EmbeddingConfig, res
 
 
 def _train_two_tower(
-    dataset: Dataset, train: pd.DataFrame, content: dict, features_dir: Path, config: EmbeddingConfig, result
+    dataset: Dataset,
+    train: pd.DataFrame,
+    content: dict,
+    features_dir: Path,
+    config: EmbeddingConfig,
+    result: EmbeddingResult,
+    warm_start: TwoTowerModel | None = None,
 ) -> None:
     from features.two_tower import TwoTowerConfig, train_two_tower
 
-    matrix = _matrix(dataset, train)
     two_tower_config = TwoTowerConfig(
         **config.two_tower.model_dump(), fusion=config.fusion, force_cpu=config.force_cpu
     )
     model = train_two_tower(
-        matrix,
+        _matrix(dataset, train),
         content,
         two_tower_config,
         users=dataset.users,
         user_columns=dataset.user_columns,
         interactions=train,
+        warm_start=warm_start,
     )
-    exported = model.export(features_dir)
-    for name, path in (("cf_items", exported.items), ("cf_users", exported.users), ("fused", exported.fused)):
-        if path is not None:
-            result.paths[name] = path
-            table = result.table(name)
-            result.counts[name] = {
-                "total": len(table.keys),
-                "computed": len(table.keys),
-                "reused": 0,
-                "failed": int((~table.valid).sum()),
-            }
+    model.save(features_dir / TWO_TOWER_DIR)
+    _record_two_tower(result, model.export(features_dir))
+
+
+def _fold_in_two_tower(
+    dataset: Dataset,
+    train: pd.DataFrame,
+    content: dict,
+    model: TwoTowerModel,
+    features_dir: Path,
+    result: EmbeddingResult,
+) -> None:
+    folded = model.fold_in(_matrix(dataset, train), content, users=dataset.users, interactions=train)
+    _record_two_tower(result, folded.export(features_dir))
+
+
+def _record_two_tower(result: EmbeddingResult, exported: ExportedEmbeddings) -> None:
+    """Paths and counts of the two-tower files; a file left as it was counts its rows as reused."""
+    for name, side in (("cf_items", "items"), ("cf_users", "users"), ("fused", "fused")):
+        path = getattr(exported, side)
+        if path is None:
+            continue
+        result.paths[name] = path
+        table = result.table(name)
+        computed = len(table.keys) if side in exported.written else 0
+        result.counts[name] = {
+            "total": len(table.keys),
+            "computed": computed,
+            "reused": len(table.keys) - computed,
+            "failed": int((~table.valid).sum()),
+        }
 
 
 def _concat_fusion(

@@ -29,7 +29,7 @@ from m6rec.candidates.merge import ITEM, USER_ROW, merge_candidates
 from m6rec.candidates.registry import source_class
 from m6rec.config import RankerConfig
 from m6rec.evaluation.metrics import ranking_metrics
-from pipelines.source_tuning import Fold, make_fold
+from pipelines.source_tuning import Fold, make_fold, sample_users
 from ranker.features import RankerContext, build_ranker_features, feature_columns
 from ranker.lists import rank_candidates
 from ranker.model import LightGBMRanker
@@ -86,7 +86,7 @@ def train_ranker(
     (``config.early_stopping_share``) of the users is held out of every fold for early stopping and the
     validation NDCG@10, which is measured on ``fold`` alone.
     """
-    users = fold.label_users
+    users = sample_users(fold.label_users, config.max_training_users, seed=seed, purpose="ranker training")
     candidates, lists = candidate_table(sources, users, config.candidates_per_source, fold.seen)
     labels = _labels(candidates, fold)
     found = pd.Series(labels).groupby(candidates[USER_ROW].to_numpy()).sum()
@@ -97,7 +97,7 @@ def train_ranker(
         len(users),
         recall,
     )
-    cold_recall = _cold_candidate_recall(candidates, labels, fold)
+    cold_recall = _cold_candidate_recall(candidates, labels, fold, users)
     if cold_recall is not None:
         log.info(
             "ranker training: %d simulated new items, candidate recall of their labels %.3f",
@@ -115,8 +115,11 @@ def train_ranker(
     for number, (extra, extra_sources) in enumerate(
         _stacked_folds(fold, sources, context, config, seed=seed, temporal=temporal), start=1
     ):
+        extra_users = sample_users(
+            extra.label_users, config.max_training_users, seed=seed + number, purpose="ranker training"
+        )
         extra_candidates, _ = candidate_table(
-            extra_sources, extra.label_users, config.candidates_per_source, extra.seen
+            extra_sources, extra_users, config.candidates_per_source, extra.seen
         )
         extra_table = build_ranker_features(
             extra_candidates, dataclasses.replace(context, train=extra.history, profiles=None)
@@ -199,8 +202,10 @@ def _stacked_folds(fold, sources, context, config, *, seed, temporal):
     return resampled_folds(fold, sources, config.training_folds - 1, seed=seed)
 
 
-def _cold_candidate_recall(candidates: pd.DataFrame, labels: np.ndarray, fold: Fold) -> float | None:
-    cold_labels = fold.labels.matrix[fold.label_users][:, fold.cold_items].nnz if len(fold.cold_items) else 0
+def _cold_candidate_recall(
+    candidates: pd.DataFrame, labels: np.ndarray, fold: Fold, users: np.ndarray
+) -> float | None:
+    cold_labels = fold.labels.matrix[users][:, fold.cold_items].nnz if len(fold.cold_items) else 0
     if cold_labels == 0:
         return None
     found = labels.astype(bool) & np.isin(candidates[ITEM].to_numpy(), fold.cold_items)

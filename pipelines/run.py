@@ -2,10 +2,10 @@
 
 ``run_pipeline`` reads like the pipeline diagram: load → split → fold → item embeddings → collaborative
 embeddings (on the fold and on all training data) → candidate sources (tuned on the fold) → ranker
-(trained on the fold) → final lists → evaluate → publish. The stages it shares with serving live in
-:mod:`pipelines.stages`; the folder it writes is :mod:`pipelines.run_folder`'s. Lists and metrics are
-staged and moved into place only when complete, so a failed run leaves the previous outputs untouched.
-"""
+(trained on the fold) → final lists, streamed chunk by chunk of users with the test metrics added per
+chunk → the model the batch loads (sources, ranker, indexes) → publish. The stages it shares with serving
+live in :mod:`pipelines.stages`; the folder it writes is :mod:`pipelines.run_folder`'s. Everything is
+staged and moved into place only when complete, so a failed run leaves the previous outputs untouched."""
 
 from __future__ import annotations
 
@@ -17,29 +17,27 @@ import numpy as np
 import pandas as pd
 
 from m6rec import __version__
-from m6rec.candidates import Candidates, create_source
-from m6rec.candidates.merge import ITEM, USER_ROW, merge_candidates
+from m6rec.candidates import create_source
+from m6rec.candidates.merge import ITEM, USER_ROW
 from m6rec.candidates.registry import source_class
 from m6rec.config import RunConfig
 from m6rec.data import contract
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset, load_dataset
-from m6rec.data.interactions import IdIndex, InteractionMatrix
+from m6rec.data.interactions import IdIndex, InteractionMatrix, frame_digest, user_history_digests
 from m6rec.data.splits import SplitSpec
-from m6rec.evaluation.metrics import ranking_metrics
-from m6rec.io import write_json
+from m6rec.evaluation.metrics import RankingMetrics
+from m6rec.io import publish_staged, write_json, write_parquet
 from pipelines.run_folder import EMBEDDINGS_SUMMARY, FINAL, PROBLEMS, ModelManifest, RunFolder
 from pipelines.source_tuning import make_fold, select_final, tune_and_fit
 from pipelines.stages import (
     History,
-    Outputs,
+    ListScorer,
     StageClock,
     compute_stage_embeddings,
-    list_depth,
-    publish,
     ranker_context,
-    recommendation_frame,
-    with_fallback,
+    write_lists,
+    write_outputs,
 )
 
 log = logging.getLogger("m6rec")
@@ -128,32 +126,43 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
         has_times = fold.full.timestamps is not None
         models += [name for name in config.ranker.extra_sources if _available(name, full_inputs, has_times)]
     tuned = tune_and_fit(
-        fold, models, config.baselines, history_inputs=history_inputs, full_inputs=full_inputs
+        fold,
+        models,
+        config.baselines,
+        history_inputs=history_inputs,
+        full_inputs=full_inputs,
+        seed=config.seed,
     )
     fallback = (
         tuned["popularity"].source if "popularity" in tuned else create_source("popularity").fit(fold.full)
     )
     clock.lap("candidates")
 
-    all_users = np.arange(len(users))
-    depth = list_depth(config)
-    lists = {name: entry.source.recommend(all_users, depth) for name, entry in tuned.items()}
-    contexts = (
-        ranker_context(dataset, fold.history, history_inputs),
-        ranker_context(dataset, fold.full, full_inputs),
+    selected, training, ranker_summary = _train_ranker(
+        fold, tuned, ranker_context(dataset, fold.history, history_inputs), config, temporal=protocol.temporal
     )
-    selected, final, candidates, ranker_summary, new_item_places = _final_lists(
-        fold, tuned, lists, contexts, all_users, depth, folder, config, temporal=protocol.temporal
+    # What only the fold needed (its sources, profiles and vectors, the ranker's training table) goes
+    # before the final lists: at a million users they are gigabytes.
+    history_inputs = histories = None
+    embeddings.inputs.pop("fold", None)
+    embeddings.collaborative.pop("fold", None)
+    for entry in tuned.values():
+        entry.history_source = None
+    if training is not None:
+        training.features = None
+    scorer = ListScorer(
+        sources={name: entry.source for name, entry in tuned.items()},
+        matrix=fold.full,
+        config=config,
+        selected=selected,
+        fallback=fallback,
+        context=ranker_context(dataset, fold.full, full_inputs) if training is not None else None,
+        ranker=None if training is None else training.ranker,
+        columns=None if training is None else training.columns,
+        keep_source_lists=protocol.test is not None,
+        model_name=str(folder.ranker_dir),
     )
-    final, origin = with_fallback(final, fallback, all_users, depth, selected)
-    clock.lap("ranking")
-
-    metrics = {}
-    if protocol.test is not None:
-        metrics = _evaluate(lists, final, candidates, protocol.test, fold.full, config)
-        log.info("final list (%s): %s", selected, _headline(metrics[FINAL]))
-    clock.lap("evaluate")
-
+    evaluation = None if protocol.test is None else _Evaluation(protocol.test, fold.full, config)
     summary = {
         "m6rec_version": __version__,
         "data_dir": str(Path(data_dir).resolve()),
@@ -177,10 +186,7 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
         },
         "ranker": ranker_summary,
         "embeddings": embeddings.summary,
-        **clock.report(),
     }
-    places = new_item_places if config.ranker.new_item_slots else None
-    recommendations = recommendation_frame(final, origin, candidates, users, items, config.top_k, places)
     manifest = ModelManifest.create(
         config=config,
         data_dir=Path(data_dir),
@@ -189,18 +195,53 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
         ranker_used=selected == "ranker",
         ranker_features=(ranker_summary or {}).get("features", []),
         lists_from_all_interactions=protocol.test is None or dataset.test is not None,
+        saved_sources=sorted(tuned),
+        interactions=len(fold.full_frame),
+        catalogue_digest=frame_digest(dataset.items),
     )
-    outputs = Outputs(
-        recommendations,
-        metrics=metrics,
-        held_out=protocol.test,
-        run_report=summary,
-        validation_report=dataset.report.to_dict(),
-        manifest=manifest,
-    )
-    publish(folder, outputs)
+    metrics: dict = {}
+
+    def write(staging: Path) -> None:
+        staged = RunFolder(staging)
+        written = write_lists(scorer, staged, np.arange(len(users)), evaluation.add if evaluation else None)
+        if ranker_summary is not None and selected == "ranker":
+            ranker_summary["new_item_places_per_user"] = written.new_item_places / max(len(users), 1)
+        clock.lap("ranking")
+        if evaluation is not None:
+            metrics.update(evaluation.result())
+            log.info("final list (%s): %s", selected, _headline(metrics[FINAL]))
+        clock.lap("evaluate")
+        _save_model(staged, fold, tuned, training, protocol.train)
+        clock.lap("save")
+        summary["counts"]["list_rows"] = written.rows
+        summary.update(clock.report())
+        write_outputs(
+            staged,
+            metrics=metrics,
+            held_out=protocol.test,
+            run_report=summary,
+            validation_report=dataset.report.to_dict(),
+            manifest=manifest,
+        )
+
+    publish_staged(folder.root, write)
+    if not metrics:
+        folder.metrics.unlink(missing_ok=True)
+        folder.held_out.unlink(missing_ok=True)
     _report(out_dir, full_inputs.item_vectors)
     return RunResult(out_dir, metrics, selected, summary)
+
+
+def _save_model(staged: RunFolder, fold, tuned: dict, training, train_frame: pd.DataFrame) -> None:
+    """What a batch loads instead of refitting: every source fitted on all training interactions, the
+    ranker, the user and item indexes and each user's history digest."""
+    for name, entry in tuned.items():
+        entry.source.save(staged.source_dir(name))
+    if training is not None:
+        training.ranker.save(staged.ranker_dir)
+    fold.full.users.save(staged.users_index, USER_ID)
+    fold.full.items.save(staged.items_index, ITEM_ID)
+    write_parquet(user_history_digests(train_frame, fold.full.users), staged.user_histories)
 
 
 def _available(source: str, inputs, has_timestamps: bool) -> bool:
@@ -271,45 +312,23 @@ def _indexes(dataset: Dataset, protocol: _Protocol) -> tuple[IdIndex, IdIndex]:
     return users, items
 
 
-def _final_lists(fold, tuned, lists, contexts, all_users, depth, folder, config, *, temporal):
-    """The ranker's lists when it beats every single source on held-out fold users, else the best source's.
-    ``contexts`` are the ranker features' contexts of the fold's history and of all training data.
-    Returns (name, lists, merged final candidates or None, ranker summary, mask of the list entries moved
-    up into places reserved for new items or None)."""
+def _train_ranker(fold, tuned, context, config, *, temporal):
+    """The ranker trained on the fold with ``context`` (the fold history's), and whether it makes the
+    final lists: only when it beats every single source on held-out fold users. Returns (name of the
+    final list, the ranker's training or None, its summary or None)."""
     best_source = select_final(tuned)
     if not config.ranker.enabled or len(tuned) < 2:
-        return best_source, lists[best_source], None, None, None
-    from pipelines.ranking import candidate_table, train_ranker
-    from ranker.features import build_ranker_features, write_feature_table
-    from ranker.lists import rank_final_lists
+        return best_source, None, None
+    from pipelines.ranking import train_ranker
 
     training = train_ranker(
         fold,
         {name: entry.history_source for name, entry in tuned.items()},
-        contexts[0],
+        context,
         config.ranker,
         seed=config.seed,
         temporal=temporal,
     )
-    width = config.ranker.candidates_per_source
-    if width <= depth:  # the evaluation lists already hold every source's candidates: no second pass
-        candidates = merge_candidates(
-            {
-                name: Candidates(found.items[:, :width], found.scores[:, :width])
-                for name, found in lists.items()
-            },
-            all_users,
-            seen=fold.full.matrix,
-        )
-    else:
-        candidates, _ = candidate_table(
-            {name: entry.source for name, entry in tuned.items()}, all_users, width, fold.full.matrix
-        )
-    table = build_ranker_features(candidates, contexts[1])
-    training.ranker.save(folder.ranker_dir)
-    write_feature_table(table, folder.ranker_features)
-    fold.full.users.save(folder.users_index, USER_ID)
-    fold.full.items.save(folder.items_index, ITEM_ID)
     summary = {
         "validation_ndcg@10": training.validation,
         "fold_candidate_recall": training.candidate_recall,
@@ -323,39 +342,40 @@ def _final_lists(fold, tuned, lists, contexts, all_users, depth, folder, config,
             best_source,
             best_source,
         )
-        return best_source, lists[best_source], candidates, summary, None
-    final, new_item_places = rank_final_lists(
-        training.ranker, table, training.columns, all_users, depth, config.ranker
-    )
-    summary["new_item_places_per_user"] = float(new_item_places.sum() / max(len(all_users), 1))
-    return "ranker", final, candidates, summary, new_item_places
+        return best_source, training, summary
+    return "ranker", training, summary
 
 
-def _evaluate(
-    lists: dict[str, Candidates],
-    final: Candidates,
-    candidates: pd.DataFrame | None,
-    test: pd.DataFrame,
-    train: InteractionMatrix,
-    config: RunConfig,
-) -> dict[str, dict[str, float]]:
-    relevant = InteractionMatrix.from_frame(test, train.users, train.items).matrix
-    popularity = train.item_popularity()
-    metrics = {}
-    for name, lists_of_source in [*lists.items(), (FINAL, final)]:
-        metrics[name] = ranking_metrics(
-            lists_of_source.items,
-            relevant,
-            k_values=tuple(config.k_values),
-            n_catalogue_items=train.n_items,
-            item_popularity=popularity,
-        )
-    if candidates is not None and relevant.nnz:
-        found = (
-            np.asarray(relevant[candidates[USER_ROW].to_numpy(), candidates[ITEM].to_numpy()]).ravel().sum()
-        )
-        metrics[FINAL]["candidate_recall"] = float(found / relevant.nnz)
-    return metrics
+class _Evaluation:
+    """The test metrics of each source's lists and of the final lists, added chunk by chunk of users,
+    and the share of the test items among the final candidates (``candidate_recall``)."""
+
+    def __init__(self, test: pd.DataFrame, train: InteractionMatrix, config: RunConfig):
+        self.relevant = InteractionMatrix.from_frame(test, train.users, train.items).matrix.tocsr()
+        popularity = train.item_popularity()
+        self.settings = {
+            "k_values": tuple(config.k_values),
+            "n_catalogue_items": train.n_items,
+            "item_popularity": popularity,
+        }
+        self.lists: dict[str, RankingMetrics] = {}
+        self.candidates_found = 0
+        self.with_candidates = False
+
+    def add(self, chunk) -> None:
+        relevant = self.relevant[chunk.user_rows]
+        for name, lists in [*chunk.source_lists.items(), (FINAL, chunk.final)]:
+            self.lists.setdefault(name, RankingMetrics(**self.settings)).add(lists.items, relevant)
+        if chunk.candidates is not None:
+            self.with_candidates = True
+            rows, items = chunk.candidates[USER_ROW].to_numpy(), chunk.candidates[ITEM].to_numpy()
+            self.candidates_found += int(np.asarray(self.relevant[rows, items]).ravel().sum())
+
+    def result(self) -> dict[str, dict[str, float]]:
+        metrics = {name: accumulator.result() for name, accumulator in self.lists.items()}
+        if self.with_candidates and self.relevant.nnz:
+            metrics[FINAL]["candidate_recall"] = float(self.candidates_found / self.relevant.nnz)
+        return metrics
 
 
 def _headline(metrics: dict[str, float]) -> str:

@@ -45,6 +45,8 @@ INDEX_DIR = "index"
 FEATURES_DIR = "features"
 FOLD_DIR = "fold"
 LISTS_DIR = "lists"
+SOURCES_DIR = "sources"
+TWO_TOWER_DIR = "two_tower"
 BATCH_REPORT = "batch.json"
 REPORT_PAGE = "report.html"
 REPORT_SCREENSHOT = "report.png"
@@ -79,13 +81,21 @@ class RunFolder:
     validation_report = property(lambda self: self.root / VALIDATION_REPORT)
     ranker_features = property(lambda self: self.root / RANKER_FEATURES)
     ranker_dir = property(lambda self: self.root / RANKER_DIR)
+    index_dir = property(lambda self: self.root / INDEX_DIR)
     users_index = property(lambda self: self.root / INDEX_DIR / "users.parquet")
     items_index = property(lambda self: self.root / INDEX_DIR / "items.parquet")
+    user_histories = property(lambda self: self.root / INDEX_DIR / "user_histories.parquet")
+    sources_dir = property(lambda self: self.root / SOURCES_DIR)
+    two_tower_dir = property(lambda self: self.root / FEATURES_DIR / TWO_TOWER_DIR)
     features_dir = property(lambda self: self.root / FEATURES_DIR)
     fold_features_dir = property(lambda self: self.root / FEATURES_DIR / FOLD_DIR)
     batch_report = property(lambda self: self.root / BATCH_REPORT)
     report_page = property(lambda self: self.root / REPORT_PAGE)
     report_screenshot = property(lambda self: self.root / REPORT_SCREENSHOT)
+
+    def source_dir(self, name: str) -> Path:
+        """Where the fitted candidate source ``name`` is saved (``CandidateSource.save``)."""
+        return self.sources_dir / name
 
     @property
     def lists(self) -> RunFolder:
@@ -123,7 +133,9 @@ class ModelManifest:
     trained with and ``config_digest`` its SHA-256; ``data_fingerprint`` is a SHA-256 over the dataset's
     tables (interactions, items, users, kg, columns.yaml). ``lists_from_all_interactions`` says whether
     the run's own lists came from every interaction (no test share held out of them), so that a batch on
-    the same data would build the same lists.
+    the same data would build the same lists. ``saved_sources`` are the sources fitted on all training
+    interactions and saved under ``sources/`` for the batch to fold new data into, ``interactions`` how
+    many training interactions they saw and ``catalogue_digest`` a digest of the items table.
     """
 
     trained_at: str
@@ -135,6 +147,9 @@ class ModelManifest:
     ranker_used: bool
     ranker_features: list[str] = field(default_factory=list)
     lists_from_all_interactions: bool = False
+    saved_sources: list[str] = field(default_factory=list)
+    interactions: int = 0
+    catalogue_digest: str = ""
     m6rec_version: str = __version__
     schema_version: int = MANIFEST_SCHEMA_VERSION
 
@@ -149,6 +164,9 @@ class ModelManifest:
         ranker_used: bool,
         ranker_features: list[str],
         lists_from_all_interactions: bool,
+        saved_sources: list[str] = (),
+        interactions: int = 0,
+        catalogue_digest: str = "",
     ) -> ModelManifest:
         dumped = config.model_dump(mode="json")
         return cls(
@@ -161,6 +179,9 @@ class ModelManifest:
             ranker_used=ranker_used,
             ranker_features=list(ranker_features),
             lists_from_all_interactions=lists_from_all_interactions,
+            saved_sources=list(saved_sources),
+            interactions=interactions,
+            catalogue_digest=catalogue_digest,
         )
 
     def run_config(self) -> RunConfig:

@@ -138,6 +138,7 @@ def tune_and_fit(
     *,
     history_inputs: SideInputs | None = None,
     full_inputs: SideInputs | None = None,
+    seed: int = 0,
 ) -> dict[str, TunedSource]:
     """Grid-search each model's parameters on ``fold`` (NDCG@``selection_k`` of its label part), then
     refit the best on all training data.
@@ -146,7 +147,7 @@ def tune_and_fit(
     trained on the fold's history versus on all training data), loaded once and shared by every trial.
     A source class with a ``fit_grid`` capability fits its whole grid at once (see ``_fitted_trials``).
     """
-    label_users = fold.label_users
+    label_users = sample_users(fold.label_users, config.max_tuning_users, seed=seed, purpose="tuning")
     key = f"ndcg@{config.selection_k}"
     tuned = {}
     for name in models:
@@ -170,6 +171,15 @@ def tune_and_fit(
             best_source, source, best_params, float(best_score), trials, time.perf_counter() - started
         )
     return tuned
+
+
+def sample_users(users: np.ndarray, limit: int, *, seed: int, purpose: str) -> np.ndarray:
+    """``users`` when there are at most ``limit``, else a seeded sample of ``limit`` of them (sorted), said
+    in the log: tuning and ranker training cost what their sample costs, whatever the number of users."""
+    if len(users) <= limit:
+        return users
+    log.info("%s on a sample of %d of the %d fold label users", purpose, limit, len(users))
+    return np.sort(np.random.default_rng(seed).choice(users, size=limit, replace=False))
 
 
 def select_final(tuned: dict[str, TunedSource]) -> str:

@@ -2,11 +2,13 @@
 
 Embeddings for a set of training histories, loaded once; the side inputs every candidate source and the
 ranker's features take from them; the lists' depth; serving users a source cannot serve; the published
-list table; and the staged publish of a run or lists folder.
+list table; scoring the final lists chunk by chunk of users (:class:`ListScorer`, :func:`write_lists`);
+and the staged publish of a run or lists folder.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,16 +18,18 @@ import pandas as pd
 
 from m6rec import __version__
 from m6rec.candidates import Candidates, CandidateSource
-from m6rec.candidates.merge import ITEM, SOURCES, USER_ROW
+from m6rec.candidates.merge import ITEM, SOURCES, USER_ROW, merge_candidates
 from m6rec.candidates.side_inputs import SideInputs
 from m6rec.config import ITEM_SPACES, RunConfig
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset
 from m6rec.data.interactions import IdIndex, InteractionMatrix
 from m6rec.embeddings.profiles import ProfileCache
-from m6rec.io import publish_staged, write_json, write_parquet
+from m6rec.io import write_json, write_parquet
 from pipelines.embeddings import EmbeddingResult
-from pipelines.run_folder import ModelManifest, RunFolder
+from pipelines.run_folder import ModelManifest, ModelNotTrainedError, RunFolder
+
+log = logging.getLogger("m6rec")
 
 
 class StageClock:
@@ -117,29 +121,81 @@ def compute_stage_embeddings(
     histories: dict[str, History],
     *,
     needed: bool = True,
+    trained_model_dir: Path | None = None,
 ) -> StageEmbeddings:
     """Item embeddings into ``features_dir`` (incrementally), then for each history the collaborative
     model over them and its side inputs; no embeddings when they are not ``needed`` or the ranker or
-    every modality is off."""
+    every modality is off. The ``fold`` history's two-tower model is trained first; with
+    ``embeddings.two_tower.warm_start`` every other history's model starts from it.
+
+    With ``trained_model_dir`` (a batch: the features folder of the training run) the two-tower model
+    saved there folds in each history instead of being trained again (trained only when none was saved
+    or its content modalities no longer match)."""
     if not needed or not config.ranker.enabled or not config.embeddings.modalities:
         bare = {
             name: side_inputs(dataset, None, None, history.profiles) for name, history in histories.items()
         }
         return StageEmbeddings(None, {}, bare, None)
-    from pipelines.embeddings import compute_item_embeddings, train_collaborative
+    from pipelines.embeddings import compute_item_embeddings, load_collaborative_model, train_collaborative
 
     items = compute_item_embeddings(dataset, features_dir, config.embeddings)
-    collaborative = {
-        name: train_collaborative(
-            dataset, history.frame, items, history.features_dir, config.embeddings, history.profiles
+    if trained_model_dir is not None:
+        collaborative = {
+            name: _folded_in_collaborative(dataset, items, history, config, trained_model_dir)
+            for name, history in histories.items()
+        }
+        inputs = {
+            name: side_inputs(dataset, items, collaborative[name], histories[name].profiles)
+            for name in histories
+        }
+        summary = {**items.summary(), **{name: result.summary() for name, result in collaborative.items()}}
+        return StageEmbeddings(items, collaborative, inputs, summary)
+    # The fold's history is a subset of the full one, and its model never saw the fold's labels, so
+    # starting the full model from it leaks nothing into the ranker's fold.
+    warm_start = config.embeddings.two_tower.warm_start
+    collaborative, fold_model = {}, None
+    for name in sorted(histories, key=lambda name: name != "fold"):
+        history = histories[name]
+        collaborative[name] = train_collaborative(
+            dataset,
+            history.frame,
+            items,
+            history.features_dir,
+            config.embeddings,
+            history.profiles,
+            warm_start=fold_model,
         )
-        for name, history in histories.items()
-    }
+        if name == "fold" and warm_start and "cf_items" in collaborative[name].paths:
+            fold_model = load_collaborative_model(history.features_dir, force_cpu=config.embeddings.force_cpu)
+    collaborative = {name: collaborative[name] for name in histories}
     inputs = {
         name: side_inputs(dataset, items, collaborative[name], histories[name].profiles) for name in histories
     }
     summary = {**items.summary(), **{name: result.summary() for name, result in collaborative.items()}}
     return StageEmbeddings(items, collaborative, inputs, summary)
+
+
+def _folded_in_collaborative(dataset, items, history: History, config: RunConfig, trained_model_dir: Path):
+    """The collaborative files of ``history`` from the two-tower model saved in ``trained_model_dir``;
+    trained anew when there is none or it cannot serve today's content modalities."""
+    from pipelines.embeddings import fold_in_collaborative, load_collaborative_model, train_collaborative
+
+    settings = config.embeddings
+    model = load_collaborative_model(trained_model_dir, force_cpu=settings.force_cpu)
+    if model is not None:
+        try:
+            return fold_in_collaborative(
+                dataset, history.frame, items, model, history.features_dir, settings, history.profiles
+            )
+        except ValueError as error:
+            log.warning(
+                "two-tower model in %s cannot fold in (%s); training it again", trained_model_dir, error
+            )
+    elif "cf" in settings.modalities:
+        log.warning("no two-tower model saved in %s; training it again", trained_model_dir)
+    return train_collaborative(
+        dataset, history.frame, items, history.features_dir, settings, history.profiles
+    )
 
 
 def side_inputs(
@@ -238,18 +294,161 @@ def recommendation_frame(
 
 
 @dataclass
-class Outputs:
-    """What one publish writes into a run (or lists) folder; what is None is not written, and a run's
-    metrics and held-out pairs are removed when it has none."""
+class ScoredChunk:
+    """One chunk of users' final lists: the published rows, the candidates' feature table (None without
+    a ranker context), each source's own lists at the list depth (only when the scorer keeps them, for
+    evaluation), the final lists before the cut to ``top_k``, the merged candidates, how many users the
+    fallback served and how many list places went to new items."""
 
+    user_rows: np.ndarray
     recommendations: pd.DataFrame
-    ranker_features: pd.DataFrame | None = None
-    metrics: dict | None = None
-    held_out: pd.DataFrame | None = None
-    run_report: dict | None = None
-    validation_report: dict | None = None
-    batch_report: dict | None = None
-    manifest: ModelManifest | None = None
+    features: pd.DataFrame | None
+    source_lists: dict[str, Candidates]
+    final: Candidates
+    candidates: pd.DataFrame | None
+    served_by_fallback: int
+    new_item_places: int
+
+
+@dataclass
+class ListScorer:
+    """Everything fixed across user chunks of the final lists, the same for a training run and a batch:
+    the fitted sources over ``matrix`` (their seen items), the selected list (``ranker`` or a source), the
+    fallback for users it cannot serve and, with a ranker ``context``, the merged candidates' features and
+    the ``ranker`` that orders them on its ``columns``. :meth:`score` turns one chunk of user rows into its
+    lists; nothing in it grows with the number of users."""
+
+    sources: dict[str, CandidateSource]
+    matrix: InteractionMatrix
+    config: RunConfig
+    selected: str
+    fallback: CandidateSource
+    context: object | None = None
+    ranker: object | None = None
+    columns: list[str] | None = None
+    keep_source_lists: bool = False
+    model_name: str = "the model"
+
+    def __post_init__(self) -> None:
+        if self.selected == "ranker" and (self.ranker is None or self.context is None):
+            raise ValueError("the ranker's lists need the ranker and its features' context")
+
+    @property
+    def ranks(self) -> bool:
+        return self.selected == "ranker"
+
+    def score(self, user_rows: np.ndarray) -> ScoredChunk:
+        config, depth = self.config, list_depth(self.config)
+        width = config.ranker.candidates_per_source if self.context is not None else 0
+        lists = {}
+        for name, source in self.sources.items():
+            own_depth = depth if self.keep_source_lists or (not self.ranks and name == self.selected) else 0
+            if max(width, own_depth):
+                lists[name] = source.recommend(user_rows, max(width, own_depth))
+        candidates, table, places = None, None, None
+        if self.context is not None:
+            from ranker.features import build_ranker_features
+
+            cut = {
+                name: Candidates(found.items[:, :width], found.scores[:, :width])
+                for name, found in lists.items()
+            }
+            candidates = merge_candidates(cut, user_rows, seen=self.matrix.matrix)
+            table = build_ranker_features(candidates, self.context)
+        if self.ranks:
+            final, places = self._ranked(table, user_rows, depth)
+        else:
+            chosen = lists[self.selected]
+            final = Candidates(chosen.items[:, :depth], chosen.scores[:, :depth])
+        final, origin = with_fallback(final, self.fallback, user_rows, depth, self.selected)
+        frame = recommendation_frame(
+            final, origin, candidates, self.matrix.users, self.matrix.items, config.top_k, places, user_rows
+        )
+        own = (
+            {
+                name: Candidates(found.items[:, :depth], found.scores[:, :depth])
+                for name, found in lists.items()
+            }
+            if self.keep_source_lists
+            else {}
+        )
+        return ScoredChunk(
+            user_rows,
+            frame,
+            table,
+            own,
+            final,
+            candidates,
+            int((origin != self.selected).sum()),
+            0 if places is None else int(places.sum()),
+        )
+
+    def _ranked(self, table: pd.DataFrame, user_rows: np.ndarray, depth: int):
+        from ranker.lists import rank_final_lists
+
+        columns = self.columns or list(self.ranker.feature_names_)
+        missing = [name for name in columns if name not in table.columns]
+        if missing:
+            raise ModelNotTrainedError(
+                f"{self.model_name}: the ranker needs features this batch cannot build: {', '.join(missing)}",
+                hint="the data or the configuration changed since training; retrain (train-ranker flow)",
+            )
+        final, places = rank_final_lists(self.ranker, table, columns, user_rows, depth, self.config.ranker)
+        return final, places if self.config.ranker.new_item_slots else None
+
+
+@dataclass
+class WrittenLists:
+    """What :func:`write_lists` wrote: list rows, feature-table rows, users served by the fallback and
+    list places given to new items."""
+
+    rows: int = 0
+    feature_rows: int = 0
+    served_by_fallback: int = 0
+    new_item_places: int = 0
+    carried_users: int = 0
+
+
+def write_lists(
+    scorer: ListScorer, staged: RunFolder, user_rows: np.ndarray, on_chunk=None, carried=None
+) -> WrittenLists:
+    """Score ``user_rows`` chunk by chunk (``config.user_chunk`` users) into ``staged``'s list file and,
+    with a ranker context, its feature table (``config.ranker.feature_table`` says which rows), one
+    Parquet row group per chunk; ``on_chunk(chunk)`` sees every :class:`ScoredChunk` (evaluation).
+    ``carried`` (frames of earlier list rows, of users not scored now) are appended after them."""
+    from ranker.features import FeatureTableWriter
+
+    written = WrittenLists()
+    kept = scorer.config.ranker.feature_table
+    with ListWriter(staged.recommendations) as lists, FeatureTableWriter(staged.ranker_features) as table:
+        for start in range(0, len(user_rows), scorer.config.user_chunk):
+            chunk = scorer.score(
+                np.asarray(user_rows[start : start + scorer.config.user_chunk], dtype=np.int64)
+            )
+            lists.write(chunk.recommendations)
+            if chunk.features is not None and kept != "none":
+                table.write(chunk.features if kept == "all" else _listed_rows(chunk, scorer.config.top_k))
+            written.served_by_fallback += chunk.served_by_fallback
+            written.new_item_places += chunk.new_item_places
+            if on_chunk is not None:
+                on_chunk(chunk)
+        for frame in carried or ():
+            lists.write(frame)
+            written.carried_users += int(frame[USER_ID].nunique())
+        written.rows, written.feature_rows = lists.rows, table.rows
+    if written.feature_rows == 0:
+        staged.ranker_features.unlink(missing_ok=True)
+    return written
+
+
+def _listed_rows(chunk: ScoredChunk, top_k: int) -> pd.DataFrame:
+    """The feature rows of the candidates that made the published (top-``top_k``) lists."""
+    listed = chunk.final.items[:, :top_k]
+    users = np.repeat(chunk.user_rows, listed.shape[1])
+    listed_keys = users[listed.ravel() >= 0] * (1 << 32) + listed.ravel()[listed.ravel() >= 0]
+    features = chunk.features
+    keys = features[USER_ROW].to_numpy(np.int64) * (1 << 32) + features[ITEM].to_numpy(np.int64)
+    return features[np.isin(keys, listed_keys)]
 
 
 def user_chunks(n_users: int, size: int):
@@ -270,6 +469,8 @@ class ListWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        if self._writer is not None and list(frame.columns) != self._schema.names:
+            frame = frame.reindex(columns=self._schema.names)  # earlier rows of a source since dropped
         table = pa.Table.from_pandas(frame, preserve_index=False)
         if self._writer is None:
             metadata = {**(table.schema.metadata or {}), b"m6rec.version": __version__.encode()}
@@ -286,31 +487,27 @@ class ListWriter:
             self._writer.close()
 
 
-def publish(folder: RunFolder, outputs: Outputs) -> None:
-    """Write ``outputs`` into a staging folder, then move each file into ``folder`` (atomic per file)."""
-
-    def write(staging: Path) -> None:
-        staged = RunFolder(staging)
-        staged.write_recommendations(outputs.recommendations)
-        if outputs.ranker_features is not None:
-            from ranker.features import write_feature_table
-
-            write_feature_table(outputs.ranker_features, staged.ranker_features)
-        if outputs.metrics:
-            write_json(outputs.metrics, staged.metrics)
-            held_out = outputs.held_out[[USER_ID, ITEM_ID]].astype("string").reset_index(drop=True)
-            write_parquet(held_out, staged.held_out)
-        for report, path in (
-            (outputs.run_report, staged.run_report),
-            (outputs.validation_report, staged.validation_report),
-            (outputs.batch_report, staged.batch_report),
-        ):
-            if report is not None:
-                write_json(report, path)
-        if outputs.manifest is not None:
-            outputs.manifest.write(staged.model_manifest)
-
-    publish_staged(folder.root, write)
-    if outputs.run_report is not None and not outputs.metrics:
-        folder.metrics.unlink(missing_ok=True)
-        folder.held_out.unlink(missing_ok=True)
+def write_outputs(
+    staged: RunFolder,
+    *,
+    metrics: dict | None = None,
+    held_out: pd.DataFrame | None = None,
+    run_report: dict | None = None,
+    validation_report: dict | None = None,
+    batch_report: dict | None = None,
+    manifest: ModelManifest | None = None,
+) -> None:
+    """Write the reports of a run or lists folder into its staging copy ``staged``; what is None (or,
+    for the metrics and the held-out pairs they were computed on, empty) is not written."""
+    if metrics:
+        write_json(metrics, staged.metrics)
+        write_parquet(held_out[[USER_ID, ITEM_ID]].astype("string").reset_index(drop=True), staged.held_out)
+    for report, path in (
+        (run_report, staged.run_report),
+        (validation_report, staged.validation_report),
+        (batch_report, staged.batch_report),
+    ):
+        if report is not None:
+            write_json(report, path)
+    if manifest is not None:
+        manifest.write(staged.model_manifest)

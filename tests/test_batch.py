@@ -33,11 +33,7 @@ def config(trained_demo_run) -> RunConfig:
     return trained_demo_run.config()
 
 
-def test_batch_on_unchanged_data_reproduces_the_training_run(trained, tmp_path, config):
-    catalogue, run = trained
-    batch = batch_recommend(catalogue, run.out_dir, tmp_path / "lists", config)
-    expected = pd.read_parquet(run.recommendations_path)
-    got = pd.read_parquet(batch.recommendations_path)
+def _same_lists(got: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert list(got.columns) == list(expected.columns)
     pd.testing.assert_frame_equal(
         got.sort_values(["user_id", "rank"]).reset_index(drop=True),
@@ -45,9 +41,56 @@ def test_batch_on_unchanged_data_reproduces_the_training_run(trained, tmp_path, 
         check_exact=False,
         atol=1e-5,
     )
+
+
+def test_batch_on_unchanged_data_keeps_the_training_lists_without_scoring(trained, tmp_path, config):
+    catalogue, run = trained
+    batch = batch_recommend(catalogue, run.out_dir, tmp_path / "lists", config)
+    got = pd.read_parquet(batch.recommendations_path)
+    _same_lists(got, pd.read_parquet(run.recommendations_path))
     summary = json.loads((tmp_path / "lists" / BATCH_REPORT).read_text())
     assert summary["selected_model"] == run.selected_model
     assert summary["counts"]["list_rows"] == len(got)
+    assert summary["reused_lists"] and "timings_seconds" not in summary, "nothing was scored"
+
+
+def test_folded_in_sources_give_the_lists_of_refitted_ones_on_unchanged_data(trained, tmp_path, config):
+    """Every user scored again, once by the saved sources folded into the same data and once by sources
+    refitted on it: the same lists, and both those of the training run."""
+    catalogue, run = trained
+    model = shutil.copytree(run.out_dir, tmp_path / "model")
+    (model / "index" / "user_histories.parquet").unlink()  # no earlier lists to keep: score everyone
+    folded = batch_recommend(catalogue, model, tmp_path / "folded", config)
+    refitted = batch_recommend(
+        catalogue, model, tmp_path / "refitted", config.replace(batch=config.batch.replace(incremental=False))
+    )
+    assert folded.summary["sources_mode"] == "fold-in" and refitted.summary["sources_mode"] == "refit"
+    assert folded.summary["counts"]["users_scored"] == folded.summary["counts"]["users"]
+    expected = pd.read_parquet(run.recommendations_path)
+    _same_lists(pd.read_parquet(folded.recommendations_path), expected)
+    _same_lists(pd.read_parquet(refitted.recommendations_path), expected)
+
+
+def test_only_users_with_new_interactions_are_scored_again(trained, tmp_path, config):
+    catalogue, run = trained
+    data = shutil.copytree(catalogue, tmp_path / "data")
+    interactions = pd.read_parquet(data / "interactions.parquet")
+    first = batch_recommend(data, run.out_dir, tmp_path / "lists", config)
+    before = pd.read_parquet(first.recommendations_path)
+    changed_user = before["user_id"].iloc[0]
+    new_item = before.loc[before["user_id"] == changed_user, "item_id"].iloc[0]
+    extra = interactions.iloc[[0]].assign(user_id=changed_user, item_id=new_item)
+    pd.concat([interactions, extra]).to_parquet(data / "interactions.parquet")
+
+    second = batch_recommend(data, run.out_dir, tmp_path / "lists", config)
+    counts = second.summary["counts"]
+    assert counts["users_scored"] == 1 and counts["users_kept"] == counts["users"] - 1
+    after = pd.read_parquet(second.recommendations_path)
+    assert new_item not in set(after.loc[after["user_id"] == changed_user, "item_id"]), "now seen"
+    others = before[before["user_id"] != changed_user]
+    _same_lists(after[after["user_id"] != changed_user], others)
+    third = batch_recommend(data, run.out_dir, tmp_path / "lists", config)
+    assert third.summary["reused_lists"], "nothing changed since the second batch"
 
 
 def test_new_interactions_users_and_items_reach_the_lists(trained, tmp_path, config):

@@ -269,7 +269,7 @@ def test_a_bad_nested_key_stops_the_command_before_any_data_is_read(tmp_path):
         assert "Traceback" not in result.stderr
         assert result.stderr.splitlines() == [
             f"error: {config}: embeddings.kg.epochz: unknown key; allowed keys: model, dimension, epochs, "
-            "batch_size, learning_rate, seed, attribute_columns"
+            "batch_size, learning_rate, seed, attribute_columns, warm_start_epochs"
         ]
     assert not (tmp_path / "out").exists()
 

@@ -393,3 +393,26 @@ def test_oracle_lists_on_movielens_score_perfectly(movielens_ratings):
     assert result["coverage@10"] == pytest.approx(top10["item_id"].nunique() / 1682)
     popularity = ratings["item_id"].value_counts()
     assert result["avg_popularity@10"] == pytest.approx(popularity.loc[top10["item_id"]].mean())
+
+
+def test_metrics_added_chunk_by_chunk_equal_the_metrics_of_all_lists_at_once():
+    """The run evaluates its lists chunk by chunk; the chunks change nothing but float summation order."""
+    from m6rec.evaluation.metrics import RankingMetrics
+
+    rng = np.random.default_rng(5)
+    n_users, n_items = 60, 40
+    lists = np.stack([rng.permutation(n_items)[:12] for _ in range(n_users)])
+    lists[3, 8:] = -1
+    relevant = sp.csr_matrix((rng.random((n_users, n_items)) < 0.1).astype(np.float32))
+    popularity = rng.integers(0, 50, n_items)
+    whole = ranking_metrics(
+        lists, relevant, k_values=(5, 10), n_catalogue_items=n_items, item_popularity=popularity
+    )
+    chunked = RankingMetrics(k_values=(5, 10), n_catalogue_items=n_items, item_popularity=popularity)
+    for start in range(0, n_users, 7):
+        chunked.add(lists[start : start + 7], relevant[start : start + 7])
+    got = chunked.result()
+    assert list(got) == list(whole)
+    assert got["n_users"] == whole["n_users"]
+    for name, value in whole.items():
+        assert got[name] == pytest.approx(value, rel=1e-12, abs=1e-15), name

@@ -136,7 +136,7 @@ def test_failed_run_leaves_previous_outputs_untouched(tmp_path, monkeypatch):
     )
     out = tmp_path / "out"
     run_pipeline(data, out, config)
-    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    before = {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()}
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
@@ -144,7 +144,7 @@ def test_failed_run_leaves_previous_outputs_untouched(tmp_path, monkeypatch):
     monkeypatch.setattr(stages_module, "write_json", crash)
     with pytest.raises(OSError, match="disk full"):
         run_pipeline(data, out, config)
-    after = {path.name: path.read_bytes() for path in out.iterdir()}
+    after = {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()}
     assert after == before
 
 
@@ -229,3 +229,54 @@ def test_time_order_sources_join_the_ranker_only_when_interactions_have_timestam
 
     assert {"trend", "sequential"} <= set(timed.summary["models"])
     assert not {"trend", "sequential"} & set(untimed.summary["models"])
+
+
+def test_a_run_scoring_users_in_chunks_gives_the_lists_and_metrics_of_scoring_them_at_once(tmp_path):
+    """The run streams its final lists over user chunks (one row group each) and adds the metrics chunk by
+    chunk; chunk size changes nothing."""
+    import pyarrow.parquet as pq
+
+    from ranker.features import read_feature_table
+
+    data = _planted_dataset(tmp_path / "data")
+    config = RunConfig(
+        split="random:0.25",
+        baselines=BaselineConfig(models=["popularity", "itemknn", "ease"]),
+        embeddings=EmbeddingConfig(modalities=[]),
+        ranker=RankerConfig(params={"n_estimators": 20}),
+    )
+    whole = run_pipeline(data, tmp_path / "whole", config)
+    chunked = run_pipeline(data, tmp_path / "chunked", config.replace(user_chunk=3))
+    assert pq.ParquetFile(chunked.recommendations_path).num_row_groups > 1
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(chunked.recommendations_path), pd.read_parquet(whole.recommendations_path)
+    )
+    pd.testing.assert_frame_equal(
+        read_feature_table(tmp_path / "chunked" / "ranker_features.parquet"),
+        read_feature_table(tmp_path / "whole" / "ranker_features.parquet"),
+        check_exact=False,
+        atol=1e-6,
+    )
+    assert chunked.metrics.keys() == whole.metrics.keys()
+    for name, metrics in whole.metrics.items():
+        assert chunked.metrics[name] == pytest.approx(metrics, rel=1e-9), name
+
+
+def test_the_listed_feature_table_holds_the_rows_of_the_published_lists(tmp_path):
+    from ranker.features import read_feature_table
+
+    data = _planted_dataset(tmp_path / "data")
+    config = RunConfig(
+        top_k=3,
+        baselines=BaselineConfig(models=["popularity", "itemknn"]),
+        embeddings=EmbeddingConfig(modalities=[]),
+        ranker=RankerConfig(params={"n_estimators": 20}, feature_table="listed"),
+    )
+    result = run_pipeline(data, tmp_path / "out", config)
+    table = read_feature_table(tmp_path / "out" / "ranker_features.parquet")
+    lists = pd.read_parquet(result.recommendations_path)
+    users = pd.read_parquet(tmp_path / "out" / "index" / "users.parquet")["user_id"].to_numpy()
+    items = pd.read_parquet(tmp_path / "out" / "index" / "items.parquet")["item_id"].to_numpy()
+    rows = set(zip(users[table["user_row"]], items[table["item"]], strict=True))
+    listed = set(zip(lists["user_id"], lists["item_id"], strict=True))
+    assert rows == listed, (sorted(rows - listed)[:5], sorted(listed - rows)[:5], result.selected_model)

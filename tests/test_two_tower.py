@@ -262,7 +262,9 @@ def test_export_writes_the_embedding_contract(attention_model, demo, tmp_path):
         assert metadata["weights"].startswith("trained:")
         assert metadata["pretrained"] is False
         assert metadata["dimension"] == DEMO_CONFIG.dimension
-        assert (metadata["loss"], metadata["epochs"]) == ("softmax", DEMO_CONFIG.epochs)
+        assert (metadata["loss"], metadata["epochs"]) == ("softmax", len(attention_model.loss_history))
+        assert metadata["best_epoch"] == attention_model.best_epoch
+        assert metadata["validation_loss"] == pytest.approx(attention_model.best_validation_loss)
         assert metadata["final_loss"] == pytest.approx(attention_model.loss_history[-1])
         assert metadata["attention_weights"] == pytest.approx(attention_model.attention_weights())
     assert fused.valid.all()

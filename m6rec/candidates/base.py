@@ -1,7 +1,8 @@
 """The candidate-source interface, its registry, and the shared top-k selection.
 
 A source is fitted on an :class:`InteractionMatrix`, returns scored candidates for a batch of users in
-index space, and saves itself as data (``source.json`` plus ``arrays.npz``, never a pickle).
+index space, saves itself as data (``source.json`` plus ``arrays.npz``, never a pickle), and folds in a
+newer matrix (new users, items, interactions) without learning its item side again.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
-from m6rec.data.interactions import InteractionMatrix
+from m6rec.candidates.alignment import ItemAlignment, item_id_array
+from m6rec.data.interactions import IdIndex, InteractionMatrix
+from m6rec.errors import M6RecError
 from m6rec.io import atomic_path, write_json
 from m6rec.progress import progress
 
@@ -22,6 +25,14 @@ if TYPE_CHECKING:
     from m6rec.candidates.side_inputs import SideInputs
 
 _REGISTRY: dict[str, type[CandidateSource]] = {}
+
+# Arrays every source saves besides its ``state_arrays``: its training history, the raw IDs of its item
+# columns and which of those items it learned (new ones folded in since are not).
+COMMON_ARRAYS = ("seen", "item_ids", "learned_items")
+
+
+class FoldInError(M6RecError):
+    """A fitted source cannot fold in new data (it was saved without the raw IDs of its item columns)."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +59,10 @@ class CandidateSource(ABC):
     - ``side_inputs``: what it needs besides the interaction matrix (``cf_items``/``cf_users``: the
       two-tower vectors, ``content``: a content embedding space, ``kg``: the knowledge graph);
     - ``refittable``: it learns from the interaction matrix alone, so refitting it on another fold's
-      history cannot leak (a source with side inputs reads vectors trained on one particular history).
+      history cannot leak (a source with side inputs reads vectors trained on one particular history);
+    - ``refits_to_fold_in``: its fit is counting, about as cheap as bringing it up to date, so
+      :meth:`fold_in` simply refits; the others keep what they learned about items (the embedding
+      sources: their index, while its vectors are unchanged).
     """
 
     name: ClassVar[str]
@@ -58,6 +72,7 @@ class CandidateSource(ABC):
     needs_timestamps: ClassVar[bool] = False
     side_inputs: ClassVar[tuple[str, ...]] = ()
     extra_files: ClassVar[tuple[str, ...]] = ()
+    refits_to_fold_in: ClassVar[bool] = True
 
     @classmethod
     def refittable(cls) -> bool:
@@ -73,21 +88,74 @@ class CandidateSource(ABC):
         self.params = params
         self.n_items: int | None = None
         self.seen: sp.csr_matrix | None = None
+        self.item_ids: np.ndarray | None = None
+        self.learned_items: np.ndarray | None = None
 
     def fit(self, train: InteractionMatrix, inputs: SideInputs | None = None) -> CandidateSource:
         """Learn from ``train`` (and, for a source with ``side_inputs``, from ``inputs``: loaded once by the
         pipeline; without them it reads its parameters' files); returns self."""
+        self._serve_matrix(train)
+        self._fit(self.seen)
+        return self
+
+    def fold_in(self, train: InteractionMatrix, inputs: SideInputs | None = None) -> CandidateSource:
+        """Bring the fitted (or loaded) source up to date with ``train``, today's interactions; returns self.
+
+        ``train`` may add users and items and order its IDs differently from the matrix the source was
+        fitted on: the source aligns them by raw ID and afterwards scores ``train``'s rows and columns.
+        Sources that ``refits_to_fold_in`` refit on ``train`` (with ``inputs`` as :meth:`fit` takes them).
+        The others keep what they learned about items and score every user from its history in
+        ``train``; an item they never saw (new since the fit) gets no score from them (-inf, never a
+        candidate: the model does not know it, which is not the same as scoring it zero), which leaves it
+        to the sources that read content. Raises :class:`FoldInError` for a source saved without its item
+        IDs.
+        """
+        self._require_fitted()
+        if self.refits_to_fold_in:
+            return self.fit(train, inputs)
+        alignment = self._item_alignment(train.items)
+        self._fold_in(train, alignment, inputs)
+        learned_items = alignment.learned_items(self.learned_items)
+        self._serve_matrix(train)
+        self.learned_items = learned_items
+        return self
+
+    def _serve_matrix(self, train: InteractionMatrix) -> None:
+        """Serve ``train``'s rows and columns from now on: its history is what recommendations exclude."""
         self.n_items = train.n_items
         self.seen = train.matrix.tocsr()
-        self._fit(train.matrix.tocsr())
-        return self
+        self.item_ids = item_id_array(train.items.ids)
+        self.learned_items = np.ones(train.n_items, dtype=bool)
+
+    def _item_alignment(self, items: IdIndex) -> ItemAlignment:
+        """How this source's item columns map onto ``items``; raises FoldInError without its item IDs."""
+        if self.item_ids is None:
+            raise FoldInError(
+                f"{self.name}: this saved source has no item IDs (it was saved by an older version), so "
+                "new interactions cannot be aligned with what it learned",
+                hint="retrain the model to save sources that fold in new data",
+            )
+        return ItemAlignment.by_id(self.item_ids, items)
 
     @abstractmethod
     def _fit(self, matrix: sp.csr_matrix) -> None: ...
 
+    def _fold_in(self, train: InteractionMatrix, alignment: ItemAlignment, inputs: SideInputs | None) -> None:
+        """Move the learned item side onto ``train``'s columns (``alignment``) and compute what depends on
+        the users' histories; sources that do not ``refits_to_fold_in`` implement it."""
+        raise NotImplementedError(
+            f"{self.name} keeps its item side on fold_in but does not implement _fold_in"
+        )
+
     @abstractmethod
     def score(self, user_rows: np.ndarray) -> np.ndarray:
         """Dense float32 scores [len(user_rows), n_items] for the given user rows."""
+
+    def _unlearned_items_unscored(self, scores: np.ndarray) -> np.ndarray:
+        """``scores`` [users, n_items] with -inf for the items folded in that the source never learned."""
+        if self.learned_items is not None and not self.learned_items.all():
+            scores[:, ~self.learned_items] = -np.inf
+        return scores
 
     def recommend(self, user_rows: np.ndarray, k: int, *, exclude_seen: bool = True) -> Candidates:
         """Top-``k`` items per user, best first; seen items are removed unless ``exclude_seen`` is False.
@@ -127,14 +195,15 @@ class CandidateSource(ABC):
         return (selector @ self.seen).tocsr()
 
     def save(self, directory: Path) -> None:
-        """Write ``source.json`` (name, parameters) and ``arrays.npz`` (learned state) into ``directory``."""
+        """Write ``source.json`` (name, parameters) and ``arrays.npz`` (learned state, training history,
+        raw item IDs: what :meth:`fold_in` aligns by) into ``directory``."""
         self._require_fitted()
         directory = Path(directory)
         write_json(
             {"name": self.name, "params": self.params, "n_items": self.n_items}, directory / "source.json"
         )
         arrays = {}
-        for name in (*self.state_arrays, "seen"):
+        for name in (*self.state_arrays, *COMMON_ARRAYS):
             arrays.update(_flatten(name, getattr(self, name)))
         with atomic_path(directory / "arrays.npz") as temporary:
             with open(temporary, "wb") as handle:

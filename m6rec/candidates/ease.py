@@ -18,6 +18,7 @@ from m6rec.candidates.base import CandidateSource
 from m6rec.candidates.itemknn import co_occurrence_blocks, top_per_row
 
 if TYPE_CHECKING:
+    from m6rec.candidates.alignment import ItemAlignment
     from m6rec.candidates.side_inputs import SideInputs
     from m6rec.data.interactions import InteractionMatrix
 
@@ -49,11 +50,13 @@ class EASESource(CandidateSource):
       only for a tail item that shares no user with any head item: nothing links it to a history).
 
     Items without training interactions score zero in both modes. :meth:`fit_grid` fits several ``l2``
-    on one matrix from one eigendecomposition of the head's Gram matrix.
+    on one matrix from one eigendecomposition of the head's Gram matrix. :meth:`fold_in` keeps B and
+    scores each user's current history with it, x_u·B; items added since the fit get no score.
     """
 
     name = "ease"
     state_arrays = ("weights", "active_items", "tail_weights")
+    refits_to_fold_in = False
 
     def __init__(self, *, l2: float = 500.0, max_items: int = 8000, tail_neighbours: int = 100):
         super().__init__(l2=l2, max_items=max_items, tail_neighbours=tail_neighbours)
@@ -93,6 +96,16 @@ class EASESource(CandidateSource):
         self.tail_weights = prepared.tail_weights(self.params["l2"])
         self.weights = prepared.head_weights(self.params["l2"])
 
+    def _fold_in(self, train: InteractionMatrix, alignment: ItemAlignment, inputs: SideInputs | None) -> None:
+        # A head item gone from the catalogue is in no history and cannot be recommended: drop its row and
+        # column rather than keep a place for it.
+        head_columns = alignment.current_of_learned[self.active_items]
+        listed = head_columns >= 0
+        if not listed.all():
+            self.weights = self.weights[np.ix_(listed, listed)]
+        self.active_items = head_columns[listed]
+        self.tail_weights = alignment.item_item(self.tail_weights)
+
     @property
     def mode(self) -> str:
         """``dense`` or ``dense head + sparse tail`` (see the class docstring)."""
@@ -106,7 +119,7 @@ class EASESource(CandidateSource):
         scores[:, self.active_items] = history[:, self.active_items] @ self.weights
         if self.tail_weights.nnz:
             scores += (history @ self.tail_weights).toarray()
-        return scores
+        return self._unlearned_items_unscored(scores)
 
 
 @dataclass

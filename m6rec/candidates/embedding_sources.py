@@ -9,6 +9,7 @@ cold items can be reached — and a user's query vector retrieves the nearest it
 
 from __future__ import annotations
 
+import logging
 import math
 from abc import abstractmethod
 from pathlib import Path
@@ -31,6 +32,8 @@ from m6rec.data.interactions import InteractionMatrix
 from m6rec.embeddings.profiles import DEFAULT_HALF_LIFE_DAYS, DEFAULT_MAX_HISTORY, ProfileCache
 from m6rec.errors import ConfigError
 from m6rec.progress import progress
+
+log = logging.getLogger("m6rec")
 
 INDEX_FILE = "index.faiss"
 # Cap on the float64 values gathered at once to re-score retrieved items: bounds memory to about 128 MB.
@@ -60,6 +63,7 @@ class EmbeddingSource(CandidateSource):
     state_arrays = ("item_vectors", "indexed_items", "query_vectors", "has_query")
     extra_files = (INDEX_FILE, "index.json")
     batch_size = 256
+    refits_to_fold_in = False
 
     def __init__(
         self,
@@ -88,6 +92,53 @@ class EmbeddingSource(CandidateSource):
     def fit(self, train: InteractionMatrix, inputs: SideInputs | None = None) -> EmbeddingSource:
         """Align the embeddings (from ``inputs``, else the parameters' files) to ``train``'s IDs and index
         the item vectors; returns self."""
+        self._align_vectors(train, inputs)
+        return super().fit(train)
+
+    def fold_in(self, train: InteractionMatrix, inputs: SideInputs | None = None) -> EmbeddingSource:
+        """Align the item and query vectors to ``train`` again, from today's ``inputs`` (else the
+        parameters' files): new items with a vector are indexed, new users with a query are served.
+
+        The saved index is kept when it holds exactly today's indexed items with byte-identical vectors.
+        Otherwise it is rebuilt and re-tuned rather than added to: an approximate index's lists were
+        trained and its search depth tuned for recall on the old vectors, which added or changed vectors
+        no longer guarantee (and changed vectors cannot be replaced in place), while an exact index costs
+        no more to rebuild than to add to. A source saved without its item IDs cannot tell, so it
+        rebuilds. Returns self.
+        """
+        self._require_fitted()
+        if self.item_ids is None:
+            log.info("%s: saved without item IDs, so its index is rebuilt", self.name)
+            return self.fit(train, inputs)
+        alignment = self._item_alignment(train.items)
+        indexed_before = alignment.current_of_learned[self.indexed_items]
+        vectors_before = self.item_vectors[self.indexed_items]
+        self._align_vectors(train, inputs)
+        self._serve_matrix(train)
+        unchanged = (
+            (indexed_before >= 0).all()
+            and np.array_equal(np.sort(indexed_before), self.indexed_items)
+            and np.array_equal(self.item_vectors[indexed_before], vectors_before)
+        )
+        if unchanged:
+            self.indexed_items = indexed_before  # the index's rows, in the order they were added
+            log.info(
+                "%s: kept the saved index of %d item vectors (unchanged)", self.name, len(indexed_before)
+            )
+        else:
+            log.info(
+                "%s: rebuilding the index: %d item vectors today, %d in the saved index (%d of them gone "
+                "or changed)",
+                self.name,
+                len(self.indexed_items),
+                len(indexed_before),
+                _changed_vectors(indexed_before, vectors_before, self.item_vectors, self.indexed_items),
+            )
+            self._fit(self.seen)
+        return self
+
+    def _align_vectors(self, train: InteractionMatrix, inputs: SideInputs | None) -> None:
+        """Item and query vectors on ``train``'s columns and rows, normalised; which items are indexed."""
         item_vectors, item_present, query_vectors, has_query = self._vectors(train, inputs)
         if not item_present.any():
             where = self.params.get("embeddings") or "the side inputs"
@@ -99,7 +150,6 @@ class EmbeddingSource(CandidateSource):
         self.indexed_items = np.flatnonzero(item_present).astype(np.int64)
         self.query_vectors = normalise_rows(query_vectors)
         self.has_query = np.asarray(has_query, dtype=bool)
-        return super().fit(train)
 
     @abstractmethod
     def _vectors(
@@ -345,6 +395,16 @@ def _read_table(path: str | None, key_column: str, parameter: str):
     if table.key_column != key_column:
         raise ConfigError(f"{path} holds {table.key_column} embeddings, expected {key_column} embeddings")
     return table
+
+
+def _changed_vectors(
+    indexed_before: np.ndarray, vectors_before: np.ndarray, item_vectors: np.ndarray, indexed_now: np.ndarray
+) -> int:
+    """How many of the saved index's items are no longer indexed or have another vector today."""
+    still = (indexed_before >= 0) & np.isin(indexed_before, indexed_now)
+    same = np.zeros(len(indexed_before), dtype=bool)
+    same[still] = (item_vectors[indexed_before[still]] == vectors_before[still]).all(axis=1)
+    return int(np.count_nonzero(~same))
 
 
 def _best_k(columns: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
+from m6rec.candidates.alignment import item_id_array
 from m6rec.candidates.base import CandidateSource
+from m6rec.io import atomic_path
+
+if TYPE_CHECKING:
+    from m6rec.candidates.alignment import ItemAlignment
+    from m6rec.candidates.side_inputs import SideInputs
+    from m6rec.data.interactions import InteractionMatrix
+
+USER_IDS_FILE = "user_ids.npy"
+# Users solved per call of the exact user solve: bounds the copies of their rows and factors it makes.
+USER_SOLVE_BATCH = 65_536
 
 
 class IALSSource(CandidateSource):
-    """Matrix factorisation with confidence ``1 + alpha`` on observed pairs; score = user · item factors."""
+    """Matrix factorisation of the binary matrix; score = user · item factors.
+
+    As in `implicit`, an observed pair weighs ``alpha`` and an unobserved one 1 (the paper's confidence
+    ``1 + alpha·r`` with ``alpha - 1`` in place of ``alpha``), with an L2 ``regularization`` on the factors.
+    The fit runs ``iterations`` of `implicit`'s alternating (conjugate-gradient) solves. :meth:`fold_in`
+    keeps the fitted factors of users whose history did not change and solves every new or changed user
+    exactly from its current history against the fixed item factors. Items added since the fit get no
+    score.
+    """
 
     name = "ials"
     state_arrays = ("user_factors", "item_factors")
+    extra_files = (USER_IDS_FILE,)
+    refits_to_fold_in = False
 
     def __init__(
         self,
@@ -27,24 +52,91 @@ class IALSSource(CandidateSource):
             factors=factors, regularization=regularization, alpha=alpha, iterations=iterations, seed=seed
         )
 
+    def fit(self, train: InteractionMatrix, inputs: SideInputs | None = None) -> IALSSource:
+        super().fit(train, inputs)
+        self.user_ids = item_id_array(train.users.ids)
+        return self
+
+    def _save_extra(self, directory: Path) -> None:
+        with atomic_path(Path(directory) / USER_IDS_FILE) as temporary:
+            with open(temporary, "wb") as handle:
+                np.save(handle, self.user_ids, allow_pickle=False)
+
+    def _load_extra(self, directory: Path) -> None:
+        path = Path(directory) / USER_IDS_FILE
+        self.user_ids = np.load(path, allow_pickle=False) if path.exists() else None
+
     def _fit(self, matrix: sp.csr_matrix) -> None:
-        from implicit.cpu.als import AlternatingLeastSquares
         from threadpoolctl import threadpool_limits
 
         from m6rec.progress import progress_enabled
 
         with threadpool_limits(1, "blas"):  # implicit parallelises itself; nested BLAS threads slow it down
-            model = AlternatingLeastSquares(
-                factors=self.params["factors"],
-                regularization=self.params["regularization"],
-                alpha=self.params["alpha"],
-                iterations=self.params["iterations"],
-                random_state=self.params["seed"],
-                calculate_training_loss=False,
-            )
+            model = self._model()
             model.fit(matrix.astype(np.float32), show_progress=progress_enabled())
-        self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
+        # The factors of implicit's last alternating step, not an exact re-solve: on MovieLens-100K exact
+        # user factors gave the ranker's final NDCG@10 0.4754 against 0.4863 (seed 43).
         self.item_factors = np.asarray(model.item_factors, dtype=np.float32)
+        self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
+
+    def _fold_in(self, train: InteractionMatrix, alignment: ItemAlignment, inputs: SideInputs | None) -> None:
+        # Users are solved against every item the model learned (its Gram matrix included), before the
+        # item factors move onto today's columns; a user whose history is the one it was fitted on keeps
+        # its fitted factors, so folding in unchanged data changes nothing.
+        histories = alignment.histories_on_learned(train.matrix)
+        kept, fitted_rows = self._unchanged_users(train.users.ids, histories)
+        user_factors = self._solve_users(histories)
+        user_factors[kept] = self.user_factors[fitted_rows]
+        self.user_factors = user_factors
+        self.user_ids = item_id_array(train.users.ids)
+        self.item_factors = alignment.item_rows(self.item_factors)
+
+    def _unchanged_users(
+        self, user_ids: np.ndarray, histories: sp.csr_matrix
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of today's users whose history (on the learned columns) is their fitted one, and their
+        rows in the fitted factors."""
+        if getattr(self, "user_ids", None) is None:
+            return np.array([], dtype=np.int64), np.array([], dtype=np.int64)
+        fitted = pd.Index(self.user_ids)
+        fitted_rows = fitted.get_indexer(np.asarray(user_ids, dtype=str))
+        rows = np.flatnonzero(fitted_rows >= 0)
+        fitted_rows = fitted_rows[rows]
+        before, now = self.seen[fitted_rows].astype(bool), histories[rows].astype(bool)
+        same = (np.diff(before.indptr) == np.diff(now.indptr)) & (
+            np.diff((before != now).tocsr().indptr) == 0
+        )
+        return rows[same], fitted_rows[same]
+
+    def _solve_users(self, histories: sp.csr_matrix) -> np.ndarray:
+        """Each user's least-squares factors for its row of ``histories`` (over the item factors'
+        columns) against the fixed item factors: `implicit`'s exact (Cholesky) user solve, in batches of
+        ``USER_SOLVE_BATCH`` users. A user without history gets zeros."""
+        from threadpoolctl import threadpool_limits
+
+        model = self._model()
+        model.item_factors = self.item_factors
+        histories = histories.tocsr().astype(np.float32)
+        user_factors = np.zeros((histories.shape[0], self.params["factors"]), dtype=np.float32)
+        with threadpool_limits(1, "blas"):
+            for start in range(0, histories.shape[0], USER_SOLVE_BATCH):
+                stop = min(start + USER_SOLVE_BATCH, histories.shape[0])
+                user_factors[start:stop] = model.recalculate_user(
+                    np.arange(start, stop), histories[start:stop]
+                )
+        return user_factors
+
+    def _model(self):
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        return AlternatingLeastSquares(
+            factors=self.params["factors"],
+            regularization=self.params["regularization"],
+            alpha=self.params["alpha"],
+            iterations=self.params["iterations"],
+            random_state=self.params["seed"],
+            calculate_training_loss=False,
+        )
 
     def score(self, user_rows: np.ndarray) -> np.ndarray:
         user_rows = np.asarray(user_rows, dtype=np.int64)
@@ -54,4 +146,4 @@ class IALSSource(CandidateSource):
         # runs a one-user gemv or a many-user gemm: a user's candidates do not depend on its batch.
         user_factors = self.user_factors[user_rows[known]].astype(np.float64)
         scores[known] = user_factors @ self.item_factors.T.astype(np.float64)
-        return scores
+        return self._unlearned_items_unscored(scores)

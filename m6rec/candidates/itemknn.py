@@ -4,11 +4,17 @@ is computed from (which EASE's sparse part reads too)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
 from m6rec.candidates.base import CandidateSource
+
+if TYPE_CHECKING:
+    from m6rec.candidates.alignment import ItemAlignment
+    from m6rec.candidates.side_inputs import SideInputs
+    from m6rec.data.interactions import InteractionMatrix
 
 # Upper bound on the entries of one block of the co-occurrence product (the count scipy allocates for
 # it): 2**24 entries, about 200 MB with their indices, whatever the catalogue size.
@@ -22,10 +28,13 @@ class ItemKNNSource(CandidateSource):
     keeping each item's ``neighbours`` most similar items. The co-occurrence is computed for blocks of
     items at a time and cut to the neighbours before the next block, so memory stays
     O(interactions + items × neighbours): no items × items array, dense or sparse, is ever built.
+    :meth:`fold_in` keeps the similarities and sums them over each user's current history; items added
+    since the fit get no score.
     """
 
     name = "itemknn"
     state_arrays = ("similarity",)
+    refits_to_fold_in = False
 
     def __init__(self, *, neighbours: int = 100, shrink: float = 10.0):
         super().__init__(neighbours=neighbours, shrink=shrink)
@@ -48,9 +57,14 @@ class ItemKNNSource(CandidateSource):
         )
         self.similarity = nearest.T.tocsr()
 
+    def _fold_in(self, train: InteractionMatrix, alignment: ItemAlignment, inputs: SideInputs | None) -> None:
+        self.similarity = alignment.item_item(self.similarity)
+
     def score(self, user_rows: np.ndarray) -> np.ndarray:
         history = self._history(user_rows)
-        return np.asarray((history @ self.similarity).todense(), dtype=np.float32)
+        return self._unlearned_items_unscored(
+            np.asarray((history @ self.similarity).todense(), dtype=np.float32)
+        )
 
 
 def co_occurrence_blocks(

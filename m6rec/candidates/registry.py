@@ -48,7 +48,11 @@ def registered_sources() -> list[str]:
 
 
 def load_source(directory: Path) -> CandidateSource:
-    """Rebuild a fitted source saved with :meth:`CandidateSource.save`."""
+    """Rebuild a fitted source saved with :meth:`CandidateSource.save`.
+
+    A folder saved before sources recorded their item IDs still loads and serves its training matrix;
+    folding new data into it raises :class:`~m6rec.candidates.base.FoldInError`.
+    """
     directory = Path(directory)
     meta = json.loads((directory / "source.json").read_text())
     source = create_source(meta["name"], **meta["params"])
@@ -57,5 +61,7 @@ def load_source(directory: Path) -> CandidateSource:
     for name in (*source.state_arrays, "seen"):
         setattr(source, name, _unflatten(name, stored))
     source.n_items = meta["n_items"]
+    source.item_ids = stored.get("item_ids")
+    source.learned_items = stored.get("learned_items", np.ones(source.n_items, dtype=bool))
     source._load_extra(directory)
     return source

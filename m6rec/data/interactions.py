@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from m6rec.data.contract import ITEM_ID, TIMESTAMP, USER_ID
+from m6rec.data.contract import ITEM_ID, TIMESTAMP, USER_ID, WEIGHT
 
 
 @dataclass(frozen=True)
@@ -118,3 +118,32 @@ def _latest_times(
     unique_keys = pair_keys[starts]
     indptr = np.r_[0, np.cumsum(np.bincount(unique_keys // shape[1], minlength=shape[0]))]
     return sp.csr_matrix((latest, unique_keys % shape[1], indptr), shape=shape)
+
+
+HISTORY_DIGEST = "history_digest"
+
+
+def user_history_digests(frame: pd.DataFrame, users: IdIndex) -> pd.DataFrame:
+    """One row per user of ``users``: ``user_id`` and ``history_digest``, a 64-bit digest of the user's
+    interactions in ``frame`` (item, and weight and time where present) that does not depend on their
+    order; 0 for a user without any. Two nights with the same digest for a user saw the same history, so
+    the user's list need not change."""
+    columns = [column for column in (ITEM_ID, WEIGHT, TIMESTAMP) if column in frame.columns]
+    pairs = frame[columns].copy()
+    pairs[ITEM_ID] = pairs[ITEM_ID].astype(str)
+    row_hashes = pd.util.hash_pandas_object(pairs, index=False).to_numpy(dtype=np.uint64)
+    ids = pd.Index(pd.Series(users.ids).astype(str))
+    digests = pd.Series(row_hashes).groupby(frame[USER_ID].astype(str).to_numpy()).sum()  # wraps: order-free
+    digests = digests.reindex(ids, fill_value=0).to_numpy(np.uint64)
+    return pd.DataFrame({USER_ID: pd.Series(ids, dtype="string"), HISTORY_DIGEST: digests})
+
+
+def frame_digest(frame: pd.DataFrame | None) -> str:
+    """A SHA-256 of a table's columns and rows (in order): equal digests, equal tables."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    if frame is not None:
+        digest.update(",".join(map(str, frame.columns)).encode())
+        digest.update(pd.util.hash_pandas_object(frame.astype(str), index=False).to_numpy().tobytes())
+    return digest.hexdigest()

@@ -50,77 +50,123 @@ def ranking_metrics(
         ValueError: on mismatched shapes, item indices out of range, an item listed twice for one user,
             invalid cut-offs or catalogue size, or when no row has a relevant item.
     """
-    recommended = _check_recommended(recommended)
-    relevant = sp.csr_array(relevant, copy=True)
-    relevant.sum_duplicates()
-    relevant.eliminate_zeros()
-    n_rows, n_items = relevant.shape
-    if recommended.shape[0] != n_rows:
-        raise ValueError(
-            f"recommended has {recommended.shape[0]} rows but relevant has {n_rows}; rows must correspond"
+    accumulator = RankingMetrics(
+        k_values=k_values, n_catalogue_items=n_catalogue_items, item_popularity=item_popularity
+    )
+    accumulator.add(recommended, relevant)
+    return accumulator.result()
+
+
+class RankingMetrics:
+    """:func:`ranking_metrics` over lists that arrive in chunks of users: :meth:`add` each chunk (its lists
+    and the relevant rows of the same users), then :meth:`result`. Per-user sums, the items listed per
+    cut-off and their popularity are kept, never the lists, so memory does not grow with the users."""
+
+    def __init__(
+        self,
+        *,
+        k_values: Sequence[int] = (10,),
+        n_catalogue_items: int,
+        item_popularity: np.ndarray | None = None,
+    ):
+        self.k_values = _check_k_values(k_values)
+        if n_catalogue_items < 1:
+            raise ValueError(f"n_catalogue_items must be positive, got {n_catalogue_items}")
+        self.n_catalogue_items = n_catalogue_items
+        self.item_popularity = (
+            None if item_popularity is None else np.asarray(item_popularity, dtype=np.float64)
         )
-    if recommended.size and int(recommended.max()) >= n_items:
-        raise ValueError(f"recommended holds item index {int(recommended.max())} >= n_items={n_items}")
-    k_values = _check_k_values(k_values)
-    if n_catalogue_items < 1:
-        raise ValueError(f"n_catalogue_items must be positive, got {n_catalogue_items}")
-    if item_popularity is not None:
-        item_popularity = np.asarray(item_popularity, dtype=np.float64)
-        if item_popularity.shape != (n_items,):
+        self.n_users = 0
+        self._sums: dict[str, float] = {}
+        self._listed: dict[int, np.ndarray] = {}
+        self._popularity = dict.fromkeys(self.k_values, 0.0)
+        self._n_listed = dict.fromkeys(self.k_values, 0)
+
+    def add(self, recommended: np.ndarray, relevant: sp.csr_matrix | sp.csr_array) -> None:
+        """Count one chunk: row ``u`` of ``recommended`` is the list of the user of row ``u`` of ``relevant``."""
+        recommended = _check_recommended(recommended)
+        relevant = sp.csr_array(relevant, copy=True)
+        relevant.sum_duplicates()
+        relevant.eliminate_zeros()
+        n_rows, n_items = relevant.shape
+        if recommended.shape[0] != n_rows:
             raise ValueError(
-                f"item_popularity has shape {item_popularity.shape}, expected ({n_items},) to match relevant"
+                f"recommended has {recommended.shape[0]} rows but relevant has {n_rows}; rows must correspond"
+            )
+        if recommended.size and int(recommended.max()) >= n_items:
+            raise ValueError(f"recommended holds item index {int(recommended.max())} >= n_items={n_items}")
+        popularity = self.item_popularity
+        if popularity is not None and popularity.shape != (n_items,):
+            raise ValueError(
+                f"item_popularity has shape {popularity.shape}, expected ({n_items},) to match relevant"
             )
 
-    n_relevant = np.diff(relevant.indptr)
-    evaluated = n_relevant > 0
-    n_users = int(evaluated.sum())
-    if n_users == 0:
-        raise ValueError("no row of relevant has a relevant item, so there is no user to evaluate")
+        n_relevant = np.diff(relevant.indptr)
+        evaluated = n_relevant > 0
+        if not evaluated.any():
+            return
+        self.n_users += int(evaluated.sum())
+        lists = recommended[evaluated]
+        n_relevant = n_relevant[evaluated].astype(np.float64)
+        hits = _hit_matrix(lists, relevant[evaluated], n_items)
+        list_length = lists.shape[1]
+        max_k = max(self.k_values)
+        # Columns past the end of the lists are empty positions: no item, no hit.
+        if list_length < max_k:
+            lists = np.pad(lists, ((0, 0), (0, max_k - list_length)), constant_values=PADDING)
+            hits = np.pad(hits, ((0, 0), (0, max_k - list_length)))
 
-    lists = recommended[evaluated]
-    n_relevant = n_relevant[evaluated].astype(np.float64)
-    hits = _hit_matrix(lists, relevant[evaluated], n_items)
-    list_length = lists.shape[1]
-    max_k = max(k_values)
-    # Columns past the end of the lists are empty positions: no item, no hit.
-    if list_length < max_k:
-        lists = np.pad(lists, ((0, 0), (0, max_k - list_length)), constant_values=PADDING)
-        hits = np.pad(hits, ((0, 0), (0, max_k - list_length)))
+        positions = np.arange(1, hits.shape[1] + 1, dtype=np.float64)
+        discounts = 1.0 / np.log2(positions + 1.0)
+        cumulative_hits = np.cumsum(hits, axis=1, dtype=np.float64)
+        discounted_gains = np.cumsum(hits * discounts, axis=1)
+        precision_gains = np.cumsum(hits * (cumulative_hits / positions), axis=1)
+        ideal_dcg = np.cumsum(discounts)
 
-    positions = np.arange(1, hits.shape[1] + 1, dtype=np.float64)
-    discounts = 1.0 / np.log2(positions + 1.0)
-    cumulative_hits = np.cumsum(hits, axis=1, dtype=np.float64)
-    discounted_gains = np.cumsum(hits * discounts, axis=1)
-    precision_gains = np.cumsum(hits * (cumulative_hits / positions), axis=1)
-    ideal_dcg = np.cumsum(discounts)
+        for k in self.k_values:
+            hits_at_k = cumulative_hits[:, k - 1]
+            relevant_in_reach = np.minimum(n_relevant, k)
+            ideal_at_k = ideal_dcg[relevant_in_reach.astype(np.int64) - 1]
+            self._sum(f"ndcg@{k}", discounted_gains[:, k - 1] / ideal_at_k)
+            self._sum(f"recall@{k}", hits_at_k / n_relevant)
+            self._sum(f"precision@{k}", hits_at_k / k)
+            self._sum(f"hit_rate@{k}", hits_at_k > 0)
+            self._sum(f"map@{k}", precision_gains[:, k - 1] / relevant_in_reach)
+            top_k = lists[:, :k]
+            listed = top_k[top_k != PADDING]
+            seen = self._listed.setdefault(k, np.zeros(n_items, dtype=bool))
+            seen[listed] = True
+            if popularity is not None:
+                self._popularity[k] += float(popularity[listed].sum())
+                self._n_listed[k] += int(listed.size)
+        has_hit = hits.any(axis=1)
+        first_hit = np.argmax(hits, axis=1)
+        self._sum("mrr", np.where(has_hit, 1.0 / (first_hit + 1.0), 0.0))
 
-    metrics: dict[str, float] = {}
-    for k in k_values:
-        hits_at_k = cumulative_hits[:, k - 1]
-        relevant_in_reach = np.minimum(n_relevant, k)
-        ideal_at_k = ideal_dcg[relevant_in_reach.astype(np.int64) - 1]
-        top_k = lists[:, :k]
-        listed = top_k[top_k != PADDING]
-        metrics[f"ndcg@{k}"] = float(np.mean(discounted_gains[:, k - 1] / ideal_at_k))
-        metrics[f"recall@{k}"] = float(np.mean(hits_at_k / n_relevant))
-        metrics[f"precision@{k}"] = float(np.mean(hits_at_k / k))
-        metrics[f"hit_rate@{k}"] = float(np.mean(hits_at_k > 0))
-        metrics[f"map@{k}"] = float(np.mean(precision_gains[:, k - 1] / relevant_in_reach))
-        n_distinct = int(np.count_nonzero(np.bincount(listed, minlength=n_items)))
-        if n_distinct > n_catalogue_items:
-            raise ValueError(
-                f"the top-{k} lists hold {n_distinct} distinct items, more than "
-                f"n_catalogue_items={n_catalogue_items}"
-            )
-        metrics[f"coverage@{k}"] = n_distinct / n_catalogue_items
-        if item_popularity is not None:
-            metrics[f"avg_popularity@{k}"] = float(item_popularity[listed].mean()) if listed.size else 0.0
+    def _sum(self, name: str, values: np.ndarray) -> None:
+        self._sums[name] = self._sums.get(name, 0.0) + float(np.sum(values, dtype=np.float64))
 
-    has_hit = hits.any(axis=1)
-    first_hit = np.argmax(hits, axis=1)
-    metrics["mrr"] = float(np.mean(np.where(has_hit, 1.0 / (first_hit + 1.0), 0.0)))
-    metrics["n_users"] = n_users
-    return metrics
+    def result(self) -> dict[str, float]:
+        """The metrics of every chunk added, as :func:`ranking_metrics` returns them."""
+        if self.n_users == 0:
+            raise ValueError("no row of relevant has a relevant item, so there is no user to evaluate")
+        metrics: dict[str, float] = {}
+        for k in self.k_values:
+            for name in ("ndcg", "recall", "precision", "hit_rate", "map"):
+                metrics[f"{name}@{k}"] = self._sums[f"{name}@{k}"] / self.n_users
+            n_distinct = int(self._listed[k].sum())
+            if n_distinct > self.n_catalogue_items:
+                raise ValueError(
+                    f"the top-{k} lists hold {n_distinct} distinct items, more than "
+                    f"n_catalogue_items={self.n_catalogue_items}"
+                )
+            metrics[f"coverage@{k}"] = n_distinct / self.n_catalogue_items
+            if self.item_popularity is not None:
+                listed = self._n_listed[k]
+                metrics[f"avg_popularity@{k}"] = self._popularity[k] / listed if listed else 0.0
+        metrics["mrr"] = self._sums["mrr"] / self.n_users
+        metrics["n_users"] = self.n_users
+        return metrics
 
 
 def evaluate_recommendations(
