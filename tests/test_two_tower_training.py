@@ -372,6 +372,7 @@ def test_the_stage_trains_the_fold_model_first_and_warm_starts_the_full_one_only
         **settings["two_tower"],
         "warm_start": warm_start,
         "warm_start_epochs_share": 1.0,
+        "validation_share": 0.5,
     }
     config = RunConfig(embeddings=EmbeddingConfig(**settings))
     embeddings = compute_stage_embeddings(demo_dataset, tmp_path / "features", config, histories)
