@@ -417,8 +417,14 @@ def _changed_users(before: pd.DataFrame, now: pd.DataFrame) -> np.ndarray:
 
 
 def _list_counts(folder: RunFolder) -> dict:
-    users = folder.read_recommendations(columns=[USER_ID])[USER_ID]
-    return {"users": int(users.nunique()), "list_rows": len(users)}
+    """Users and list rows of a training run's lists, from its report and the Parquet footer (every
+    batch looks at the training lists, so their rows are not read for this)."""
+    import pyarrow.parquet as pq
+
+    return {
+        "users": folder.read_run_report()["counts"]["users"],
+        "list_rows": pq.ParquetFile(folder.recommendations).metadata.num_rows,
+    }
 
 
 def _copy_lists(source: RunFolder, target: RunFolder, summary: dict) -> None:
