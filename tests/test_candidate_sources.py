@@ -12,9 +12,10 @@ import pytest
 import scipy.sparse as sp
 
 from m6rec.candidates import CandidateSource, create_source, load_source, registered_sources, source_class
+from m6rec.candidates import base as base_module
 from m6rec.candidates import ease as ease_module
 from m6rec.candidates import itemknn as itemknn_module
-from m6rec.candidates.base import top_k
+from m6rec.candidates.base import SparseScoresSource, top_k
 from m6rec.config import BaselineConfig
 from m6rec.data.contract import ITEM_ID, KG_HEAD, KG_RELATION, KG_TAIL, USER_ID
 from m6rec.data.interactions import IdIndex, InteractionMatrix
@@ -342,6 +343,68 @@ def test_popularity_ranks_items_by_their_interaction_counts():
     np.testing.assert_array_equal(candidates.scores[0], counts[candidates.items[0]])
 
 
+@pytest.mark.parametrize("name", ["popularity", "trend"])
+def test_shared_score_lists_equal_the_top_of_the_dense_block_with_ties_and_heavy_users(name, monkeypatch):
+    rng = np.random.default_rng(3)
+    interactions = (rng.random((70, 30)) < rng.uniform(0.02, 0.6, 30)).astype(np.float32)
+    interactions[4] = 1.0  # has seen every item
+    interactions[9, :28] = 1.0  # two items left
+    interactions[11] = 0.0
+    train = matrix_of(interactions)
+    source = create_source(name).fit(train)  # trend without timestamps: popularity, with many ties
+    if name == "trend":
+        source.item_trend[[2, 17]] = -np.inf  # items out of the window are never listed
+    monkeypatch.setattr(type(source), "batch_size", 16)  # several batches, each with its own heaviest user
+    user_rows = np.arange(train.n_users)
+    dense = source.score(user_rows)
+    dense[interactions > 0] = -np.inf
+
+    candidates = source.recommend(user_rows, 10)
+
+    expected_items, expected_scores = top_k(dense, 10)
+    np.testing.assert_array_equal(candidates.items, expected_items)
+    np.testing.assert_array_equal(candidates.scores, expected_scores)
+    assert (candidates.items[4] == -1).all() and (candidates.items[9, 2:] == -1).all()
+
+
+SPARSE_SCORE_SOURCES = {
+    "itemknn": {"neighbours": 5, "shrink": 0.0},
+    "ease": {"l2": 1.0, "max_items": 12, "tail_neighbours": 3},
+    "sequential": {"window": 1},
+}
+
+
+def test_every_sparse_scoring_source_is_covered():
+    assert set(SPARSE_SCORE_SOURCES) | {"kg_neighbours"} == {
+        name for name in SOURCE_NAMES if issubclass(source_class(name), SparseScoresSource)
+    }
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0], ids=["as-a-dense-block", "as-sorted-entries"])
+@pytest.mark.parametrize("name", sorted(SPARSE_SCORE_SOURCES))
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_sparse_scores_list_the_top_of_their_dense_block_either_way(name, share, exclude_seen, monkeypatch):
+    rng = np.random.default_rng(5)
+    interactions = (rng.random((80, 40)) < rng.uniform(0.01, 0.3, 40)).astype(np.float32)
+    interactions[3] = 0.0
+    train = matrix_of(interactions)
+    source = create_source(name, **SPARSE_SCORE_SOURCES[name]).fit(train)
+    monkeypatch.setattr(base_module, "DENSE_ENOUGH_SHARE", share)
+    monkeypatch.setattr(type(source), "batch_size", 32)
+    user_rows = np.arange(train.n_users)
+    dense = source.score(user_rows)
+    if exclude_seen:
+        dense[interactions > 0] = -np.inf
+    dense[interactions.sum(axis=1) == 0] = -np.inf  # needs a history
+
+    listed = source.recommend(user_rows, 7, exclude_seen=exclude_seen)
+
+    expected_items, expected_scores = top_k(dense, 7)
+    np.testing.assert_array_equal(listed.items, expected_items)
+    np.testing.assert_array_equal(listed.scores, expected_scores)
+    assert (listed.items == -1).any() or name == "ease", "items nothing links to are not listed"
+
+
 ITEMKNN_INTERACTIONS = np.array(
     [
         [1, 1, 1, 0, 0],
@@ -508,11 +571,16 @@ def test_ease_over_max_items_is_exact_on_the_head_and_regresses_every_other_item
         np.testing.assert_allclose(tail_weights[list(expected), item], list(expected.values()), rtol=1e-5)
     assert not tail_weights[:, head].any(), "head items are scored by the dense part only"
     scores = source.score(np.arange(60))
-    expected_scores = np.zeros((60, 8))
+    tail_scores = interactions @ tail_weights
+    reached = (interactions @ (tail_weights != 0)) > 0
+    expected_scores = np.where(reached, tail_scores, -np.inf)  # unreached tail items: no score, not zero
     expected_scores[:, head] = interactions[:, head] @ source.weights
-    expected_scores += interactions @ tail_weights
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-6)
-    assert np.all(np.any(scores != 0.0, axis=0)), "every item with interactions gets scores"
+    assert np.all(np.any(np.isfinite(scores), axis=0)), "every item with interactions gets scores"
+    unseen = np.where(interactions > 0, -np.inf, scores)
+    listed = source.recommend(np.arange(60), 6)  # from the head block and the tail's entries
+    np.testing.assert_array_equal(listed.items, top_k(unseen, 6)[0])
+    np.testing.assert_array_equal(listed.scores, top_k(unseen, 6)[1])
     assert source.mode == "dense head + sparse tail"
     message = " ".join(record.getMessage() for record in caplog.records)
     assert "dense head + sparse tail" in message and "8 of 8 catalogue items" in message

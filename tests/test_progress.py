@@ -179,14 +179,14 @@ def test_candidate_scoring_and_index_building_report_progress(
     monkeypatch, capfd, checkerboard_interactions, setting, shown
 ):
     monkeypatch.setenv(PROGRESS_ENV, setting)
-    source = create_source("popularity").fit(checkerboard_interactions.train)
-    quiet = create_source("popularity").fit(checkerboard_interactions.train)
+    source = create_source("itemknn").fit(checkerboard_interactions.train)
+    quiet = create_source("itemknn").fit(checkerboard_interactions.train)
     vectors = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
     build_index(vectors, factory="Flat")
     candidates = source.recommend(np.arange(checkerboard_interactions.train.n_users), 5)
     err = capfd.readouterr().err
 
-    assert ("scoring candidates (popularity)" in err) is shown
+    assert ("scoring candidates (itemknn)" in err) is shown
     assert ("building FAISS index Flat" in err) is shown
     if not shown:
         assert err == ""

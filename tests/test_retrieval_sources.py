@@ -189,8 +189,9 @@ def test_sequential_scores_items_next_to_the_users_history_in_other_users_time_o
     def scores_for_u1(window):
         return create_source("sequential", window=window).fit(train).score(np.array([1]))[0]
 
-    np.testing.assert_allclose(scores_for_u1(1), [0, pair, 0, pair], rtol=1e-6)
-    np.testing.assert_allclose(scores_for_u1(2), [0, pair, pair, pair], rtol=1e-6)
+    # Items never next to the history have no score (not zero): never candidates.
+    np.testing.assert_allclose(scores_for_u1(1), [-np.inf, pair, -np.inf, pair], rtol=1e-6)
+    np.testing.assert_allclose(scores_for_u1(2), [-np.inf, pair, pair, pair], rtol=1e-6)
     top = create_source("sequential", window=1).fit(train).recommend(np.array([1]), 2)
     assert top.items[0].tolist() == [1, 3]
 
@@ -202,7 +203,9 @@ def test_sequential_without_timestamps_counts_every_pair_with_a_warning(caplog):
         source = create_source("sequential", window=1).fit(train)
 
     assert "no timestamps" in caplog.text
-    np.testing.assert_allclose(source.score(np.array([1]))[0], [0, 1 / np.sqrt(6), 1 / np.sqrt(6)], rtol=1e-6)
+    np.testing.assert_allclose(
+        source.score(np.array([1]))[0], [-np.inf, 1 / np.sqrt(6), 1 / np.sqrt(6)], rtol=1e-6
+    )
 
 
 def test_sequential_window_must_be_a_positive_integer():

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 _REGISTRY: dict[str, type[CandidateSource]] = {}
 
+# Cells (users × catalogue items) of one dense score block: about 128 MB of float32 scores.
+BLOCK_CELLS = 32_000_000
+# Above this share of a batch's users × catalogue cells, sparse scores are listed as a dense block: sorting
+# that many entries costs more than a top-k pass over every column.
+DENSE_ENOUGH_SHARE = 0.1
 # Arrays every source saves besides its ``state_arrays``: its training history, the raw IDs of its item
 # columns and which of those items it learned (new ones folded in since are not).
 COMMON_ARRAYS = ("seen", "item_ids", "learned_items")
@@ -41,6 +46,37 @@ class Candidates:
 
     items: np.ndarray
     scores: np.ndarray
+
+
+@dataclass(frozen=True)
+class ScoreBlock:
+    """One batch of users' scores in two parts: ``dense`` [users, len(columns)] on the catalogue
+    ``columns``, and the non-zero entries of ``sparse`` [users, n_items] (None: none) on other columns.
+    An item in neither part has no score (-inf, never a candidate): the model has no evidence for it
+    (sparse products drop exact zeros, so a stored zero counts as absent too).
+
+    A source whose scores are mostly absent returns them this way, so that listing a user costs its
+    entries (and the dense columns), not the size of the catalogue."""
+
+    columns: np.ndarray
+    dense: np.ndarray
+    sparse: sp.csr_matrix | None = None
+
+    @classmethod
+    def of_sparse(cls, sparse: sp.spmatrix) -> ScoreBlock:
+        """Scores that are the entries of ``sparse`` alone."""
+        sparse = sp.csr_matrix(sparse, dtype=np.float32)
+        return cls(np.empty(0, dtype=np.int64), np.empty((sparse.shape[0], 0), dtype=np.float32), sparse)
+
+    def toarray(self, n_items: int) -> np.ndarray:
+        """The dense float32 [users, n_items] scores, -inf where there are none."""
+        if self.sparse is None:
+            scores = np.full((self.dense.shape[0], n_items), -np.inf, dtype=np.float32)
+        else:
+            scores = self.sparse.toarray().astype(np.float32, copy=False)
+            scores[scores == 0] = -np.inf
+        scores[:, self.columns] = self.dense
+        return scores
 
 
 class CandidateSource(ABC):
@@ -167,20 +203,51 @@ class CandidateSource(ABC):
         user_rows = np.asarray(user_rows, dtype=np.int64)
         items = np.full((len(user_rows), k), -1, dtype=np.int64)
         scores = np.full((len(user_rows), k), -np.inf, dtype=np.float32)
-        batch_starts = range(0, len(user_rows), self.batch_size)
+        # Users per block: ``batch_size``, fewer on a catalogue so wide that the block would pass BLOCK_CELLS.
+        per_block = max(1, min(self.batch_size, BLOCK_CELLS // max(self.n_items, 1)))
+        batch_starts = range(0, len(user_rows), per_block)
         for start in progress(batch_starts, desc=f"scoring candidates ({self.name})", unit="batch"):
-            rows = user_rows[start : start + self.batch_size]
-            block = np.asarray(self.score(rows), dtype=np.float32)
+            rows = user_rows[start : start + per_block]
             history = self._history(rows)
-            history_sizes = np.diff(history.indptr)
-            if exclude_seen:
-                block[np.repeat(np.arange(len(rows)), history_sizes), history.indices] = -np.inf
-            if self.needs_history:
-                block[history_sizes == 0] = -np.inf
-            top_items, top_scores = top_k(block, k)
-            items[start : start + len(rows)] = top_items
-            scores[start : start + len(rows)] = top_scores
+            listed = self._top_of_block(self.score_block(rows), history, k, exclude_seen)
+            items[start : start + len(rows)], scores[start : start + len(rows)] = listed
         return Candidates(items, scores)
+
+    def score_block(self, user_rows: np.ndarray) -> ScoreBlock:
+        """The scores of ``user_rows`` as :meth:`recommend` reads them; the dense :meth:`score` block by
+        default (sources with sparse scores override it)."""
+        return ScoreBlock(np.arange(self.n_items), np.asarray(self.score(user_rows), dtype=np.float32))
+
+    def _top_of_block(
+        self, block: ScoreBlock, history: sp.csr_matrix, k: int, exclude_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` items per row of ``block``: without the ``history`` items unless not
+        ``exclude_seen``, without items the source never learned, nothing for users without history
+        when the source ``needs_history``; ties to the lower item."""
+        n_rows, sizes = history.shape[0], np.diff(history.indptr)
+        if block.sparse is not None and block.sparse.nnz > DENSE_ENOUGH_SHARE * n_rows * self.n_items:
+            block = ScoreBlock(np.arange(self.n_items), block.toarray(self.n_items))
+        entry_rows = np.repeat(np.arange(n_rows), sizes)
+        unserved = sizes == 0 if self.needs_history else np.zeros(n_rows, dtype=bool)
+        learned = self.learned_items if self.learned_items is not None else np.ones(self.n_items, bool)
+        dense = np.asarray(block.dense, dtype=np.float32)  # a fresh block: masked in place
+        if not learned.all():
+            dense[:, ~learned[block.columns]] = -np.inf
+        dense[unserved] = -np.inf
+        if exclude_seen:
+            position = np.full(self.n_items, -1, dtype=np.int64)
+            position[block.columns] = np.arange(len(block.columns))
+            entry_positions = position[history.indices]
+            in_block = entry_positions >= 0
+            dense[entry_rows[in_block], entry_positions[in_block]] = -np.inf
+        positions, dense_scores = top_k(dense, k)
+        padded_columns = np.append(block.columns, -1)  # position -1 (no item) reads the -1 at the end
+        if block.sparse is None or block.sparse.nnz == 0:
+            return padded_columns[positions], dense_scores
+        sparse = _listable_entries(block.sparse, history if exclude_seen else None, ~unserved, learned)
+        sparse_items, sparse_scores = _top_of_rows(sparse, k, missing=self.n_items)
+        dense_items = np.where(positions >= 0, padded_columns[positions], self.n_items)
+        return best_k(np.hstack([dense_items, sparse_items]), np.hstack([dense_scores, sparse_scores]), k)
 
     def _history(self, user_rows: np.ndarray) -> sp.csr_matrix:
         """Training interactions of ``user_rows`` (CSR); rows outside the training matrix (-1) are empty."""
@@ -225,6 +292,107 @@ class CandidateSource(ABC):
         return f"{type(self).__name__}({params})"
 
 
+class SparseScoresSource(CandidateSource):
+    """A source whose scores are a :class:`ScoreBlock` (:meth:`score_block`): an item-item model reaches
+    only the items related to a user's history, so a user costs those, not the catalogue."""
+
+    @abstractmethod
+    def score_block(self, user_rows: np.ndarray) -> ScoreBlock: ...
+
+    def score(self, user_rows: np.ndarray) -> np.ndarray:
+        return self._unlearned_items_unscored(self.score_block(user_rows).toarray(self.n_items))
+
+
+class SharedScoresSource(CandidateSource):
+    """A source that gives every user the same scores (:meth:`shared_scores`, one per item).
+
+    Its lists are one global order with each user's seen items taken out, so :meth:`recommend` costs a
+    user ``k`` plus the length of its history, not the size of the catalogue; the lists are the ones the
+    dense ``score`` block would give (ties to the lower index, non-finite scores never listed).
+    """
+
+    needs_history = False
+
+    @abstractmethod
+    def shared_scores(self) -> np.ndarray:
+        """float32 scores [n_items], the same for every user."""
+
+    def score(self, user_rows: np.ndarray) -> np.ndarray:
+        scores = np.asarray(self.shared_scores(), dtype=np.float32)
+        return np.broadcast_to(scores, (len(user_rows), len(scores))).copy()
+
+    def recommend(self, user_rows: np.ndarray, k: int, *, exclude_seen: bool = True) -> Candidates:
+        self._require_fitted()
+        user_rows = np.asarray(user_rows, dtype=np.int64)
+        shared = np.asarray(self.shared_scores(), dtype=np.float32)
+        order = np.argsort(-shared, kind="stable")
+        order = order[np.isfinite(shared[order])]
+        position = np.full(len(shared), -1, dtype=np.int64)
+        items = np.full((len(user_rows), k), -1, dtype=np.int64)
+        scores = np.full((len(user_rows), k), -np.inf, dtype=np.float32)
+        for start in range(0, len(user_rows), self.batch_size):
+            rows = user_rows[start : start + self.batch_size]
+            history = self._history(rows) if exclude_seen else sp.csr_matrix((len(rows), len(shared)))
+            sizes = np.diff(history.indptr)
+            pool = order[: k + int(sizes.max(initial=0))]
+            position[pool] = np.arange(len(pool))
+            entry_positions = position[history.indices]
+            position[pool] = -1
+            listed = entry_positions >= 0
+            blocked = np.zeros((len(rows), len(pool)), dtype=bool)
+            blocked[np.repeat(np.arange(len(rows)), sizes)[listed], entry_positions[listed]] = True
+            picked = np.argsort(blocked, axis=1, kind="stable")[:, :k]  # unseen first, in the global order
+            free = ~np.take_along_axis(blocked, picked, axis=1)
+            chosen = pool[picked]
+            items[start : start + len(rows), : picked.shape[1]] = np.where(free, chosen, -1)
+            scores[start : start + len(rows), : picked.shape[1]] = np.where(free, shared[chosen], -np.inf)
+        return Candidates(items, scores)
+
+
+def _listable_entries(
+    sparse: sp.csr_matrix, seen: sp.csr_matrix | None, served: np.ndarray, learned: np.ndarray
+) -> sp.csr_matrix:
+    """``sparse`` (float32 CSR, sorted columns) without its entries that cannot be listed: zero or
+    non-finite, in ``seen`` (when given), in rows not ``served`` or in columns not ``learned``."""
+    sparse = sp.csr_matrix(sparse, dtype=np.float32, copy=True)
+    if seen is not None:
+        sparse = sparse - sparse.multiply(seen != 0)  # exactly zero where seen, dropped below
+    rows = np.repeat(np.arange(sparse.shape[0]), np.diff(sparse.indptr))
+    drop = ~np.isfinite(sparse.data) | ~served[rows] | ~learned[sparse.indices]
+    sparse.data[drop] = 0.0
+    sparse.eliminate_zeros()
+    sparse.sort_indices()
+    return sparse
+
+
+def _top_of_rows(sparse: sp.csr_matrix, k: int, *, missing: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best entries of each row of ``sparse`` (sorted columns), ties to the lower column:
+    ``(columns, scores)`` [rows, k], ``missing`` / -inf padded.
+
+    Rows are grouped by their number of entries rounded up to a power of two and each group's entries
+    laid out as a padded block for :func:`top_k`, so the work is about twice the entries, not rows ×
+    catalogue; within a row entries are in column order, so ties still go to the lower column.
+    """
+    n_rows = sparse.shape[0]
+    columns = np.full((n_rows, k), missing, dtype=np.int64)
+    scores = np.full((n_rows, k), -np.inf, dtype=np.float32)
+    sizes = np.diff(sparse.indptr)
+    widths = np.where(sizes > 0, 2 ** np.ceil(np.log2(np.maximum(sizes, 1))).astype(np.int64), 0)
+    for width in np.unique(widths[widths > 0]):
+        group = np.flatnonzero(widths == width)
+        offsets = np.arange(width)
+        present = offsets[None, :] < sizes[group, None]
+        at = np.where(present, sparse.indptr[group, None] + offsets[None, :], 0)
+        values = np.where(present, sparse.data[at], -np.inf)
+        positions, best = top_k(values, k)
+        found = positions >= 0
+        columns[group] = np.where(
+            found, np.take_along_axis(sparse.indices[at], np.maximum(positions, 0), 1), missing
+        )
+        scores[group] = best
+    return columns, scores
+
+
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices and values of the ``k`` largest finite scores per row, best first, -1/-inf padded.
 
@@ -241,7 +409,7 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if not usable.all():
         scores = np.where(usable, scores, -np.inf)
     if take < n_cols:
-        best = _lowest_index_on_ties(scores, np.argpartition(-scores, take - 1, axis=1)[:, :take])
+        best = _top_positions(scores, take)
     else:
         best = np.broadcast_to(np.arange(n_cols), (n_rows, n_cols))
     best = np.sort(best, axis=1)
@@ -253,6 +421,38 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     items[:, :take] = np.where(finite, best, -1)
     values[:, :take] = np.where(finite, best_scores, -np.inf)
     return items, values
+
+
+def best_k(columns: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best ``(columns, scores)`` of each row: highest score first, ties to the lower column;
+    -inf scores are missing places (item -1)."""
+    order = np.lexsort((columns, -scores), axis=-1)[:, :k]
+    columns = np.take_along_axis(columns, order, axis=1)
+    scores = np.take_along_axis(scores, order, axis=1)
+    found = np.isfinite(scores)
+    items = np.full((len(columns), k), -1, dtype=np.int64)
+    best = np.full((len(columns), k), -np.inf, dtype=np.float32)
+    items[:, : columns.shape[1]] = np.where(found, columns, -1)
+    best[:, : scores.shape[1]] = np.where(found, scores, -np.inf)
+    return items, best
+
+
+def _top_positions(scores: np.ndarray, take: int) -> np.ndarray:
+    """Columns of the ``take`` largest scores of each row, in no order, ties at the cut to the lowest.
+
+    torch's top-k selects them (several times faster than numpy's argpartition on catalogue-wide rows);
+    rows where it chose among scores tied at the cut are re-picked by :func:`_lowest_index_on_ties`.
+    """
+    import torch
+
+    values, positions = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), take, dim=1, sorted=False)
+    cut = values.numpy().min(axis=1)
+    positions = positions.numpy()
+    # A row whose cut is -inf has fewer finite scores than ``take``: all of them are chosen, the rest dropped.
+    straddling = np.flatnonzero(((scores >= cut[:, None]).sum(axis=1) > take) & np.isfinite(cut))
+    if len(straddling):
+        positions[straddling] = _lowest_index_on_ties(scores[straddling], positions[straddling])
+    return positions
 
 
 def _lowest_index_on_ties(scores: np.ndarray, chosen: np.ndarray) -> np.ndarray:

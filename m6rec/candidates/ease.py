@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from scipy.linalg import eigh
 from threadpoolctl import threadpool_limits
 
-from m6rec.candidates.base import CandidateSource
+from m6rec.candidates.base import ScoreBlock, SparseScoresSource
 from m6rec.candidates.itemknn import co_occurrence_blocks, top_per_row
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ DENSE_MODE = "dense"
 HEAD_TAIL_MODE = "dense head + sparse tail"
 
 
-class EASESource(CandidateSource):
+class EASESource(SparseScoresSource):
     """B = argmin ‖X − XB‖² + l2‖B‖² with diag(B) = 0, solved as B = I − P·diag(1/diag P), P = (XᵀX + l2·I)⁻¹.
 
     Column j of B is the ridge regression (penalty ``l2``) of item j's column on the other items'. The
@@ -46,10 +46,13 @@ class EASESource(CandidateSource):
       items (the head), and every other item (the tail) regressed, with the same penalty, on its
       ``tail_neighbours`` most co-occurring head items only: one small solve per item, read from the
       head's Gram matrix. Head and tail scores are both predictions of an item's column from a user's
-      head items, so they rank together, and every item with training interactions gets a score (zero
-      only for a tail item that shares no user with any head item: nothing links it to a history).
+      head items, so they rank together. A tail item's score is a sparse entry, present for a user
+      whose history holds one of the head items it is regressed on: the head is scored densely and
+      the tail only where something links it to the history, so a user costs the head plus those
+      entries, not the catalogue.
 
-    Items without training interactions score zero in both modes. :meth:`fit_grid` fits several ``l2``
+    Items without training interactions, and tail items nothing in a user's history links to, have no
+    score (-inf: never candidates) in both modes. :meth:`fit_grid` fits several ``l2``
     on one matrix from one eigendecomposition of the head's Gram matrix. :meth:`fold_in` keeps B and
     scores each user's current history with it, x_u·B; items added since the fit get no score.
     """
@@ -113,13 +116,15 @@ class EASESource(CandidateSource):
         with_interactions = np.count_nonzero(self.seen.getnnz(axis=0))
         return HEAD_TAIL_MODE if with_interactions > len(self.active_items) else DENSE_MODE
 
-    def score(self, user_rows: np.ndarray) -> np.ndarray:
+    def score_block(self, user_rows: np.ndarray) -> ScoreBlock:
+        """The head's scores dense, the tail's sparse: a tail item no head item of the history is
+        regressed on has no score (rather than an exact zero that would rank it among the rest)."""
         history = self._history(user_rows)
-        scores = np.zeros((len(user_rows), self.n_items), dtype=np.float32)
-        scores[:, self.active_items] = history[:, self.active_items] @ self.weights
-        if self.tail_weights.nnz:
-            scores += (history @ self.tail_weights).toarray()
-        return self._unlearned_items_unscored(scores)
+        head = np.asarray(history[:, self.active_items] @ self.weights, dtype=np.float32)
+        tail = history @ self.tail_weights if self.tail_weights.nnz else None
+        return ScoreBlock(
+            self.active_items, head, None if tail is None else sp.csr_matrix(tail, dtype=np.float32)
+        )
 
 
 @dataclass
@@ -258,7 +263,7 @@ def _log_head_tail_mode(
         "ease: %s mode: %d of %d catalogue items have interactions, over max_items=%d (a dense model "
         "over all of them needs %.1f GiB per n×n float64 matrix); exact on the %d most popular (%.2f GiB), "
         "the other %d regressed on up to %d co-occurring head items each (%d of them share no user with "
-        "the head and score zero)",
+        "the head and get no score)",
         HEAD_TAIL_MODE,
         n_active,
         n_items,

@@ -10,7 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from m6rec.candidates.alignment import item_id_array
-from m6rec.candidates.base import CandidateSource
+from m6rec.candidates.retrieval import VectorRetrieval
 from m6rec.io import atomic_path
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ USER_IDS_FILE = "user_ids.npy"
 USER_SOLVE_BATCH = 65_536
 
 
-class IALSSource(CandidateSource):
+class IALSSource(VectorRetrieval):
     """Matrix factorisation of the binary matrix; score = user · item factors.
 
     As in `implicit`, an observed pair weighs ``alpha`` and an unobserved one 1 (the paper's confidence
@@ -32,6 +32,9 @@ class IALSSource(CandidateSource):
     keeps the fitted factors of users whose history did not change and solves every new or changed user
     exactly from its current history against the fixed item factors. Items added since the fit get no
     score.
+
+    Lists come from an exact maximum-inner-product search of FAISS over the item factors (BLAS blocks
+    and a heap per user), so scoring a batch holds no users × catalogue block.
     """
 
     name = "ials"
@@ -138,12 +141,39 @@ class IALSSource(CandidateSource):
             calculate_training_loss=False,
         )
 
-    def score(self, user_rows: np.ndarray) -> np.ndarray:
+    @property
+    def query_vectors(self) -> np.ndarray:
+        return self.user_factors
+
+    @property
+    def item_vectors(self) -> np.ndarray:
+        return self.item_factors
+
+    @property
+    def indexed_items(self) -> np.ndarray:
+        return np.flatnonzero(self.learned_items)
+
+    def _served(self, user_rows: np.ndarray) -> np.ndarray:
+        """Users with factors and a training history (a user without one has zero factors)."""
         user_rows = np.asarray(user_rows, dtype=np.int64)
-        known = (user_rows >= 0) & (user_rows < len(self.user_factors))
-        scores = np.zeros((len(user_rows), len(self.item_factors)), dtype=np.float32)
-        # float64 products of float32 factors are exact, so rounding back gives the same score whether BLAS
-        # runs a one-user gemv or a many-user gemm: a user's candidates do not depend on its batch.
-        user_factors = self.user_factors[user_rows[known]].astype(np.float64)
-        scores[known] = user_factors @ self.item_factors.T.astype(np.float64)
-        return self._unlearned_items_unscored(scores)
+        served = (user_rows >= 0) & (user_rows < min(len(self.user_factors), self.seen.shape[0]))
+        served[served] = np.diff(self.seen.indptr)[user_rows[served]] > 0
+        return served
+
+    def _search(self, rows: np.ndarray, depth: int) -> np.ndarray:
+        import faiss
+
+        indexed = self.indexed_items
+        cached = getattr(self, "_searched", None)
+        if cached is None or cached[0] is not self.item_factors or not np.array_equal(cached[1], indexed):
+            # Kept with the factors array itself, so a refit or fold-in (a new array) is never served stale.
+            cached = self._searched = (
+                self.item_factors,
+                indexed,
+                np.ascontiguousarray(self.item_factors[indexed], dtype=np.float32),
+            )
+        queries = np.ascontiguousarray(self.user_factors[rows], dtype=np.float32)
+        _, positions = faiss.knn(
+            queries, cached[2], min(depth, len(indexed)), metric=faiss.METRIC_INNER_PRODUCT
+        )
+        return positions

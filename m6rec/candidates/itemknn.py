@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from m6rec.candidates.base import CandidateSource
+from m6rec.candidates.base import ScoreBlock, SparseScoresSource
 
 if TYPE_CHECKING:
     from m6rec.candidates.alignment import ItemAlignment
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 BLOCK_ENTRIES = 1 << 24
 
 
-class ItemKNNSource(CandidateSource):
+class ItemKNNSource(SparseScoresSource):
     """Score = sum of the similarities between an item and the user's history items.
 
     Similarity is cosine between item columns, shrunk by ``shrink`` (``dot / (norm_i * norm_j + shrink)``),
@@ -60,11 +60,9 @@ class ItemKNNSource(CandidateSource):
     def _fold_in(self, train: InteractionMatrix, alignment: ItemAlignment, inputs: SideInputs | None) -> None:
         self.similarity = alignment.item_item(self.similarity)
 
-    def score(self, user_rows: np.ndarray) -> np.ndarray:
-        history = self._history(user_rows)
-        return self._unlearned_items_unscored(
-            np.asarray((history @ self.similarity).todense(), dtype=np.float32)
-        )
+    def score_block(self, user_rows: np.ndarray) -> ScoreBlock:
+        """The similarities summed over the history's items: an item near none of them has no score."""
+        return ScoreBlock.of_sparse(self._history(user_rows) @ self.similarity)
 
 
 def co_occurrence_blocks(

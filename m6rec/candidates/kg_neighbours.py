@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from m6rec.candidates.base import CandidateSource
+from m6rec.candidates.base import ScoreBlock, SparseScoresSource
 from m6rec.data import contract
 from m6rec.data.interactions import IdIndex, InteractionMatrix
 from m6rec.errors import ConfigError
@@ -16,7 +16,7 @@ from m6rec.errors import ConfigError
 log = logging.getLogger("m6rec")
 
 
-class KGNeighbourSource(CandidateSource):
+class KGNeighbourSource(SparseScoresSource):
     """Score of item j for a user = Σ over the user's ``recent`` latest items i, over entities e linked to
     both i and j (i ≠ j), of ``idf(e) = log(n_items / items linked to e)``.
 
@@ -56,7 +56,7 @@ class KGNeighbourSource(CandidateSource):
         if self.item_entities.nnz == 0:
             log.warning("kg_neighbours: no item of the training matrix appears in the knowledge graph")
 
-    def score(self, user_rows: np.ndarray) -> np.ndarray:
+    def score_block(self, user_rows: np.ndarray) -> ScoreBlock:
         recent = _rows_of(self.recent_history, user_rows).astype(np.float64)
         weighted_entities = self.item_entities.multiply(self.entity_weights[None, :]).tocsr()
         through_entities = (recent @ weighted_entities) @ self.item_entities.T.astype(np.float64)
@@ -67,10 +67,7 @@ class KGNeighbourSource(CandidateSource):
         # what is left of a real shared entity from rounding residue.
         shared.data[shared.data < (positive.min() / 2 if len(positive) else np.inf)] = 0.0
         shared.eliminate_zeros()
-        scores = np.full(shared.shape, -np.inf, dtype=np.float32)
-        rows = np.repeat(np.arange(shared.shape[0]), np.diff(shared.indptr))
-        scores[rows, shared.indices] = shared.data.astype(np.float32)
-        return scores
+        return ScoreBlock.of_sparse(shared)
 
 
 def read_kg(path: str):

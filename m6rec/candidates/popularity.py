@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from m6rec.candidates.base import CandidateSource
+from m6rec.candidates.base import SharedScoresSource
 
 
-class PopularitySource(CandidateSource):
+class PopularitySource(SharedScoresSource):
     """Scores every item by its number of training users, the same list for everyone."""
 
     name = "popularity"
     state_arrays = ("item_counts",)
-    needs_history = False
 
     def __init__(self):
         super().__init__()
@@ -21,5 +20,5 @@ class PopularitySource(CandidateSource):
     def _fit(self, matrix: sp.csr_matrix) -> None:
         self.item_counts = np.asarray(matrix.sum(axis=0), dtype=np.float32).ravel()
 
-    def score(self, user_rows: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(self.item_counts, (len(user_rows), len(self.item_counts))).copy()
+    def shared_scores(self) -> np.ndarray:
+        return self.item_counts

@@ -7,14 +7,14 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
-from m6rec.candidates.base import CandidateSource
+from m6rec.candidates.base import ScoreBlock, SparseScoresSource
 from m6rec.data.interactions import InteractionMatrix
 from m6rec.errors import ConfigError
 
 log = logging.getLogger("m6rec")
 
 
-class SequentialSource(CandidateSource):
+class SequentialSource(SparseScoresSource):
     """Scores items by how often other users interacted with them next to the user's history items.
 
     Each user's interactions are put in time order; two items at most ``window`` positions apart count
@@ -57,8 +57,10 @@ class SequentialSource(CandidateSource):
         scale = sp.diags(1.0 / np.sqrt(popularity + 1.0))
         self.weights = (scale @ pairs @ scale).astype(np.float32).tocsr()
 
-    def score(self, user_rows: np.ndarray) -> np.ndarray:
-        return np.asarray((self._history(user_rows) @ self.weights).todense(), dtype=np.float32)
+    def score_block(self, user_rows: np.ndarray) -> ScoreBlock:
+        """The transition weights summed over the history's items: an item never next to one of them has
+        no score."""
+        return ScoreBlock.of_sparse(self._history(user_rows) @ self.weights)
 
 
 def adjacent_pairs(timestamps: sp.csr_matrix, window: int) -> sp.csr_matrix:

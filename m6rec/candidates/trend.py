@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
-from m6rec.candidates.base import CandidateSource
+from m6rec.candidates.base import SharedScoresSource
 from m6rec.data.interactions import InteractionMatrix
 from m6rec.errors import ConfigError
 
@@ -16,7 +16,7 @@ log = logging.getLogger("m6rec")
 SECONDS_PER_DAY = 86_400.0
 
 
-class TrendSource(CandidateSource):
+class TrendSource(SharedScoresSource):
     """Scores every item by its time-decayed interaction count within a recent window; the same list for all.
 
     The window is the ``window_days`` before the latest training timestamp; an interaction ``age`` days
@@ -28,7 +28,6 @@ class TrendSource(CandidateSource):
     name = "trend"
     needs_timestamps = True
     state_arrays = ("item_trend",)
-    needs_history = False
 
     def __init__(self, *, window_days: float = 14.0, half_life_days: float = 7.0):
         for key, value in (("window_days", window_days), ("half_life_days", half_life_days)):
@@ -55,8 +54,8 @@ class TrendSource(CandidateSource):
     def _fit(self, matrix: sp.csr_matrix) -> None:
         self.item_trend = np.asarray(matrix.sum(axis=0), dtype=np.float32).ravel()
 
-    def score(self, user_rows: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(self.item_trend, (len(user_rows), len(self.item_trend))).copy()
+    def shared_scores(self) -> np.ndarray:
+        return self.item_trend
 
 
 def recent_popularity(timestamps: sp.csr_matrix, *, window_days: float, half_life_days: float) -> np.ndarray:
