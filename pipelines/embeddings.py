@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from m6rec.config import ENCODED_MODALITIES, ITEM_SPACES, EmbeddingConfig
@@ -342,12 +343,20 @@ def _write_profiles(
 
 
 def _history_hash(profiles: ProfileCache) -> str:
-    """SHA-256 of the (user, item, timestamp) pairs the profiles average over."""
+    """SHA-256 of the (user, item, timestamp) pairs the profiles average over: the history matrix's
+    structure, its raw IDs and its timestamps."""
     import hashlib
 
     digest = hashlib.sha256()
-    digest.update(pd.util.hash_pandas_object(profiles.pairs, index=False).to_numpy().tobytes())
-    digest.update(",".join(map(str, profiles.pairs.columns)).encode())
+    train = profiles.train
+    parts = [train.matrix] + ([train.timestamps] if getattr(train, "timestamps", None) is not None else [])
+    for matrix in parts:
+        matrix = matrix.tocsr(copy=True)
+        matrix.sort_indices()
+        for array in (matrix.indptr, matrix.indices, matrix.data):
+            digest.update(np.ascontiguousarray(array, dtype=np.float64 if array is matrix.data else np.int64))
+    for ids in (train.users.ids, train.items.ids):
+        digest.update("\0".join(map(str, ids)).encode())
     return digest.hexdigest()
 
 

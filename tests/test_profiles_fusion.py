@@ -198,3 +198,28 @@ def test_attention_fusion_export_and_mean_weights():
     assert not vectors[3].any()
     weights = mean_attention_weights(np.array([[1.0, 0.0], [0.5, 0.5], [0.0, 0.0]]), ["image", "text"])
     assert weights == pytest.approx({"image": 0.75, "text": 0.25})
+
+
+def test_the_cache_profiles_from_the_matrix_equal_the_profiles_of_its_interactions():
+    from m6rec.data.interactions import IdIndex, InteractionMatrix
+    from m6rec.embeddings.profiles import ProfileCache
+
+    rng = np.random.default_rng(2)
+    items = [f"i{n}" for n in range(30)]
+    table = embedding_table(
+        {item: (None if n % 7 == 3 else rng.normal(size=4).tolist()) for n, item in enumerate(items)}, 4
+    )
+    pairs = pd.DataFrame(
+        {"user_id": rng.choice([f"u{n}" for n in range(12)], 200), "item_id": rng.choice(items, 200)}
+    ).drop_duplicates()
+    # Distinct times: which of two equally old interactions is "latest" follows row order, which differs.
+    pairs["timestamp"] = 1_700_000_000 + rng.permutation(len(pairs)) * 3600
+    users = IdIndex.from_values(pairs["user_id"])
+    train = InteractionMatrix.from_frame(pairs, users, IdIndex.from_values(pd.Series(items)))
+
+    vectors, present = ProfileCache(train, half_life_days=20.0, max_history=5).aligned("text", table)
+
+    user_ids, expected, expected_present = user_profiles(pairs, table, half_life_days=20.0, max_history=5)
+    rows = train.users.positions(user_ids)
+    np.testing.assert_array_equal(present[rows], expected_present)
+    np.testing.assert_allclose(vectors[rows], expected, rtol=1e-5, atol=1e-6)

@@ -388,9 +388,9 @@ def test_side_inputs_give_the_same_candidates_as_the_files_and_share_one_profile
         ).fit(train),
     }
     computed = []
-    original = profiles_module.user_profiles
+    original = profiles_module.profiles_of_pairs
     monkeypatch.setattr(
-        profiles_module, "user_profiles", lambda *a, **k: computed.append(1) or original(*a, **k)
+        profiles_module, "profiles_of_pairs", lambda *a, **k: computed.append(1) or original(*a, **k)
     )
     cache = ProfileCache(train, half_life_days=30.0)
     inputs = SideInputs(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cached_property
-
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -47,14 +45,36 @@ def user_profiles(
         raise ValueError(f"half_life_days must be positive or None, got {half_life_days}")
     if max_history is not None and max_history < 1:
         raise ValueError(f"max_history must be at least 1 or None, got {max_history}")
-    users = interactions[USER_ID].astype(str).to_numpy(dtype=object)
-    items = interactions[ITEM_ID].astype(str).to_numpy(dtype=object)
-    user_ids = pd.unique(users)
-    user_rows = pd.Index(user_ids).get_indexer(users)
-    item_ids, item_columns = np.unique(items, return_inverse=True)
-    item_vectors, item_present = table.lookup(item_ids)
+    user_rows, user_ids = pd.factorize(interactions[USER_ID].astype(str), sort=False)
+    item_columns, item_ids = pd.factorize(interactions[ITEM_ID].astype(str), sort=False)
+    vectors, present = profiles_of_pairs(
+        user_rows,
+        len(user_ids),
+        item_columns,
+        np.asarray(item_ids, dtype=object),
+        interaction_seconds(interactions),
+        table,
+        half_life_days=half_life_days,
+        max_history=max_history,
+    )
+    return np.asarray(user_ids, dtype=object), vectors, present
 
-    times = interaction_seconds(interactions)
+
+def profiles_of_pairs(
+    user_rows: np.ndarray,
+    n_users: int,
+    item_columns: np.ndarray,
+    item_ids: np.ndarray,
+    times: np.ndarray | None,
+    table: EmbeddingTable,
+    *,
+    half_life_days: float | None,
+    max_history: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`user_profiles` of interactions already coded: pair ``p`` is user row ``user_rows[p]`` (of
+    ``n_users``) with the item ``item_ids[item_columns[p]]`` at unix second ``times[p]`` (NaN: unknown;
+    ``times`` None: none known). Returns ``(vectors [n_users, dim], present)``."""
+    item_vectors, item_present = table.lookup(item_ids)
     if times is not None:
         latest = pd.Series(times).groupby(user_rows).transform("max").to_numpy()
         times = np.where(np.isnan(times), latest, times)
@@ -73,14 +93,13 @@ def user_profiles(
         latest = pd.Series(times).groupby(user_rows).transform("max").to_numpy()
         weights = 0.5 ** ((latest - times) / (half_life_days * SECONDS_PER_DAY))
 
-    weighting = sp.csr_matrix((weights, (user_rows, item_columns)), shape=(len(user_ids), len(item_ids)))
+    weighting = sp.csr_matrix((weights, (user_rows, item_columns)), shape=(n_users, len(item_ids)))
     totals = np.asarray(weighting.sum(axis=1)).ravel()
     sums = weighting @ item_vectors.astype(np.float64)
     means = np.divide(sums, totals[:, None], out=np.zeros_like(sums), where=totals[:, None] > 0)
     norms = np.linalg.norm(means, axis=1, keepdims=True)
     vectors = np.divide(means, norms, out=np.zeros_like(means), where=norms > 0).astype(np.float32)
-    present = norms.ravel() > 0
-    return np.asarray(user_ids, dtype=object), vectors, present
+    return vectors, norms.ravel() > 0
 
 
 def interaction_seconds(interactions: pd.DataFrame) -> np.ndarray | None:
@@ -130,35 +149,28 @@ class ProfileCache:
         """``(vectors [n_users, dim] float32, present)`` of the users in the matrix rows, in the item space
         ``space`` (whose item vectors are ``table``); zero vectors where a user has no usable item."""
         if space not in self._computed:
-            user_ids, vectors, present = user_profiles(
-                self.pairs, table, half_life_days=self.half_life_days, max_history=self.max_history
+            # Straight from the matrix's rows and columns: no raw IDs to encode again.
+            matrix = self.train.matrix.tocsr()
+            rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
+            cols = matrix.indices.astype(np.int64)
+            times = pair_times(getattr(self.train, "timestamps", None), rows, cols, matrix.shape[1])
+            vectors, present = profiles_of_pairs(
+                rows,
+                self.train.n_users,
+                cols,
+                np.asarray(self.train.items.ids, dtype=str).astype(object),
+                times,
+                table,
+                half_life_days=self.half_life_days,
+                max_history=self.max_history,
             )
-            aligned = np.zeros((self.train.n_users, vectors.shape[1]), dtype=np.float32)
-            has_profile = np.zeros(self.train.n_users, dtype=bool)
-            rows = self.train.users.positions(user_ids)
-            aligned[rows] = np.where(present[:, None], vectors, 0.0)
-            has_profile[rows] = present
-            self._computed[space] = (aligned, has_profile)
+            self._computed[space] = (np.where(present[:, None], vectors, 0.0).astype(np.float32), present)
         return self._computed[space]
 
     @property
     def computed(self) -> list[str]:
         """The spaces whose profiles have been computed so far."""
         return list(self._computed)
-
-    @cached_property
-    def pairs(self) -> pd.DataFrame:
-        """The history's ``user_id``, ``item_id`` (and ``timestamp`` where known) pairs, row-major."""
-        matrix = self.train.matrix.tocsr()
-        rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
-        cols = matrix.indices.astype(np.int64)
-        frame = pd.DataFrame(
-            {USER_ID: self.train.users.ids[rows].astype(str), ITEM_ID: self.train.items.ids[cols].astype(str)}
-        )
-        times = pair_times(getattr(self.train, "timestamps", None), rows, cols, matrix.shape[1])
-        if times is not None:
-            frame[TIMESTAMP] = times
-        return frame
 
 
 def pair_times(timestamps, rows: np.ndarray, cols: np.ndarray, n_items: int) -> np.ndarray | None:
