@@ -716,3 +716,27 @@ def test_ials_seed_changes_the_factors(checkerboard_interactions):
 
     assert not np.array_equal(reseeded.item_factors, baseline.item_factors)
     assert reseeded.item_factors.shape == (checkerboard_interactions.train.n_items, params["factors"])
+
+
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_ials_lists_are_the_same_through_the_faiss_search_and_the_dense_block(exclude_seen, monkeypatch):
+    from m6rec.candidates import ials as ials_module
+
+    rng = np.random.default_rng(11)
+    interactions = (rng.random((90, 50)) < rng.uniform(0.02, 0.5, 50)).astype(np.float32)
+    interactions[7] = 0.0  # no history: no list
+    interactions[8, :45] = 1.0  # a heavy user: searched deeper
+    source = create_source("ials", **FAST_PARAMS["ials"]).fit(matrix_of(interactions))
+    wider = np.hstack([interactions, np.zeros((90, 3), dtype=np.float32)])
+    wider[0, 50:] = 1.0
+    source.fold_in(matrix_of(wider))  # three items it never learned: never listed
+    user_rows = np.arange(90)
+
+    monkeypatch.setattr(ials_module, "DENSE_UP_TO_ITEMS", 10**9)
+    dense = source.recommend(user_rows, 12, exclude_seen=exclude_seen)
+    monkeypatch.setattr(ials_module, "DENSE_UP_TO_ITEMS", 0)
+    searched = source.recommend(user_rows, 12, exclude_seen=exclude_seen)
+
+    np.testing.assert_array_equal(searched.items, dense.items)
+    np.testing.assert_array_equal(searched.scores, dense.scores)
+    assert (dense.items[7] == -1).all() and not np.isin(dense.items, [50, 51, 52]).any()
