@@ -353,8 +353,9 @@ def _history_hash(profiles: ProfileCache) -> str:
     for matrix in parts:
         matrix = matrix.tocsr(copy=True)
         matrix.sort_indices()
-        for array in (matrix.indptr, matrix.indices, matrix.data):
-            digest.update(np.ascontiguousarray(array, dtype=np.float64 if array is matrix.data else np.int64))
+        digest.update(matrix.indptr.astype(np.int64).tobytes())
+        digest.update(matrix.indices.astype(np.int64).tobytes())
+        digest.update(matrix.data.astype(np.float64).tobytes())
     for ids in (train.users.ids, train.items.ids):
         digest.update("\0".join(map(str, ids)).encode())
     return digest.hexdigest()

@@ -220,3 +220,19 @@ def restore_logging():
         logger.handlers[:] = handlers
         logger.setLevel(level)
         logger.propagate = propagate
+
+
+@pytest.fixture(scope="module")
+def planted_graph() -> tuple[pd.DataFrame, list[str], np.ndarray]:
+    """Two clusters of eight items; each item is tagged with its own cluster's four tags and genre:
+    26 entities (16 items, 8 tags, 2 genres), 2 relations. Returns the triples, the items and each
+    item's cluster (a or b)."""
+    rows, items = [], []
+    for cluster in ("a", "b"):
+        for index in range(8):
+            item = f"{cluster}-item-{index}"
+            items.append(item)
+            rows.extend((item, "tagged", f"tag:{cluster}{tag}") for tag in range(4))
+            rows.append((item, "in_genre", f"genre:{cluster}"))
+    cluster_of_item = np.array([item[0] for item in items])
+    return pd.DataFrame(rows, columns=["head", "relation", "tail"]), items, cluster_of_item

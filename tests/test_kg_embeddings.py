@@ -28,20 +28,6 @@ TRIPLE_COLUMNS = ["head", "relation", "tail"]
 
 
 @pytest.fixture(scope="module")
-def planted_graph() -> tuple[pd.DataFrame, list[str], np.ndarray]:
-    """Two clusters of eight items; each item is tagged with its own cluster's four tags and genre."""
-    rows, items = [], []
-    for cluster in ("a", "b"):
-        for index in range(8):
-            item = f"{cluster}-item-{index}"
-            items.append(item)
-            rows.extend((item, "tagged", f"tag:{cluster}{tag}") for tag in range(4))
-            rows.append((item, "in_genre", f"genre:{cluster}"))
-    cluster_of_item = np.array([item[0] for item in items])
-    return pd.DataFrame(rows, columns=TRIPLE_COLUMNS), items, cluster_of_item
-
-
-@pytest.fixture(scope="module")
 def kgcn_graph() -> tuple[pd.DataFrame, list[str]]:
     """KGCN's music graph with mapped entities written as Last.FM artist IDs, others as ``entity:<id>``."""
     if not KGCN_MUSIC.exists():

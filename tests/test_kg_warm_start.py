@@ -23,20 +23,6 @@ from m6rec.embeddings.store import read_embeddings
 TRIPLE_COLUMNS = ["head", "relation", "tail"]
 
 
-@pytest.fixture
-def planted_graph() -> tuple[pd.DataFrame, list[str]]:
-    """Two clusters of eight items; each item is tagged with its own cluster's four tags and genre:
-    26 entities (16 items, 8 tags, 2 genres), 2 relations."""
-    rows, items = [], []
-    for cluster in ("a", "b"):
-        for index in range(8):
-            item = f"{cluster}-item-{index}"
-            items.append(item)
-            rows.extend((item, "tagged", f"tag:{cluster}{tag}") for tag in range(4))
-            rows.append((item, "in_genre", f"genre:{cluster}"))
-    return pd.DataFrame(rows, columns=TRIPLE_COLUMNS), items
-
-
 def _with_new_item(triples: pd.DataFrame) -> pd.DataFrame:
     """One more cluster-a item, tagged like the others: one new entity, no new relation."""
     added = [("a-item-8", "tagged", f"tag:a{tag}") for tag in range(4)] + [
@@ -81,7 +67,7 @@ CONFIG = KGConfig(dimension=8, epochs=8, warm_start_epochs=2, batch_size=32, see
 def test_the_same_triples_in_another_order_are_reused_without_training(
     planted_graph, tmp_path, monkeypatch, caplog
 ):
-    triples, items = planted_graph
+    triples, items, _ = planted_graph
     out = tmp_path / "kg.parquet"
     train_kg_embeddings(triples, items, out, CONFIG)
     written = out.read_bytes(), representations_path(out).read_bytes()
@@ -100,7 +86,7 @@ def test_the_same_triples_in_another_order_are_reused_without_training(
 def test_a_grown_catalogue_on_the_same_triples_is_exported_without_training(
     planted_graph, tmp_path, monkeypatch, caplog
 ):
-    triples, items = planted_graph
+    triples, items, _ = planted_graph
     out = tmp_path / "kg.parquet"
     train_kg_embeddings(triples, items, out, CONFIG)
     before = read_embeddings(out)
@@ -132,7 +118,7 @@ def test_a_grown_catalogue_on_the_same_triples_is_exported_without_training(
 def test_an_added_triple_warm_starts_the_known_entities_from_their_previous_vectors(
     model, planted_graph, tmp_path, initial_tensors, caplog
 ):
-    triples, items = planted_graph
+    triples, items, _ = planted_graph
     out = tmp_path / "kg.parquet"
     config = CONFIG.replace(model=model)
     train_kg_embeddings(triples, items, out, config)
@@ -179,7 +165,7 @@ def test_one_warm_epoch_keeps_the_carried_entities_near_their_previous_vectors(
 ):
     """The training loop re-initialises the model before it trains; the previous vectors must survive
     that (pykeen's own PretrainedInitializer lets torch overwrite them, pykeen issue #640)."""
-    triples, items = planted_graph
+    triples, items, _ = planted_graph
     config = CONFIG.replace(model=model, warm_start_epochs=1)
     train_kg_embeddings(triples, items, tmp_path / "warm" / "kg.parquet", config)
     previous = GraphRepresentations.load(tmp_path / "warm" / "kg.safetensors")
@@ -197,7 +183,7 @@ def test_one_warm_epoch_keeps_the_carried_entities_near_their_previous_vectors(
 
 
 def test_a_warm_started_item_joins_its_planted_cluster(planted_graph, tmp_path):
-    triples, items = planted_graph
+    triples, items, _ = planted_graph
     out = tmp_path / "kg.parquet"
     config = KGConfig(dimension=16, epochs=40, warm_start_epochs=10, batch_size=16, seed=0)
     train_kg_embeddings(triples, items, out, config)
@@ -229,7 +215,7 @@ def test_a_warm_started_item_joins_its_planted_cluster(planted_graph, tmp_path):
     ],
 )
 def test_other_settings_train_from_scratch(change, reason, planted_graph, tmp_path, initial_tensors, caplog):
-    triples, items = planted_graph
+    triples, items, _ = planted_graph
     out = tmp_path / "kg.parquet"
     train_kg_embeddings(triples, items, out, CONFIG)
 
@@ -245,7 +231,7 @@ def test_other_settings_train_from_scratch(change, reason, planted_graph, tmp_pa
 
 
 def test_same_triples_with_other_epochs_train_from_scratch(planted_graph, tmp_path, initial_tensors, caplog):
-    triples, items = planted_graph
+    triples, items, _ = planted_graph
     out = tmp_path / "kg.parquet"
     train_kg_embeddings(triples, items, out, CONFIG)
     caplog.clear()  # only what the call under test logs
@@ -257,7 +243,7 @@ def test_same_triples_with_other_epochs_train_from_scratch(planted_graph, tmp_pa
 
 
 def test_a_mostly_new_graph_trains_from_scratch(planted_graph, tmp_path, initial_tensors, caplog):
-    triples, items = planted_graph
+    triples, items, _ = planted_graph
     out = tmp_path / "kg.parquet"
     train_kg_embeddings(triples, items, out, CONFIG)
     renamed = triples.replace({"head": {item: f"other-{item}" for item in items[1:]}})
@@ -272,7 +258,7 @@ def test_a_mostly_new_graph_trains_from_scratch(planted_graph, tmp_path, initial
 
 
 def test_an_unreadable_previous_file_is_ignored(planted_graph, tmp_path, initial_tensors, caplog):
-    triples, items = planted_graph
+    triples, items, _ = planted_graph
     out = tmp_path / "kg.parquet"
     train_kg_embeddings(triples, items, out, CONFIG)
     representations_path(out).write_bytes(b"not a safetensors file")
@@ -288,7 +274,7 @@ def test_an_unreadable_previous_file_is_ignored(planted_graph, tmp_path, initial
 
 
 def test_the_representations_file_is_safetensors_not_a_pickle(planted_graph, tmp_path):
-    triples, items = planted_graph
+    triples, items, _ = planted_graph
     out = tmp_path / "kg.parquet"
     train_kg_embeddings(triples, items, out, CONFIG.replace(model="TransH"))
     path = representations_path(out)
