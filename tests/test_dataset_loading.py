@@ -509,3 +509,21 @@ def test_line_numbers_count_blank_lines_and_multi_line_fields(tmp_path):
     with pytest.raises(DataError) as error:
         load_dataset(tmp_path)
     assert (error.value.location, error.value.problem) == ("line 4", "empty item_id")
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_loaded_ids_are_compact_strings_with_their_values(tmp_path, suffix):
+    """At 20M interactions Python string objects (about 60 bytes each) were most of the table's memory:
+    the loaded ID columns keep the same values in a few bytes each."""
+    users = [f" u{n % 5000:06d}" for n in range(20_000)]
+    items = [f"i{n % 997:06d} " for n in range(20_000)]
+    if suffix == "csv":
+        lines = ["user_id,item_id"] + [f"{u},{i}" for u, i in zip(users, items, strict=True)]
+        write_csv(tmp_path, "interactions", "\n".join(lines) + "\n")
+    else:
+        write_parquet(tmp_path, "interactions", {"user_id": users, "item_id": items})
+    frame = load_dataset(tmp_path).interactions
+    assert frame["user_id"].tolist() == [u.strip() for u in users]
+    assert frame["item_id"].tolist() == [i.strip() for i in items]
+    bytes_per_id = frame[["user_id", "item_id"]].memory_usage(deep=True, index=False).sum() / (2 * len(frame))
+    assert bytes_per_id < 24

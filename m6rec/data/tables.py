@@ -193,7 +193,9 @@ def _as_id_strings(column: pd.Series) -> pd.Series:
         whole = column.dropna()
         if (whole == np.floor(whole)).all():
             column = column.astype("Int64")
-    return column.astype("string").str.strip().astype(object).where(column.notna(), None)
+    # pandas' arrow-backed ``str``: a few bytes per ID where Python string objects take about sixty, which
+    # is most of a 20M-interaction table's memory.
+    return column.astype("str").str.strip()
 
 
 def _first_line(error: Exception) -> str:
