@@ -15,7 +15,7 @@ from m6rec.candidates import CandidateSource, create_source, load_source, regist
 from m6rec.candidates import base as base_module
 from m6rec.candidates import ease as ease_module
 from m6rec.candidates import itemknn as itemknn_module
-from m6rec.candidates.base import SparseScoresSource, top_k
+from m6rec.candidates.base import SparseScoresSource, strongest_per_row, top_k
 from m6rec.config import BaselineConfig
 from m6rec.data.contract import ITEM_ID, KG_HEAD, KG_RELATION, KG_TAIL, USER_ID
 from m6rec.data.interactions import IdIndex, InteractionMatrix
@@ -495,14 +495,44 @@ def test_itemknn_fitted_item_by_item_equals_one_block(monkeypatch):
     np.testing.assert_array_equal(item_by_item.score(np.arange(80)), one_block.score(np.arange(80)))
 
 
-def test_top_per_row_keeps_the_largest_entries_with_ties_to_the_lower_column():
+def test_strongest_per_row_keeps_the_largest_magnitudes_with_ties_to_the_lower_column():
     matrix = sp.csr_matrix(
-        np.array([[0, 2, 2, 3, 2, 1], [0, 0, 0, 0, 0, 0], [5, 0, 0, 0, 0, 4]], dtype=np.float32)
+        np.array(
+            [[0, 2, -2, 3, 2, 1], [0, 0, 0, 0, 0, 0], [5, 0, 0, 0, 0, -4], [-1, -7, 6, 0, 0, 0]],
+            dtype=np.float32,
+        )
     )
 
-    kept = itemknn_module.top_per_row(matrix, 2).toarray()
+    kept = strongest_per_row(matrix, 2).toarray()
 
-    np.testing.assert_array_equal(kept, [[0, 2, 0, 3, 0, 0], [0] * 6, [5, 0, 0, 0, 0, 4]])
+    np.testing.assert_array_equal(
+        kept, [[0, 2, 0, 3, 0, 0], [0] * 6, [5, 0, 0, 0, 0, -4], [0, -7, 6, 0, 0, 0]]
+    )
+
+
+@pytest.mark.parametrize("name", ["itemknn", "ease"])
+def test_item_item_sources_over_targets_per_item_keep_each_items_strongest_weights(name, caplog):
+    """One history item (with targets_per_item=2) makes a user's scores exactly its two strongest
+    weights; a cap above every row changes nothing; the cut is logged."""
+    rng = np.random.default_rng(8)
+    interactions = (rng.random((120, 30)) < 0.3).astype(np.float32)
+    train = matrix_of(interactions)
+    extra = {"max_items": 4, "tail_neighbours": 3} if name == "ease" else {"neighbours": 10}
+    free = create_source(name, targets_per_item=10**6, **extra).fit(train)
+    with caplog.at_level(logging.INFO, logger="m6rec"):
+        capped = create_source(name, targets_per_item=2, **extra).fit(train)
+    weights = {"itemknn": "similarity", "ease": "tail_weights"}[name]
+    uncapped, cut = getattr(free, weights).toarray(), getattr(capped, weights).toarray()
+    assert (np.count_nonzero(uncapped, axis=1) > 2).any(), "the cap has to bind somewhere"
+    for row, full_row in enumerate(uncapped):
+        strongest = np.argsort(-np.abs(full_row), kind="stable")[: min(2, np.count_nonzero(full_row))]
+        assert np.flatnonzero(cut[row]).tolist() == sorted(strongest.tolist())
+        np.testing.assert_array_equal(cut[row, strongest], full_row[strongest])
+    assert "restricted form" in caplog.text and "targets_per_item=2" in caplog.text
+    same = create_source(name, targets_per_item=int(np.count_nonzero(uncapped, axis=1).max()), **extra).fit(
+        train
+    )
+    np.testing.assert_array_equal(same.score(np.arange(120)), free.score(np.arange(120)))
 
 
 def ease_closed_form(interactions: np.ndarray, l2: float) -> np.ndarray:
@@ -639,7 +669,7 @@ def test_ease_fit_grid_equals_one_fit_per_l2_from_one_eigendecomposition(max_ite
 
     assert linear_algebra_calls == {"inv": len(grid), "eigh": 1}, "one eigendecomposition, no inverse"
     for params, grid_source, single in zip(grid, together, alone, strict=True):
-        assert grid_source.params == single.params == params
+        assert grid_source.params == single.params == {**single.params, **params}
         np.testing.assert_array_equal(grid_source.active_items, single.active_items)
         # float64 eigendecomposition vs inverse, both rounded to float32 weights
         np.testing.assert_allclose(grid_source.weights, single.weights, rtol=1e-5, atol=1e-7)
@@ -740,3 +770,34 @@ def test_ials_lists_are_the_same_through_the_faiss_search_and_the_dense_block(ex
     np.testing.assert_array_equal(searched.items, dense.items)
     np.testing.assert_array_equal(searched.scores, dense.scores)
     assert (dense.items[7] == -1).all() and not np.isin(dense.items, [50, 51, 52]).any()
+
+
+def test_ials_past_the_exact_size_searches_an_index_tuned_for_recall_on_its_users(monkeypatch, caplog):
+    """Planted taste groups over 2,000 items, searched through an inverted file: the lists find at least
+    95% of the exact lists' items, with the exact scores, and the measured recall is logged."""
+    from m6rec.candidates import ials as ials_module
+
+    rng = np.random.default_rng(12)
+    groups = rng.integers(0, 20, size=600)
+    item_groups = rng.integers(0, 20, size=2000)
+    likes = np.where(groups[:, None] == item_groups[None, :], 0.08, 0.004)
+    interactions = (rng.random((600, 2000)) < likes).astype(np.float32)
+    source = create_source("ials", **FAST_PARAMS["ials"]).fit(matrix_of(interactions))
+    user_rows = np.arange(600)
+    monkeypatch.setattr(ials_module, "DENSE_UP_TO_ITEMS", 10**9)
+    exact = source.recommend(user_rows, 20)
+
+    monkeypatch.setattr(ials_module, "DENSE_UP_TO_ITEMS", 0)
+    monkeypatch.setattr(ials_module, "APPROXIMATE_FROM_ITEMS", 1000)
+    with caplog.at_level(logging.INFO, logger="m6rec"):
+        searched = source.recommend(user_rows, 20)
+
+    found = np.mean(
+        [len(np.intersect1d(a, b)) / 20 for a, b in zip(searched.items, exact.items, strict=True)]
+    )
+    assert found >= 0.95
+    assert "FAISS index IVF" in caplog.text and "recall@" in caplog.text
+    seen = interactions[user_rows[:, None], np.maximum(searched.items, 0)] > 0
+    assert not seen[searched.items >= 0].any()
+    pair_scores = np.einsum("ud,ukd->uk", source.user_factors, source.item_factors[searched.items])
+    np.testing.assert_allclose(searched.scores, pair_scores, rtol=1e-5, atol=1e-6)

@@ -18,6 +18,7 @@ from features.fusion import (
     concat_fusion,
     mean_attention_weights,
 )
+from m6rec.embeddings import profiles as profiles_module
 from m6rec.embeddings.profiles import user_profiles
 from m6rec.embeddings.store import EmbeddingTable
 
@@ -98,7 +99,9 @@ def test_datetime_timestamps_give_the_same_profiles_as_unix_seconds(item_table):
     np.testing.assert_allclose(vectors, expected, rtol=1e-6)
 
 
-def test_profiles_match_a_per_user_computation():
+@pytest.mark.parametrize("chunk_users", [65_536, 7], ids=["one-chunk", "chunks-of-7"])
+def test_profiles_match_a_per_user_computation(chunk_users, monkeypatch):
+    monkeypatch.setattr(profiles_module, "PROFILE_CHUNK_USERS", chunk_users)
     rng = np.random.default_rng(0)
     n_items, n_rows = 40, 3000
     item_vectors = rng.standard_normal((n_items, 5))
@@ -112,7 +115,7 @@ def test_profiles_match_a_per_user_computation():
     )
     user_ids, vectors, present = user_profiles(interactions, table, half_life_days=20.0, max_history=30)
     assert present.all()
-    for user in user_ids[:10]:
+    for user in user_ids:
         rows = interactions[interactions["user_id"] == user].sort_values("timestamp", kind="stable").tail(30)
         ages = (rows["timestamp"].max() - rows["timestamp"]) / DAY
         weights = 0.5 ** (ages.to_numpy() / 20.0)

@@ -7,6 +7,7 @@ newer matrix (new users, items, interactions) without learning its item side aga
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
 _REGISTRY: dict[str, type[CandidateSource]] = {}
 
 # Cells (users × catalogue items) of one dense score block: about 128 MB of float32 scores.
+log = logging.getLogger("m6rec")
+
+# Default cap on the items one history item adds to in an item-item source (its strongest weights):
+# above every catalogue of MovieLens-100K's size, binding in large ones.
+TARGETS_PER_ITEM = 1000
+
 BLOCK_CELLS = 32_000_000
 # Above this share of a batch's users × catalogue cells, sparse scores are listed as a dense block: sorting
 # that many entries costs more than a top-k pass over every column.
@@ -302,6 +309,33 @@ class SparseScoresSource(CandidateSource):
     def score(self, user_rows: np.ndarray) -> np.ndarray:
         return self._unlearned_items_unscored(self.score_block(user_rows).toarray(self.n_items))
 
+    def _restricted(self, weights: sp.csr_matrix, what: str) -> sp.csr_matrix:
+        """``weights`` (rows: the history item, columns: the items it adds to) with each row cut to its
+        ``targets_per_item`` entries of largest magnitude, so that a user costs its history's length times
+        that, whatever the catalogue size. In a large catalogue a popular item is linked to most others and
+        a few of them in a history reached half the catalogue; what the cut drops are each row's weakest
+        contributions. Logged when it cuts anything."""
+        keep = self.params["targets_per_item"]
+        counts = np.diff(weights.indptr)
+        over = counts > keep
+        if not over.any():
+            return weights
+        restricted = strongest_per_row(weights, keep)
+        log.info(
+            "%s: restricted form: %d of %d items add to more than targets_per_item=%d items' %s; each keeps "
+            "its %d strongest (%d of %d weights dropped, %.1f%% of their total magnitude)",
+            self.name,
+            int(over.sum()),
+            weights.shape[0],
+            keep,
+            what,
+            keep,
+            weights.nnz - restricted.nnz,
+            weights.nnz,
+            100 * (1 - np.abs(restricted.data).sum() / max(float(np.abs(weights.data).sum()), 1e-30)),
+        )
+        return restricted
+
 
 class SharedScoresSource(CandidateSource):
     """A source that gives every user the same scores (:meth:`shared_scores`, one per item).
@@ -347,6 +381,24 @@ class SharedScoresSource(CandidateSource):
             items[start : start + len(rows), : picked.shape[1]] = np.where(free, chosen, -1)
             scores[start : start + len(rows), : picked.shape[1]] = np.where(free, shared[chosen], -np.inf)
         return Candidates(items, scores)
+
+
+def strongest_per_row(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:
+    """The ``keep`` entries of largest magnitude in each row of ``matrix`` (CSR, same shape), ties going
+    to the lower column; entries keep their order within a row."""
+    lengths = np.diff(matrix.indptr)
+    row_of = np.repeat(np.arange(matrix.shape[0]), lengths)
+    kept = lengths[row_of] <= keep
+    crowded = np.flatnonzero(~kept)
+    magnitude = np.abs(matrix.data[crowded])
+    order = crowded[np.lexsort((matrix.indices[crowded], -magnitude, row_of[crowded]))]
+    ranked_rows = row_of[order]
+    rank = np.arange(len(order)) - np.searchsorted(ranked_rows, ranked_rows)
+    kept[order[rank < keep]] = True
+    counts = np.bincount(row_of[kept], minlength=matrix.shape[0])
+    return sp.csr_matrix(
+        (matrix.data[kept], matrix.indices[kept], np.r_[0, np.cumsum(counts)]), shape=matrix.shape
+    )
 
 
 def _listable_entries(

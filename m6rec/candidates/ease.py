@@ -14,8 +14,8 @@ import scipy.sparse as sp
 from scipy.linalg import eigh
 from threadpoolctl import threadpool_limits
 
-from m6rec.candidates.base import ScoreBlock, SparseScoresSource
-from m6rec.candidates.itemknn import co_occurrence_blocks, top_per_row
+from m6rec.candidates.base import TARGETS_PER_ITEM, ScoreBlock, SparseScoresSource, strongest_per_row
+from m6rec.candidates.itemknn import co_occurrence_blocks
 
 if TYPE_CHECKING:
     from m6rec.candidates.alignment import ItemAlignment
@@ -48,8 +48,10 @@ class EASESource(SparseScoresSource):
       head's Gram matrix. Head and tail scores are both predictions of an item's column from a user's
       head items, so they rank together. A tail item's score is a sparse entry, present for a user
       whose history holds one of the head items it is regressed on: the head is scored densely and
-      the tail only where something links it to the history, so a user costs the head plus those
-      entries, not the catalogue.
+      the tail only where something links it to the history. A popular head item is in the support of
+      most tail items, so each head item adds to its ``targets_per_item`` strongest tail weights only
+      (:meth:`SparseScoresSource._restricted`): a user costs the head plus its history's length times
+      that, not the catalogue.
 
     Items without training interactions, and tail items nothing in a user's history links to, have no
     score (-inf: never candidates) in both modes. :meth:`fit_grid` fits several ``l2``
@@ -61,8 +63,17 @@ class EASESource(SparseScoresSource):
     state_arrays = ("weights", "active_items", "tail_weights")
     refits_to_fold_in = False
 
-    def __init__(self, *, l2: float = 500.0, max_items: int = 8000, tail_neighbours: int = 100):
-        super().__init__(l2=l2, max_items=max_items, tail_neighbours=tail_neighbours)
+    def __init__(
+        self,
+        *,
+        l2: float = 500.0,
+        max_items: int = 8000,
+        tail_neighbours: int = 100,
+        targets_per_item: int = TARGETS_PER_ITEM,
+    ):
+        super().__init__(
+            l2=l2, max_items=max_items, tail_neighbours=tail_neighbours, targets_per_item=targets_per_item
+        )
 
     @classmethod
     def fit_grid(
@@ -96,7 +107,7 @@ class EASESource(SparseScoresSource):
                 matrix, self.params["max_items"], self.params["tail_neighbours"], uses=1
             )
         self.active_items = prepared.head
-        self.tail_weights = prepared.tail_weights(self.params["l2"])
+        self.tail_weights = self._restricted(prepared.tail_weights(self.params["l2"]), "tail scores")
         self.weights = prepared.head_weights(self.params["l2"])
 
     def _fold_in(self, train: InteractionMatrix, alignment: ItemAlignment, inputs: SideInputs | None) -> None:
@@ -245,7 +256,7 @@ def _tail_support(matrix: sp.csr_matrix, head: np.ndarray, tail: np.ndarray, nei
     co_counts = np.zeros((len(tail), neighbours), dtype=np.float64)
     start = 0
     for block_items, counts in co_occurrence_blocks(columns, tail, head):
-        best = top_per_row(counts, neighbours)
+        best = strongest_per_row(counts, neighbours)
         row_of = np.repeat(np.arange(len(block_items)), np.diff(best.indptr))
         slot = np.arange(best.nnz) - best.indptr[row_of]
         support[start + row_of, slot] = best.indices

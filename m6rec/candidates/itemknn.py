@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from m6rec.candidates.base import ScoreBlock, SparseScoresSource
+from m6rec.candidates.base import TARGETS_PER_ITEM, ScoreBlock, SparseScoresSource, strongest_per_row
 
 if TYPE_CHECKING:
     from m6rec.candidates.alignment import ItemAlignment
@@ -25,7 +25,9 @@ class ItemKNNSource(SparseScoresSource):
     """Score = sum of the similarities between an item and the user's history items.
 
     Similarity is cosine between item columns, shrunk by ``shrink`` (``dot / (norm_i * norm_j + shrink)``),
-    keeping each item's ``neighbours`` most similar items. The co-occurrence is computed for blocks of
+    keeping each item's ``neighbours`` most similar items. An item is then among the neighbours of up to the
+    whole catalogue; scoring uses its ``targets_per_item`` strongest links only (see
+    :meth:`SparseScoresSource._restricted`). The co-occurrence is computed for blocks of
     items at a time and cut to the neighbours before the next block, so memory stays
     O(interactions + items × neighbours): no items × items array, dense or sparse, is ever built.
     :meth:`fold_in` keeps the similarities and sums them over each user's current history; items added
@@ -36,8 +38,10 @@ class ItemKNNSource(SparseScoresSource):
     state_arrays = ("similarity",)
     refits_to_fold_in = False
 
-    def __init__(self, *, neighbours: int = 100, shrink: float = 10.0):
-        super().__init__(neighbours=neighbours, shrink=shrink)
+    def __init__(
+        self, *, neighbours: int = 100, shrink: float = 10.0, targets_per_item: int = TARGETS_PER_ITEM
+    ):
+        super().__init__(neighbours=neighbours, shrink=shrink, targets_per_item=targets_per_item)
 
     def _fit(self, matrix: sp.csr_matrix) -> None:
         columns = matrix.tocsc().astype(np.float32)
@@ -50,12 +54,12 @@ class ItemKNNSource(SparseScoresSource):
             co_counts.eliminate_zeros()
             rows = np.repeat(block_items, np.diff(co_counts.indptr))
             co_counts.data = co_counts.data / (norms[rows] * norms[co_counts.indices] + self.params["shrink"])
-            kept.append(_keep_top_per_row(co_counts, self.params["neighbours"]))
+            kept.append(strongest_per_row(co_counts, self.params["neighbours"]))
         n_items = columns.shape[1]
         nearest = (
             sp.vstack(kept, format="csr") if kept else sp.csr_matrix((n_items, n_items), dtype=np.float32)
         )
-        self.similarity = nearest.T.tocsr()
+        self.similarity = self._restricted(nearest.T.tocsr(), "similarity sums")
 
     def _fold_in(self, train: InteractionMatrix, alignment: ItemAlignment, inputs: SideInputs | None) -> None:
         self.similarity = alignment.item_item(self.similarity)
@@ -107,40 +111,3 @@ def _block_ends(sizes: np.ndarray, budget: int) -> list[int]:
     if len(sizes):
         ends.append(len(sizes))
     return ends
-
-
-def top_per_row(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:
-    """The ``keep`` largest entries of each row of ``matrix`` (CSR, same shape), ties going to the lower
-    column; entries keep their order within a row."""
-    lengths = np.diff(matrix.indptr)
-    row_of = np.repeat(np.arange(matrix.shape[0]), lengths)
-    kept = lengths[row_of] <= keep
-    crowded = np.flatnonzero(~kept)
-    order = crowded[np.lexsort((matrix.indices[crowded], -matrix.data[crowded], row_of[crowded]))]
-    ranked_rows = row_of[order]
-    rank = np.arange(len(order)) - np.searchsorted(ranked_rows, ranked_rows)
-    kept[order[rank < keep]] = True
-    counts = np.bincount(row_of[kept], minlength=matrix.shape[0])
-    return sp.csr_matrix(
-        (matrix.data[kept], matrix.indices[kept], np.r_[0, np.cumsum(counts)]), shape=matrix.shape
-    )
-
-
-def _keep_top_per_row(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:
-    """Zero all but the ``keep`` largest entries of each row (ties resolved by ``argpartition``)."""
-    data, indices, indptr = [], [], [0]
-    for row in range(matrix.shape[0]):
-        start, end = matrix.indptr[row], matrix.indptr[row + 1]
-        values = matrix.data[start:end]
-        if len(values) > keep:
-            best = np.argpartition(-values, keep - 1)[:keep]
-            values, cols = values[best], matrix.indices[start:end][best]
-        else:
-            cols = matrix.indices[start:end]
-        data.append(values)
-        indices.append(cols)
-        indptr.append(indptr[-1] + len(values))
-    return sp.csr_matrix(
-        (np.concatenate(data).astype(np.float32), np.concatenate(indices), np.array(indptr)),
-        shape=matrix.shape,
-    )

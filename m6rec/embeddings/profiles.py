@@ -13,6 +13,8 @@ SECONDS_PER_DAY = 86_400.0
 # How many of a user's latest usable interactions a profile averages, and their recency half-life.
 DEFAULT_MAX_HISTORY = 200
 DEFAULT_HALF_LIFE_DAYS = 30.0
+# Users whose profiles are summed at once (float64 sums of 384-d vectors: about 200 MB).
+PROFILE_CHUNK_USERS = 65_536
 
 
 def user_profiles(
@@ -94,12 +96,20 @@ def profiles_of_pairs(
         weights = 0.5 ** ((latest - times) / (half_life_days * SECONDS_PER_DAY))
 
     weighting = sp.csr_matrix((weights, (user_rows, item_columns)), shape=(n_users, len(item_ids)))
-    totals = np.asarray(weighting.sum(axis=1)).ravel()
-    sums = weighting @ item_vectors.astype(np.float64)
-    means = np.divide(sums, totals[:, None], out=np.zeros_like(sums), where=totals[:, None] > 0)
-    norms = np.linalg.norm(means, axis=1, keepdims=True)
-    vectors = np.divide(means, norms, out=np.zeros_like(means), where=norms > 0).astype(np.float32)
-    return vectors, norms.ravel() > 0
+    item_vectors = item_vectors.astype(np.float64)
+    vectors = np.zeros((n_users, item_vectors.shape[1]), dtype=np.float32)
+    present = np.zeros(n_users, dtype=bool)
+    # In chunks of users: the float64 sums of a million 384-d profiles alone are 3 GB.
+    for start in range(0, n_users, PROFILE_CHUNK_USERS):
+        chunk = weighting[start : start + PROFILE_CHUNK_USERS]
+        totals = np.asarray(chunk.sum(axis=1)).ravel()
+        sums = chunk @ item_vectors
+        means = np.divide(sums, totals[:, None], out=np.zeros_like(sums), where=totals[:, None] > 0)
+        norms = np.linalg.norm(means, axis=1, keepdims=True)
+        stop = start + len(means)
+        vectors[start:stop] = np.divide(means, norms, out=np.zeros_like(means), where=norms > 0)
+        present[start:stop] = norms.ravel() > 0
+    return vectors, present
 
 
 def interaction_seconds(interactions: pd.DataFrame) -> np.ndarray | None:
@@ -164,7 +174,7 @@ class ProfileCache:
                 half_life_days=self.half_life_days,
                 max_history=self.max_history,
             )
-            self._computed[space] = (np.where(present[:, None], vectors, 0.0).astype(np.float32), present)
+            self._computed[space] = (vectors, present)  # zero where a user has no usable item
         return self._computed[space]
 
     @property
