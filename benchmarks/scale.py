@@ -18,8 +18,11 @@ parameters, the feature table restricted to the listed candidates (``ranker.feat
 scoring is LightGBM-bound (about 50 ns per tree and candidate row on this CPU), so the rows per user and
 the trees set the batch's cost per user.
 
+Each step's report is kept beside its outputs under ``--work``; ``--resume`` reuses the steps already
+completed there (same code and data), so a long size can be finished in parts.
+
 Usage: .venv/bin/python benchmarks/scale.py [--users 100000 300000 1000000] [--work /tmp/m6rec-scale]
-       [--out docs/benchmarks.md] [--json benchmarks/results/scale.json]
+       [--resume] [--out docs/benchmarks.md] [--json benchmarks/results/scale.json]
 """
 
 from __future__ import annotations
@@ -65,6 +68,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/m6rec-scale"))
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the report (and outputs) of every step already completed under --work",
+    )
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -73,7 +81,7 @@ def main() -> None:
         return
     results = []
     for users in args.users:
-        results.append(_one_size(users, args.work / f"u{users}"))
+        results.append(_one_size(users, args.work / f"u{users}", resume=args.resume))
         print(json.dumps(results[-1]), flush=True)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
@@ -83,7 +91,7 @@ def main() -> None:
         update_section(args.out, "scale", body)
 
 
-def _one_size(users: int, work: Path) -> dict:
+def _one_size(users: int, work: Path, *, resume: bool = False) -> dict:
     from m6rec.data.synth import SyntheticSpec, generate_synthetic_dataset
 
     started = time.perf_counter()
@@ -98,12 +106,20 @@ def _one_size(users: int, work: Path) -> dict:
     all_config.write_text(json.dumps({**SCALE_CONFIG, "batch": {"rescore_all_share": 0.0}}))
     model = work / "model"
     prepared = time.perf_counter() - started
-    steps = {
-        "train": _step(work / "train.log", "train", night0, model, config),
-        "same": _step(work / "same.log", "batch", night0, model, model / "lists", config),
-        "new": _step(work / "new.log", "batch", full, model, model / "lists", config),
-        "all": _step(work / "all.log", "batch", full, model, work / "lists-all", all_config),
+    plan = {
+        "train": ("train", night0, model, config),
+        "same": ("batch", night0, model, model / "lists", config),
+        "new": ("batch", full, model, model / "lists", config),
+        "all": ("batch", full, model, work / "lists-all", all_config),
     }
+    steps = {}
+    for name, (kind, *paths) in plan.items():
+        report = work / f"{name}.json"
+        if not (resume and report.exists()):
+            # A step's report goes only after it completed, so --resume redoes the ones that did not.
+            report.unlink(missing_ok=True)
+            report.write_text(json.dumps(_step(work / f"{name}.log", kind, *paths)))
+        steps[name] = json.loads(report.read_text())
     return {"users": users, "items": users // 10, "interactions": 20 * users, "prepare_s": prepared, **steps}
 
 

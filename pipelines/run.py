@@ -9,6 +9,7 @@ staged and moved into place only when complete, so a failed run leaves the previ
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,10 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
         write_json(embeddings.items.problems, folder.features_dir / PROBLEMS)
         write_json(embeddings.summary, folder.features_dir / EMBEDDINGS_SUMMARY)
     history_inputs, full_inputs = embeddings.inputs["fold"], embeddings.inputs["collaborative"]
+    # The fold's interaction frames served the embeddings only (the sources learn from its matrices);
+    # at 20M interactions they are a gigabyte.
+    histories = None
+    fold = dataclasses.replace(fold, history_frame=None, label_frame=None)
     clock.lap("embeddings")
 
     models = list(config.baselines.models)
@@ -143,7 +148,7 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
     )
     # What only the fold needed (its sources, profiles and vectors, the ranker's training table) goes
     # before the final lists: at a million users they are gigabytes.
-    history_inputs = histories = None
+    history_inputs = None
     embeddings.inputs.pop("fold", None)
     embeddings.collaborative.pop("fold", None)
     for entry in tuned.values():

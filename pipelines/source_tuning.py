@@ -36,8 +36,8 @@ class Fold:
     knows the items), those in the label part stay labels.
     """
 
-    history_frame: pd.DataFrame
-    label_frame: pd.DataFrame
+    history_frame: pd.DataFrame | None  # None once what reads the frames (the embeddings) is done
+    label_frame: pd.DataFrame | None
     full_frame: pd.DataFrame
     history: InteractionMatrix
     labels: InteractionMatrix
