@@ -527,3 +527,18 @@ def test_loaded_ids_are_compact_strings_with_their_values(tmp_path, suffix):
     assert frame["item_id"].tolist() == [i.strip() for i in items]
     bytes_per_id = frame[["user_id", "item_id"]].memory_usage(deep=True, index=False).sum() / (2 * len(frame))
     assert bytes_per_id < 24
+
+
+def test_duplicate_interactions_at_the_same_time_keep_the_later_row_and_the_file_order(tmp_path):
+    write_csv(
+        tmp_path,
+        "interactions",
+        "user_id,item_id,rating,timestamp\nu2,c,1,5\nu1,a,2,100\nu1,b,3,7\nu1,a,4,100\nu3,d,5,1\n",
+    )
+    frame = load_dataset(tmp_path).interactions
+    assert frame[["user_id", "item_id", "weight"]].values.tolist() == [
+        ["u2", "c", 1.0],
+        ["u1", "b", 3.0],
+        ["u1", "a", 4.0],
+        ["u3", "d", 5.0],
+    ]
