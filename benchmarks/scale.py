@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import update_section  # noqa: E402
 
 NEW_SHARE = 0.01
+STEPS = ("train", "same", "new", "all")
 SCALE_CONFIG = {
     "embeddings": {"modalities": ["text"]},
     "baselines": {
@@ -69,6 +70,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
+        "--steps",
+        nargs="+",
+        choices=STEPS,
+        default=list(STEPS),
+        help="the steps to run (with --resume, steps done before are reported too)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="reuse the report (and outputs) of every step already completed under --work",
@@ -81,7 +89,7 @@ def main() -> None:
         return
     results = []
     for users in args.users:
-        results.append(_one_size(users, args.work / f"u{users}", resume=args.resume))
+        results.append(_one_size(users, args.work / f"u{users}", args.steps, resume=args.resume))
         print(json.dumps(results[-1]), flush=True)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
@@ -91,7 +99,7 @@ def main() -> None:
         update_section(args.out, "scale", body)
 
 
-def _one_size(users: int, work: Path, *, resume: bool = False) -> dict:
+def _one_size(users: int, work: Path, steps_to_run: list[str], *, resume: bool = False) -> dict:
     from m6rec.data.synth import SyntheticSpec, generate_synthetic_dataset
 
     started = time.perf_counter()
@@ -115,11 +123,12 @@ def _one_size(users: int, work: Path, *, resume: bool = False) -> dict:
     steps = {}
     for name, (kind, *paths) in plan.items():
         report = work / f"{name}.json"
-        if not (resume and report.exists()):
+        if name in steps_to_run and not (resume and report.exists()):
             # A step's report goes only after it completed, so --resume redoes the ones that did not.
             report.unlink(missing_ok=True)
             report.write_text(json.dumps(_step(work / f"{name}.log", kind, *paths)))
-        steps[name] = json.loads(report.read_text())
+        if report.exists():
+            steps[name] = json.loads(report.read_text())
     return {"users": users, "items": users // 10, "interactions": 20 * users, "prepare_s": prepared, **steps}
 
 
@@ -199,6 +208,15 @@ def _encoders_loaded(summary: dict) -> list[str]:
     return sorted(name for name in ("text", "image", "audio") if counts.get(name, {}).get("computed", 0) > 0)
 
 
+def _batch_cell(step: dict | None, train: dict | None, *, with_users: bool) -> str:
+    """A batch step's wall time, its share of the training run and (``with_users``) the users scored."""
+    if step is None:
+        return "not run"
+    details = [f"{step['wall_s'] / train['wall_s']:.1%}"] if train else []
+    details += [f"{step['users_scored']:,} users scored"] if with_users else []
+    return f"{step['wall_s']:.0f} s" + (f" ({', '.join(details)})" if details else "")
+
+
 def _table(results: list[dict]) -> str:
     header = (
         "## Scale: training run and nightly batches on synthetic catalogues\n\n"
@@ -211,21 +229,33 @@ def _table(results: list[dict]) -> str:
     rows = []
     first_per_user = None
     for result in results:
-        train, same, new, everyone = (result[name] for name in ("train", "same", "new", "all"))
-        per_user = everyone["wall_s"] / result["users"] * 1000
-        first_per_user = first_per_user or per_user
-        batch_peak = max(same["peak_rss_mib"], new["peak_rss_mib"], everyone["peak_rss_mib"])
-        rows.append(
-            f"| {result['users']:,} | {result['items']:,} | {result['interactions']:,} | {train['wall_s']:.0f} s "
-            f"| {train['peak_rss_mib'] / 1024:.1f} GiB | {same['wall_s']:.0f} s ({same['wall_s'] / train['wall_s']:.1%}) "
-            f"| {new['wall_s']:.0f} s ({new['wall_s'] / train['wall_s']:.1%}, {new['users_scored']:,} users scored) "
-            f"| {everyone['wall_s']:.0f} s | {batch_peak / 1024:.1f} GiB | {per_user:.2f} ms ({per_user / first_per_user:.2f}×) |"
+        train = result.get("train")
+        cells = [f"{result['users']:,}", f"{result['items']:,}", f"{result['interactions']:,}"]
+        cells += (
+            [f"{train['wall_s']:.0f} s", f"{train['peak_rss_mib'] / 1024:.1f} GiB"]
+            if train
+            else ["not run"] * 2
         )
+        same, new, everyone = (result.get(name) for name in ("same", "new", "all"))
+        cells.append(_batch_cell(same, train, with_users=False))
+        cells.append(_batch_cell(new, train, with_users=True))
+        batches = [step for step in (same, new, everyone) if step]
+        if everyone:
+            per_user = everyone["wall_s"] / result["users"] * 1000
+            first_per_user = first_per_user or per_user
+            cells.append(f"{everyone['wall_s']:.0f} s")
+        else:
+            cells.append("not run")
+        cells.append(f"{max(step['peak_rss_mib'] for step in batches) / 1024:.1f} GiB" if batches else "-")
+        cells.append(f"{per_user:.2f} ms ({per_user / first_per_user:.2f}×)" if everyone else "-")
+        rows.append("| " + " | ".join(cells) + " |")
     notes = [
         "",
         "Percentages are of the training run on the same data. Nothing changed: the batch finds the lists "
         "of the same model and data and keeps them (no encoder loaded: "
-        + ", ".join(f"{r['users']:,}: {r['same']['encoders_loaded'] or 'none'}" for r in results)
+        + ", ".join(
+            f"{r['users']:,}: {r['same']['encoders_loaded'] or 'none'}" for r in results if "same" in r
+        )
         + "). 1% new: the saved sources fold in the new interactions and only users with a changed history "
         "are scored again. Batch per user: the all-users batch's wall time per user, relative to the "
         "smallest size.",

@@ -33,12 +33,11 @@ import numpy as np
 from m6rec.errors import ConfigError
 from m6rec.io import atomic_path, write_json
 from m6rec.progress import progress
+from m6rec.vectors import unit_rows
 
 log = logging.getLogger("m6rec")
 
 EXACT_FACTORY = "Flat"
-# Rows whose L2 norm is this close to 1 count as normalised already (float32 rounding of a normalisation).
-UNIT_NORM_TOLERANCE = 1e-6
 TARGET_RECALL = 0.95
 RECALL_K = 100
 RECALL_SAMPLE = 500
@@ -87,15 +86,7 @@ def default_factory(n_vectors: int, dimension: int, *, exact_below: int = 50_000
 def normalise_rows(vectors: np.ndarray) -> np.ndarray:
     """Contiguous float32 ``vectors`` with every non-zero row scaled to unit L2 norm: a copy, unless
     ``vectors`` already is such an array (a million normalised 384-d profiles are 1.5 GB); read-only use."""
-    given = vectors
-    vectors = np.asarray(vectors, dtype=np.float32, order="C")
-    vectors = vectors.reshape(1, -1) if vectors.ndim == 1 else vectors
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    if vectors is given and np.all((norms == 0) | (np.abs(norms - 1) <= UNIT_NORM_TOLERANCE)):
-        return vectors
-    vectors = vectors.copy() if np.shares_memory(vectors, given) else vectors
-    np.divide(vectors, norms, out=vectors, where=norms > 0)
-    return vectors
+    return unit_rows(vectors)[0]
 
 
 @dataclass
