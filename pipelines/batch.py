@@ -316,13 +316,16 @@ class PreviousLists:
 
     def lists_except(self, user_ids: np.ndarray):
         """The previous list rows of every user not in ``user_ids``, one row group at a time."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        rescored = pd.Index(pd.Series(user_ids).astype(str))
+        rescored = pa.array(pd.Series(user_ids).astype(str).to_numpy(dtype=object), type=pa.string())
         parquet = pq.ParquetFile(self.folder.recommendations)
         for group in range(parquet.num_row_groups):
-            rows = parquet.read_row_group(group).to_pandas()
-            yield rows[~rows[USER_ID].astype(str).isin(rescored)]
+            rows = parquet.read_row_group(group)
+            users = rows.column(USER_ID).cast(pa.string())
+            yield rows.filter(pc.invert(pc.is_in(users, value_set=rescored))).to_pandas()
 
 
 @dataclass(frozen=True)

@@ -125,11 +125,12 @@ def train_collaborative(
     profiles: ProfileCache,
     *,
     warm_start: TwoTowerModel | None = None,
+    profile_files: bool = True,
 ) -> EmbeddingResult:
     """Two-tower vectors (and attention-fused vectors) learned from ``train`` over the frozen item
     embeddings in ``items``, plus per-space user profiles (from ``profiles``, the cache of the same
-    history, which later stages reuse), written to ``out_dir``; the trained model is saved in
-    ``out_dir/two_tower`` (:func:`load_collaborative_model` reads it back).
+    history, which later stages reuse; not with ``profile_files`` False), written to ``out_dir``; the
+    trained model is saved in ``out_dir/two_tower`` (:func:`load_collaborative_model` reads it back).
 
     ``warm_start``: a model trained on a subset of ``train`` (the ranker fold's model for the full
     history) that the training starts from, for a short schedule (see ``TwoTowerSettings``)."""
@@ -142,8 +143,9 @@ def train_collaborative(
             "cf",
             lambda: _train_two_tower(dataset, train, content, out_dir, config, result, warm_start),
         )
-    spaces = {**content, **{name: result.table(name) for name in ITEM_SPACES if name in result.paths}}
-    _timed(result, "profiles", lambda: _write_profiles(profiles, spaces, out_dir, result))
+    if profile_files:
+        spaces = {**content, **{name: result.table(name) for name in ITEM_SPACES if name in result.paths}}
+        _timed(result, "profiles", lambda: _write_profiles(profiles, spaces, out_dir, result))
     return result
 
 
@@ -155,11 +157,14 @@ def fold_in_collaborative(
     out_dir: Path,
     config: EmbeddingConfig,
     profiles: ProfileCache,
+    *,
+    profile_files: bool = True,
 ) -> EmbeddingResult:
     """The files of :func:`train_collaborative` for the current catalogue and histories, from a trained
     ``model`` without training (:meth:`TwoTowerModel.fold_in`): known items and users keep their ID
     vectors, new items are served through the content tower, every user through its history in
-    ``train`` (and attributes). A file whose vectors would come out the same is not rewritten.
+    ``train`` (and attributes). A file whose vectors would come out the same is not rewritten. The
+    profile files only with ``profile_files``.
 
     Raises ``ValueError`` when the content modalities in ``items`` are not those the model was trained
     with (retrain then)."""
@@ -168,8 +173,9 @@ def fold_in_collaborative(
     content = items.content_tables()
     if "cf" in config.modalities and train is not None and len(train):
         _timed(result, "cf", lambda: _fold_in_two_tower(dataset, train, content, model, out_dir, result))
-    spaces = {**content, **{name: result.table(name) for name in ITEM_SPACES if name in result.paths}}
-    _timed(result, "profiles", lambda: _write_profiles(profiles, spaces, out_dir, result))
+    if profile_files:
+        spaces = {**content, **{name: result.table(name) for name in ITEM_SPACES if name in result.paths}}
+        _timed(result, "profiles", lambda: _write_profiles(profiles, spaces, out_dir, result))
     return result
 
 

@@ -177,7 +177,9 @@ def compute_stage_embeddings(
 
 def _folded_in_collaborative(dataset, items, history: History, config: RunConfig, trained_model_dir: Path):
     """The collaborative files of ``history`` from the two-tower model saved in ``trained_model_dir``;
-    trained anew when there is none or it cannot serve today's content modalities."""
+    trained anew when there is none or it cannot serve today's content modalities. No profile files: a
+    batch computes the profiles of the users it scores, chunk by chunk, and the training run's files
+    hold every user's (a million users' profiles are gigabytes per space, most of them unchanged)."""
     from pipelines.embeddings import fold_in_collaborative, load_collaborative_model, train_collaborative
 
     settings = config.embeddings
@@ -185,7 +187,14 @@ def _folded_in_collaborative(dataset, items, history: History, config: RunConfig
     if model is not None:
         try:
             return fold_in_collaborative(
-                dataset, history.frame, items, model, history.features_dir, settings, history.profiles
+                dataset,
+                history.frame,
+                items,
+                model,
+                history.features_dir,
+                settings,
+                history.profiles,
+                profile_files=False,
             )
         except ValueError as error:
             log.warning(
@@ -194,7 +203,7 @@ def _folded_in_collaborative(dataset, items, history: History, config: RunConfig
     elif "cf" in settings.modalities:
         log.warning("no two-tower model saved in %s; training it again", trained_model_dir)
     return train_collaborative(
-        dataset, history.frame, items, history.features_dir, settings, history.profiles
+        dataset, history.frame, items, history.features_dir, settings, history.profiles, profile_files=False
     )
 
 

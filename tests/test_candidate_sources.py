@@ -801,3 +801,32 @@ def test_ials_past_the_exact_size_searches_an_index_tuned_for_recall_on_its_user
     assert not seen[searched.items >= 0].any()
     pair_scores = np.einsum("ud,ukd->uk", source.user_factors, source.item_factors[searched.items])
     np.testing.assert_allclose(searched.scores, pair_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_block_entries_in_any_column_order_list_like_the_dense_block():
+    """Products give rows whose columns are not sorted: ties at the cut still go to the lower column and
+    seen items are still dropped."""
+    rng = np.random.default_rng(3)
+    n_rows, n_items = 30, 50
+    dense = np.where(rng.random((n_rows, n_items)) < 0.4, rng.integers(1, 4, (n_rows, n_items)), 0)
+    rows, cols = np.nonzero(dense)
+    shuffled = rng.permutation(len(rows))
+    order = shuffled[np.argsort(rows[shuffled], kind="stable")]  # rows grouped, columns shuffled within
+    block = sp.csr_matrix((n_rows, n_items), dtype=np.float32)
+    block.data = dense[rows[order], cols[order]].astype(np.float32)
+    block.indices = cols[order].astype(np.int32)
+    block.indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=n_rows))].astype(np.int32)
+    assert not block.has_sorted_indices
+    seen = sp.csr_matrix((rng.random((n_rows, n_items)) < 0.2).astype(np.float32))
+    served = np.ones(n_rows, dtype=bool)
+    served[4] = False
+
+    entries = base_module._listable_entries(block, seen, served, np.ones(n_items, dtype=bool))
+    listed, scores = base_module._top_of_rows(entries, 6, missing=n_items)
+
+    expected = np.where(dense > 0, dense, -np.inf).astype(np.float32)
+    expected[seen.toarray() > 0] = -np.inf
+    expected[4] = -np.inf
+    expected_items, expected_scores = top_k(expected, 6)
+    np.testing.assert_array_equal(np.where(expected_items >= 0, listed, -1), expected_items)
+    np.testing.assert_array_equal(scores, expected_scores)

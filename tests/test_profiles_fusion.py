@@ -226,3 +226,33 @@ def test_the_cache_profiles_from_the_matrix_equal_the_profiles_of_its_interactio
     rows = train.users.positions(user_ids)
     np.testing.assert_array_equal(present[rows], expected_present)
     np.testing.assert_allclose(vectors[rows], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_profiles_of_some_rows_equal_those_rows_of_every_users_profiles():
+    """A batch computes a chunk's profiles alone: the same vectors as the whole population's rows,
+    whether the chunk's users have timestamps, none of them, or no history."""
+    from m6rec.data.interactions import IdIndex, InteractionMatrix
+    from m6rec.embeddings.profiles import ProfileCache
+
+    rng = np.random.default_rng(4)
+    items = [f"i{n}" for n in range(25)]
+    table = embedding_table({item: rng.normal(size=3).tolist() for item in items}, 3)
+    pairs = pd.DataFrame(
+        {"user_id": rng.choice([f"u{n}" for n in range(10)], 150), "item_id": rng.choice(items, 150)}
+    ).drop_duplicates()
+    pairs["timestamp"] = (1_700_000_000 + rng.permutation(len(pairs)) * 7200).astype(float)
+    pairs.loc[pairs["user_id"] == "u3", "timestamp"] = np.nan  # a user without any time
+    users = IdIndex.from_values(pd.concat([pairs["user_id"], pd.Series(["nobody"])]))
+    train = InteractionMatrix.from_frame(pairs, users, IdIndex.from_values(pd.Series(items)))
+    chunk = train.users.positions(np.array(["u3", "nobody", "u7", "u0"], dtype=object))
+
+    whole = ProfileCache(train, half_life_days=5.0, max_history=6)
+    vectors, present = whole.aligned("text", table)
+    by_rows = ProfileCache(train, half_life_days=5.0, max_history=6)
+    chunk_vectors, chunk_present = by_rows.rows("text", table, chunk)
+
+    assert by_rows.computed == [], "nobody else's profiles were computed"
+    np.testing.assert_array_equal(chunk_present, present[chunk])
+    assert chunk_present.tolist() == [True, False, True, True]
+    np.testing.assert_allclose(chunk_vectors, vectors[chunk], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(whole.rows("text", table, chunk)[0], vectors[chunk], rtol=0, atol=0)

@@ -366,12 +366,9 @@ def test_hnsw_retrieval_in_a_batch_equals_one_user_at_a_time(planted_catalogue):
         np.testing.assert_array_equal(batch.scores[position], alone.scores[0])
 
 
-def test_side_inputs_give_the_same_candidates_as_the_files_and_share_one_profile(
-    planted_catalogue, monkeypatch
-):
-    """Given loaded side inputs, the embedding sources read no file, and the content source's profiles
-    and the ranker context's profiles are one computation."""
-    import m6rec.embeddings.profiles as profiles_module
+def test_side_inputs_give_the_same_candidates_as_the_files_and_profiles_of_the_rows_asked(planted_catalogue):
+    """Given loaded side inputs, the embedding sources read no file, and the content source and the
+    ranker context compute the profiles of the users they score only (the same vectors)."""
     from m6rec.candidates.side_inputs import SideInputs
     from m6rec.embeddings.profiles import ProfileCache
     from m6rec.embeddings.store import read_embeddings
@@ -387,11 +384,6 @@ def test_side_inputs_give_the_same_candidates_as_the_files_and_share_one_profile
             user_embeddings=str(folder / "users.parquet"),
         ).fit(train),
     }
-    computed = []
-    original = profiles_module.profiles_of_pairs
-    monkeypatch.setattr(
-        profiles_module, "profiles_of_pairs", lambda *a, **k: computed.append(1) or original(*a, **k)
-    )
     cache = ProfileCache(train, half_life_days=30.0)
     inputs = SideInputs(
         item_vectors={
@@ -410,9 +402,12 @@ def test_side_inputs_give_the_same_candidates_as_the_files_and_share_one_profile
     context = RankerContext(
         train=train, item_embeddings={"text": inputs.item_vectors["text"]}, profiles=cache
     )
-    assert set(context.user_vectors) == {"text"}
-    assert computed == [1], "the text profiles were computed once for the source and the ranker"
-    assert cache.computed == ["text"]
+    chunk = np.array([5, 0, 3])
+    vectors, present = context.user_profile_rows("text", chunk)
+    assert cache.computed == [], "the source and the ranker compute the profiles of the users they score"
+    whole, whole_present = cache.aligned("text", inputs.item_vectors["text"])
+    np.testing.assert_array_equal(present, whole_present[chunk])
+    np.testing.assert_allclose(vectors, whole[chunk], rtol=1e-6, atol=1e-7)
 
 
 def test_sources_declare_their_capabilities():

@@ -404,26 +404,43 @@ def strongest_per_row(matrix: sp.csr_matrix, keep: int) -> sp.csr_matrix:
 def _listable_entries(
     sparse: sp.csr_matrix, seen: sp.csr_matrix | None, served: np.ndarray, learned: np.ndarray
 ) -> sp.csr_matrix:
-    """``sparse`` (float32 CSR, sorted columns) without its entries that cannot be listed: zero or
-    non-finite, in ``seen`` (when given), in rows not ``served`` or in columns not ``learned``."""
-    sparse = sp.csr_matrix(sparse, dtype=np.float32, copy=True)
+    """``sparse`` (CSR without repeated entries, as a sparse product gives it; columns in any order)
+    as float32 without its entries that cannot be listed: zero or non-finite, in ``seen`` (when given),
+    in rows not ``served`` or in columns not ``learned``. Entries keep their order within a row.
+
+    Seen entries are found by searching the few history keys rather than by sparse arithmetic, which
+    would sort every row's entries (most of a batch's time at a 100k-item catalogue)."""
+    sparse = sp.csr_matrix(sparse)
+    rows = np.repeat(np.arange(sparse.shape[0], dtype=np.int64), np.diff(sparse.indptr))
+    data = sparse.data.astype(np.float32, copy=False)
+    keep = (data != 0) & np.isfinite(data) & served[rows] & learned[sparse.indices]
     if seen is not None:
-        sparse = sparse - sparse.multiply(seen != 0)  # exactly zero where seen, dropped below
-    rows = np.repeat(np.arange(sparse.shape[0]), np.diff(sparse.indptr))
-    drop = ~np.isfinite(sparse.data) | ~served[rows] | ~learned[sparse.indices]
-    sparse.data[drop] = 0.0
-    sparse.eliminate_zeros()
-    sparse.sort_indices()
-    return sparse
+        keep &= ~entries_in(seen, rows, sparse.indices)
+    counts = np.bincount(rows[keep], minlength=sparse.shape[0])
+    return sp.csr_matrix((data[keep], sparse.indices[keep], np.r_[0, np.cumsum(counts)]), shape=sparse.shape)
+
+
+def entries_in(matrix: sp.csr_matrix, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Whether each ``(rows[p], columns[p])`` holds a non-zero entry of ``matrix`` (columns outside the
+    matrix, such as -1 padding, hold none)."""
+    matrix = sp.csr_matrix(matrix)
+    width = matrix.shape[1] + 1  # so that column -1 of a row is no column of the row before
+    entry_rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
+    nonzero = matrix.data != 0
+    keys = np.sort(entry_rows[nonzero] * width + matrix.indices[nonzero])
+    if len(keys) == 0:
+        return np.zeros(np.shape(rows), dtype=bool)
+    wanted = np.asarray(rows, dtype=np.int64) * width + np.asarray(columns, dtype=np.int64)
+    found = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return keys[found] == wanted
 
 
 def _top_of_rows(sparse: sp.csr_matrix, k: int, *, missing: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best entries of each row of ``sparse`` (sorted columns), ties to the lower column:
-    ``(columns, scores)`` [rows, k], ``missing`` / -inf padded.
+    """The ``k`` best entries of each row of ``sparse`` (columns in any order), ties to the lower
+    column: ``(columns, scores)`` [rows, k], best first, ``missing`` / -inf padded.
 
     Rows are grouped by their number of entries rounded up to a power of two and each group's entries
-    laid out as a padded block for :func:`top_k`, so the work is about twice the entries, not rows ×
-    catalogue; within a row entries are in column order, so ties still go to the lower column.
+    laid out as a padded block, so the work is about twice the entries, not rows × catalogue.
     """
     n_rows = sparse.shape[0]
     columns = np.full((n_rows, k), missing, dtype=np.int64)
@@ -435,12 +452,14 @@ def _top_of_rows(sparse: sp.csr_matrix, k: int, *, missing: int) -> tuple[np.nda
         offsets = np.arange(width)
         present = offsets[None, :] < sizes[group, None]
         at = np.where(present, sparse.indptr[group, None] + offsets[None, :], 0)
-        values = np.where(present, sparse.data[at], -np.inf)
-        positions, best = top_k(values, k)
-        found = positions >= 0
-        columns[group] = np.where(
-            found, np.take_along_axis(sparse.indices[at], np.maximum(positions, 0), 1), missing
-        )
+        values = np.where(present, sparse.data[at], -np.inf).astype(np.float32, copy=False)
+        entry_columns = np.where(present, sparse.indices[at], missing)
+        if k < width:
+            chosen = _top_positions(values, k, tie_keys=entry_columns)
+            values = np.take_along_axis(values, chosen, axis=1)
+            entry_columns = np.take_along_axis(entry_columns, chosen, axis=1)
+        best_columns, best = best_k(entry_columns, values, k)
+        columns[group] = np.where(np.isfinite(best), best_columns, missing)
         scores[group] = best
     return columns, scores
 
@@ -489,11 +508,12 @@ def best_k(columns: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray,
     return items, best
 
 
-def _top_positions(scores: np.ndarray, take: int) -> np.ndarray:
-    """Columns of the ``take`` largest scores of each row, in no order, ties at the cut to the lowest.
+def _top_positions(scores: np.ndarray, take: int, *, tie_keys: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the ``take`` largest scores of each row, in no order, ties at the cut to the lowest
+    position (or, given ``tie_keys`` [same shape], to the lowest key).
 
     torch's top-k selects them (several times faster than numpy's argpartition on catalogue-wide rows);
-    rows where it chose among scores tied at the cut are re-picked by :func:`_lowest_index_on_ties`.
+    rows where it chose among scores tied at the cut are re-picked.
     """
     import torch
 
@@ -502,8 +522,11 @@ def _top_positions(scores: np.ndarray, take: int) -> np.ndarray:
     positions = positions.numpy()
     # A row whose cut is -inf has fewer finite scores than ``take``: all of them are chosen, the rest dropped.
     straddling = np.flatnonzero(((scores >= cut[:, None]).sum(axis=1) > take) & np.isfinite(cut))
-    if len(straddling):
+    if len(straddling) and tie_keys is None:
         positions[straddling] = _lowest_index_on_ties(scores[straddling], positions[straddling])
+    elif len(straddling):
+        order = np.lexsort((tie_keys[straddling], -scores[straddling]), axis=-1)
+        positions[straddling] = order[:, :take]
     return positions
 
 

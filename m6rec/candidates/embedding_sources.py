@@ -134,7 +134,8 @@ class EmbeddingSource(VectorRetrieval):
             )
         self.item_vectors = normalise_rows(item_vectors)
         self.indexed_items = np.flatnonzero(item_present).astype(np.int64)
-        self.query_vectors = normalise_rows(query_vectors)
+        lazy = isinstance(query_vectors, ProfileQueries)
+        self.query_vectors = query_vectors if lazy else normalise_rows(query_vectors)
         self.has_query = np.asarray(has_query, dtype=bool)
 
     @abstractmethod
@@ -166,6 +167,8 @@ class EmbeddingSource(VectorRetrieval):
         known = (user_rows >= 0) & (user_rows < len(self.has_query))
         served = np.zeros(len(user_rows), dtype=bool)
         served[known] = self.has_query[user_rows[known]]
+        if isinstance(self.query_vectors, ProfileQueries):
+            served[known] &= self.query_vectors.present(user_rows[known])
         return served
 
     def _save_extra(self, directory: Path) -> None:
@@ -249,15 +252,63 @@ class ContentSource(EmbeddingSource):
             table, profiles = inputs.item_vectors[space], inputs.profiles
             # The pipeline's one configured profile: record what the queries were built with.
             self.params.update(half_life_days=profiles.half_life_days, max_history=profiles.max_history)
-        else:
-            space = "content"
-            table = _read_table(self.params["embeddings"], ITEM_ID, "embeddings")
-            profiles = ProfileCache(
-                train, half_life_days=self.params["half_life_days"], max_history=self.params["max_history"]
-            )
+            item_vectors, item_present = table.lookup(train.items.ids)
+            # Shared with the ranker: each batch of users' profiles is computed when it is searched.
+            queries = ProfileQueries(profiles, space, table)
+            return item_vectors, item_present, queries, queries.possible(item_present)
+        table = _read_table(self.params["embeddings"], ITEM_ID, "embeddings")
+        profiles = ProfileCache(
+            train, half_life_days=self.params["half_life_days"], max_history=self.params["max_history"]
+        )
         item_vectors, item_present = table.lookup(train.items.ids)
-        query_vectors, has_query = profiles.aligned(space, table)
+        query_vectors, has_query = profiles.aligned("content", table)
         return item_vectors, item_present, query_vectors, has_query
+
+
+class ProfileQueries:
+    """The content source's queries from a shared :class:`ProfileCache`: ``queries[rows]`` are the
+    unit-length profiles of those matrix rows, computed when asked (the last rows asked are kept, for
+    the search right after the served check), so scoring a million users never holds a million
+    profiles. ``np.asarray(queries)`` gives every row's (to save the source)."""
+
+    def __init__(self, profiles: ProfileCache, space: str, table):
+        self.profiles, self.space, self.table = profiles, space, table
+        self.shape = (profiles.train.n_users, table.dimension)
+        self._last = (
+            np.empty(0, dtype=np.int64),
+            np.empty((0, table.dimension), np.float32),
+            np.empty(0, bool),
+        )
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return self._of(np.asarray(rows, dtype=np.int64))[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        vectors = normalise_rows(self.profiles.aligned(self.space, self.table)[0])
+        return vectors if dtype is None else vectors.astype(dtype)
+
+    def present(self, rows: np.ndarray) -> np.ndarray:
+        """Whether each of ``rows`` has a profile (some usable item, not summing to zero)."""
+        return self._of(np.asarray(rows, dtype=np.int64))[1]
+
+    def possible(self, item_present: np.ndarray) -> np.ndarray:
+        """Per matrix row, whether it has an item with a vector: a profile is possible (cheap, every row)."""
+        history = self.profiles.train.matrix.tocsr()
+        return (history != 0).astype(np.float32) @ item_present.astype(np.float32) > 0
+
+    def _of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        known, vectors, present = self._last
+        at = np.minimum(np.searchsorted(known, rows), max(len(known) - 1, 0))
+        if len(known) == 0 or not np.array_equal(known[at], rows):
+            known = np.unique(rows)
+            vectors, present = self.profiles.rows(self.space, self.table, known)
+            vectors = normalise_rows(vectors)
+            self._last = (known, vectors, present)
+            at = np.searchsorted(known, rows)
+        return vectors[at], present[at]
 
 
 def _path(path) -> str | None:

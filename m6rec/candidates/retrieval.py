@@ -14,7 +14,7 @@ from abc import abstractmethod
 import numpy as np
 import scipy.sparse as sp
 
-from m6rec.candidates.base import Candidates, CandidateSource, best_k, top_k
+from m6rec.candidates.base import Candidates, CandidateSource, best_k, entries_in, top_k
 from m6rec.progress import progress
 
 # Cap on the float64 values gathered at once to re-score retrieved items: bounds memory to about 128 MB.
@@ -160,10 +160,5 @@ class VectorRetrieval(CandidateSource):
 
 def _is_seen(history: sp.csr_matrix, columns: np.ndarray) -> np.ndarray:
     """Mask of the entries of ``columns`` [rows, depth] that are in the matching row of ``history``."""
-    width = history.shape[1] + 1
-    history = history.tocsr()
-    history.sort_indices()
-    seen_keys = np.repeat(np.arange(history.shape[0]), np.diff(history.indptr)) * width + history.indices
-    keys = np.arange(columns.shape[0])[:, None] * width + columns
-    where = np.minimum(np.searchsorted(seen_keys, keys), max(len(seen_keys) - 1, 0))
-    return seen_keys[where] == keys if len(seen_keys) else np.zeros(columns.shape, dtype=bool)
+    rows = np.broadcast_to(np.arange(columns.shape[0])[:, None], columns.shape)
+    return entries_in(history, rows, columns)

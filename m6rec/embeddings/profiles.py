@@ -53,9 +53,8 @@ def user_profiles(
         user_rows,
         len(user_ids),
         item_columns,
-        np.asarray(item_ids, dtype=object),
+        table.lookup(np.asarray(item_ids, dtype=object)),
         interaction_seconds(interactions),
-        table,
         half_life_days=half_life_days,
         max_history=max_history,
     )
@@ -66,17 +65,17 @@ def profiles_of_pairs(
     user_rows: np.ndarray,
     n_users: int,
     item_columns: np.ndarray,
-    item_ids: np.ndarray,
+    items: tuple[np.ndarray, np.ndarray],
     times: np.ndarray | None,
-    table: EmbeddingTable,
     *,
     half_life_days: float | None,
     max_history: int | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`user_profiles` of interactions already coded: pair ``p`` is user row ``user_rows[p]`` (of
-    ``n_users``) with the item ``item_ids[item_columns[p]]`` at unix second ``times[p]`` (NaN: unknown;
-    ``times`` None: none known). Returns ``(vectors [n_users, dim], present)``."""
-    item_vectors, item_present = table.lookup(item_ids)
+    ``n_users``) with item column ``item_columns[p]`` at unix second ``times[p]`` (NaN: unknown; ``times``
+    None: none known); ``items`` is ``(vectors, present)`` per item column (``EmbeddingTable.lookup``).
+    Returns ``(vectors [n_users, dim], present)``."""
+    item_vectors, item_present = items
     if times is not None:
         latest = pd.Series(times).groupby(user_rows).transform("max").to_numpy()
         times = np.where(np.isnan(times), latest, times)
@@ -93,9 +92,10 @@ def profiles_of_pairs(
         weights = np.ones(len(user_rows))
     else:
         latest = pd.Series(times).groupby(user_rows).transform("max").to_numpy()
-        weights = 0.5 ** ((latest - times) / (half_life_days * SECONDS_PER_DAY))
+        ages = np.nan_to_num(latest - times, nan=0.0)  # a user without any time: uniform weights
+        weights = 0.5 ** (ages / (half_life_days * SECONDS_PER_DAY))
 
-    weighting = sp.csr_matrix((weights, (user_rows, item_columns)), shape=(n_users, len(item_ids)))
+    weighting = sp.csr_matrix((weights, (user_rows, item_columns)), shape=(n_users, len(item_vectors)))
     item_vectors = item_vectors.astype(np.float64)
     vectors = np.zeros((n_users, item_vectors.shape[1]), dtype=np.float32)
     present = np.zeros(n_users, dtype=bool)
@@ -139,14 +139,16 @@ def _latest_per_user(user_rows: np.ndarray, times: np.ndarray | None, limit: int
 
 
 class ProfileCache:
-    """The user profiles of one training history, each space's computed once and shared by every stage
-    that needs it: the content candidate source (its queries), the ranker's similarity features and the
-    ``profile_<space>.parquet`` files.
+    """The user profiles of one training history, shared by every stage that needs them: the content
+    candidate source (its queries), the ranker's similarity features and the ``profile_<space>.parquet``
+    files.
 
     ``train`` is the interaction matrix of the history (``InteractionMatrix``: raw IDs in ``users`` and
     ``items``, optional ``timestamps``); ``half_life_days`` is the one configured recency half-life
-    (``embeddings.profile_half_life_days``). :meth:`aligned` returns a space's profiles aligned with the
-    matrix rows.
+    (``embeddings.profile_half_life_days``). :meth:`aligned` computes a space's profiles of every matrix
+    row once and keeps them; :meth:`rows` gives those of some rows only (from the kept ones when there
+    are, else computed for those rows alone), which is how a batch scores a chunk of users without
+    holding a million profiles per space.
     """
 
     def __init__(self, train, *, half_life_days: float | None, max_history: int | None = DEFAULT_MAX_HISTORY):
@@ -154,32 +156,55 @@ class ProfileCache:
         self.half_life_days = half_life_days
         self.max_history = max_history
         self._computed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._item_vectors: dict[str, tuple[EmbeddingTable, tuple[np.ndarray, np.ndarray]]] = {}
 
     def aligned(self, space: str, table: EmbeddingTable) -> tuple[np.ndarray, np.ndarray]:
         """``(vectors [n_users, dim] float32, present)`` of the users in the matrix rows, in the item space
         ``space`` (whose item vectors are ``table``); zero vectors where a user has no usable item."""
         if space not in self._computed:
-            # Straight from the matrix's rows and columns: no raw IDs to encode again.
-            matrix = self.train.matrix.tocsr()
-            rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
-            cols = matrix.indices.astype(np.int64)
-            times = pair_times(getattr(self.train, "timestamps", None), rows, cols, matrix.shape[1])
-            vectors, present = profiles_of_pairs(
-                rows,
-                self.train.n_users,
-                cols,
-                np.asarray(self.train.items.ids, dtype=str).astype(object),
-                times,
-                table,
-                half_life_days=self.half_life_days,
-                max_history=self.max_history,
-            )
-            self._computed[space] = (vectors, present)  # zero where a user has no usable item
+            self._computed[space] = self._of_rows(space, table, None)
         return self._computed[space]
+
+    def rows(self, space: str, table: EmbeddingTable, user_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`aligned` of the matrix rows ``user_rows`` only; the same vectors, without computing
+        (or keeping) anyone else's."""
+        user_rows = np.asarray(user_rows, dtype=np.int64)
+        if space in self._computed:
+            vectors, present = self._computed[space]
+            return vectors[user_rows], present[user_rows]
+        return self._of_rows(space, table, user_rows)
+
+    def _of_rows(self, space: str, table: EmbeddingTable, user_rows: np.ndarray | None):
+        # Straight from the matrix's rows and columns: no raw IDs to encode again.
+        matrix = self.train.matrix.tocsr()
+        timestamps = getattr(self.train, "timestamps", None)
+        if user_rows is not None:
+            matrix = matrix[user_rows]
+            timestamps = None if timestamps is None else sp.csr_matrix(timestamps)[user_rows]
+        rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
+        cols = matrix.indices.astype(np.int64)
+        return profiles_of_pairs(
+            rows,
+            matrix.shape[0],
+            cols,
+            self._items(space, table),
+            pair_times(timestamps, rows, cols, matrix.shape[1]),
+            half_life_days=self.half_life_days,
+            max_history=self.max_history,
+        )
+
+    def _items(self, space: str, table: EmbeddingTable) -> tuple[np.ndarray, np.ndarray]:
+        """The space's item vectors on the matrix columns, looked up once per table."""
+        known = self._item_vectors.get(space)
+        if known is None or known[0] is not table:
+            item_ids = np.asarray(self.train.items.ids, dtype=str).astype(object)
+            known = (table, table.lookup(item_ids))
+            self._item_vectors[space] = known
+        return known[1]
 
     @property
     def computed(self) -> list[str]:
-        """The spaces whose profiles have been computed so far."""
+        """The spaces whose profiles of every row have been computed so far."""
         return list(self._computed)
 
 

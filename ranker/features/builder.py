@@ -154,14 +154,18 @@ def _cosine(
     if modality not in context.item_vectors:
         return result
     item_vectors, item_present = context.item_vectors[modality]
-    user_vectors, user_present = context.user_vectors[modality]
+    candidates = np.flatnonzero(known_user & item_present[items])
+    distinct, inverse = np.unique(users[candidates], return_inverse=True)
+    user_vectors, user_present = context.user_profile_rows(modality, distinct)
     if user_vectors.shape[1] != item_vectors.shape[1]:
         raise ValueError(
             f"{modality} user profiles have {user_vectors.shape[1]} dimensions, "
             f"item vectors {item_vectors.shape[1]}"
         )
-    scored = np.flatnonzero(known_user & user_present[users] & item_present[items])
-    result[scored] = _pair_dots(user_vectors, item_vectors, users[scored], items[scored])
+    scored = user_present[inverse]
+    result[candidates[scored]] = _pair_dots(
+        user_vectors, item_vectors, inverse[scored], items[candidates[scored]]
+    )
     return result
 
 

@@ -122,20 +122,30 @@ class RankerContext:
         }
 
     @cached_property
-    def user_vectors(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Modality to (L2-normalised user profiles aligned with matrix rows, present mask)."""
-        cache = self.profiles or ProfileCache(
+    def _profile_cache(self) -> ProfileCache:
+        return self.profiles or ProfileCache(
             self.train, half_life_days=self.profile_half_life_days, max_history=self.profile_max_history
         )
-        profiles = {}
-        for modality in self.item_vectors:
-            given = self.user_profiles.get(modality)
-            if given is not None:
-                profiles[modality] = _unit(*_aligned(given, self.user_ids))
-                continue
-            aligned, _ = cache.aligned(modality, self.item_embeddings[modality])
-            profiles[modality] = _unit(aligned, np.linalg.norm(aligned, axis=1) > 0)
-        return profiles
+
+    @cached_property
+    def _given_profiles(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The ``user_profiles`` given, L2-normalised and aligned with the matrix rows."""
+        return {
+            modality: _unit(*_aligned(given, self.user_ids))
+            for modality, given in self.user_profiles.items()
+            if modality in self.item_embeddings
+        }
+
+    def user_profile_rows(self, modality: str, user_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(L2-normalised profiles, present mask) of the matrix rows ``user_rows`` in ``modality``: the
+        given ``user_profiles``, else computed from the history for these rows (a chunk's users, so a
+        million users' profiles are never held at once)."""
+        user_rows = np.asarray(user_rows, dtype=np.int64)
+        if modality in self._given_profiles:
+            vectors, present = self._given_profiles[modality]
+            return vectors[user_rows], present[user_rows]
+        vectors, _ = self._profile_cache.rows(modality, self.item_embeddings[modality], user_rows)
+        return _unit(vectors, np.linalg.norm(vectors, axis=1) > 0)
 
     @cached_property
     def two_tower(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
