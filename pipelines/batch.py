@@ -23,7 +23,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -199,6 +199,9 @@ def batch_recommend(
         trained_model_dir=None if plan.refit else model.folder.features_dir,
     )
     inputs = embeddings.inputs["collaborative"]
+    # From here on the matrix is the history: the frame (a gigabyte at 20M interactions) goes.
+    dataset = replace(dataset, interactions=dataset.interactions.iloc[:0])
+    del history
     clock.lap("embeddings")
 
     sources = _current_sources(matrix, model, inputs, refit=plan.refit)

@@ -31,6 +31,8 @@ RANKER_FORMAT = "m6rec-lightgbm-ranker"
 RANKER_FORMAT_VERSION = 1
 # LightGBM's default label_gain has 31 entries, so lambdarank labels must lie in 0..30.
 MAX_LAMBDARANK_LABEL = 30
+# Candidate rows scored at once: the float32 copy LightGBM reads is 4 bytes × features × this.
+PREDICT_ROWS = 1 << 20
 _FORBIDDEN_NAME_CHARACTERS = set(' \t\n",:[]{}')
 _DEFAULTS = RankerParams()
 
@@ -216,9 +218,18 @@ class LightGBMRanker:
         ]
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        """Scores (float64, higher is better) for the rows of ``X``; columns are picked by feature name."""
+        """Scores (float64, higher is better) for the rows of ``X``; columns are picked by feature name.
+
+        Rows are scored :data:`PREDICT_ROWS` at a time, so the float32 copy LightGBM reads stays small
+        beside a chunk of millions of candidate rows (each row's score depends on that row alone)."""
         self._require_fitted()
-        return np.asarray(self.booster_.predict(self._matrix(X), num_iteration=self.best_iteration_))
+        scores = np.empty(len(X), dtype=np.float64)
+        for start in range(0, len(X), PREDICT_ROWS):
+            rows = X.iloc[start : start + PREDICT_ROWS]
+            scores[start : start + len(rows)] = self.booster_.predict(
+                self._matrix(rows), num_iteration=self.best_iteration_
+            )
+        return scores
 
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """Per row, each feature's additive contribution to the score (TreeSHAP), plus ``bias``."""

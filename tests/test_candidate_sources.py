@@ -803,9 +803,11 @@ def test_ials_past_the_exact_size_searches_an_index_tuned_for_recall_on_its_user
     np.testing.assert_allclose(searched.scores, pair_scores, rtol=1e-5, atol=1e-6)
 
 
-def test_sparse_block_entries_in_any_column_order_list_like_the_dense_block():
+@pytest.mark.parametrize("block_cells", [base_module.BLOCK_CELLS, 0], ids=["cell-table", "sorted-keys"])
+def test_sparse_block_entries_in_any_column_order_list_like_the_dense_block(block_cells, monkeypatch):
     """Products give rows whose columns are not sorted: ties at the cut still go to the lower column and
-    seen items are still dropped."""
+    seen items are still dropped (looked up in a table of the block's cells, or among sorted keys)."""
+    monkeypatch.setattr(base_module, "BLOCK_CELLS", block_cells)
     rng = np.random.default_rng(3)
     n_rows, n_items = 30, 50
     dense = np.where(rng.random((n_rows, n_items)) < 0.4, rng.integers(1, 4, (n_rows, n_items)), 0)

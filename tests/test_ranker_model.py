@@ -113,6 +113,16 @@ def test_predict_picks_features_by_name_and_names_a_missing_one(fitted_ranker, r
         fitted_ranker.predict(X.drop(columns=["signal"]))
 
 
+def test_predict_in_slices_of_rows_scores_like_all_rows_at_once(fitted_ranker, ranking_data, monkeypatch):
+    from ranker import model as model_module
+
+    X, _, _ = ranking_data["test"]
+    at_once = fitted_ranker.predict(X)
+    monkeypatch.setattr(model_module, "PREDICT_ROWS", 7)
+    np.testing.assert_allclose(fitted_ranker.predict(X), at_once, rtol=1e-12, atol=0)
+    assert len(X) > 7
+
+
 def test_save_load_round_trip_is_exact(fitted_ranker, ranking_data, tmp_path):
     X, _, _ = ranking_data["test"]
     fitted_ranker.save(tmp_path)

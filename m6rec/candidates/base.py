@@ -408,13 +408,21 @@ def _listable_entries(
     as float32 without its entries that cannot be listed: zero or non-finite, in ``seen`` (when given),
     in rows not ``served`` or in columns not ``learned``. Entries keep their order within a row.
 
-    Seen entries are found by searching the few history keys rather than by sparse arithmetic, which
-    would sort every row's entries (most of a batch's time at a 100k-item catalogue)."""
+    Seen entries are looked up (in a table of the block's cells, or among the sorted history keys)
+    rather than found by sparse arithmetic, which would sort every row's entries (most of a batch's
+    time at a 100k-item catalogue)."""
     sparse = sp.csr_matrix(sparse)
     rows = np.repeat(np.arange(sparse.shape[0], dtype=np.int64), np.diff(sparse.indptr))
     data = sparse.data.astype(np.float32, copy=False)
     keep = (data != 0) & np.isfinite(data) & served[rows] & learned[sparse.indices]
-    if seen is not None:
+    if seen is not None and sparse.shape[0] * sparse.shape[1] <= BLOCK_CELLS:
+        # A block of recommend() fits a table of its cells: one look-up per entry.
+        seen_cells = np.zeros(sparse.shape, dtype=bool)
+        seen = sp.csr_matrix(seen)
+        seen_rows = np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr))
+        seen_cells[seen_rows[seen.data != 0], seen.indices[seen.data != 0]] = True
+        keep &= ~seen_cells[rows, sparse.indices]
+    elif seen is not None:
         keep &= ~entries_in(seen, rows, sparse.indices)
     counts = np.bincount(rows[keep], minlength=sparse.shape[0])
     return sp.csr_matrix((data[keep], sparse.indices[keep], np.r_[0, np.cumsum(counts)]), shape=sparse.shape)

@@ -95,8 +95,10 @@ def profiles_of_pairs(
         ages = np.nan_to_num(latest - times, nan=0.0)  # a user without any time: uniform weights
         weights = 0.5 ** (ages / (half_life_days * SECONDS_PER_DAY))
 
-    weighting = sp.csr_matrix((weights, (user_rows, item_columns)), shape=(n_users, len(item_vectors)))
-    item_vectors = item_vectors.astype(np.float64)
+    # Only the items these users have, in float64: a chunk of users must not copy the whole catalogue.
+    used, item_columns = np.unique(item_columns, return_inverse=True)
+    weighting = sp.csr_matrix((weights, (user_rows, item_columns)), shape=(n_users, len(used)))
+    item_vectors = item_vectors[used].astype(np.float64)
     vectors = np.zeros((n_users, item_vectors.shape[1]), dtype=np.float32)
     present = np.zeros(n_users, dtype=bool)
     # In chunks of users: the float64 sums of a million 384-d profiles alone are 3 GB.
