@@ -260,7 +260,7 @@ def _table(results: list[dict]) -> str:
         "are scored again. Batch per user: the all-users batch's wall time per user, relative to the "
         "smallest size.",
     ]
-    return header + "\n".join(rows) + "\n".join(notes) + "\n"
+    return header + "\n".join(rows) + "\n" + "\n".join(notes) + "\n"
 
 
 if __name__ == "__main__":
