@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
+# The folders publish_staged writes into before publishing (m6rec.locking sweeps those of killed runs).
+STAGING_PREFIX = ".staging-"
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -73,7 +76,7 @@ def publish_staged(out_dir: Path, write: Callable[[Path], None]) -> list[str]:
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
     try:
         write(staging)
         names = sorted(path.name for path in staging.iterdir())

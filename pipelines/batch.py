@@ -45,6 +45,7 @@ from m6rec.data.interactions import (
     user_history_digests,
 )
 from m6rec.io import publish_staged, write_parquet
+from m6rec.locking import folder_lock
 from pipelines.run_folder import (
     ModelManifest,
     ModelNotTrainedError,
@@ -157,10 +158,17 @@ def batch_recommend(
     them only on the schedule or past the drift threshold, see :func:`batch_plan`), and only users whose
     history changed since those lists, or who are new, are scored again; the others keep their lists.
     Item embeddings are read (and brought up to date, incrementally) from ``model_dir/features``.
+
+    One run at a time writes the lists folder (:func:`m6rec.locking.folder_lock`), and the model's
+    folder while its embeddings are brought up to date.
     """
     model = TrainedModel.read(model_dir)
-    config = model.serving_config(config)
     folder = RunFolder(out_dir) if out_dir is not None else model.folder.lists
+    with folder_lock(folder.root):
+        return _batch_recommend(data_dir, model, folder, model.serving_config(config))
+
+
+def _batch_recommend(data_dir, model: TrainedModel, folder: RunFolder, config: RunConfig) -> BatchResult:
     clock = StageClock()
     fingerprint = data_fingerprint(Path(data_dir))
     previous = PreviousLists.find(model, folder, config) if config.batch.incremental else None
@@ -519,6 +527,7 @@ def lists_from_training(model_dir: str | Path, out_dir: str | Path | None = None
         )
     target = RunFolder(out_dir) if out_dir is not None else model.folder.lists
     summary = PreviousLists.of_training_run(model).summary
-    _copy_lists(model.folder, target, summary)
+    with folder_lock(target.root):
+        _copy_lists(model.folder, target, summary)
     log.info("batch lists from the training run (same data): %s", target.recommendations)
     return BatchResult(target.root, summary)

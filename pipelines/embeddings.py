@@ -26,6 +26,7 @@ from m6rec.embeddings.profiles import ProfileCache
 from m6rec.embeddings.store import EmbeddingTable
 from m6rec.errors import ConfigError
 from m6rec.io import write_json
+from m6rec.locking import folder_lock
 from pipelines.run_folder import TWO_TOWER_DIR
 
 if TYPE_CHECKING:
@@ -85,22 +86,30 @@ def compute_embeddings(
     train: pd.DataFrame | None = None,
 ) -> EmbeddingResult:
     """Compute every configured embedding of ``dataset`` into ``features_dir``: the item embeddings, then
-    the collaborative model and user profiles learned from ``train`` (default: all interactions)."""
+    the collaborative model and user profiles learned from ``train`` (default: all interactions). Holds
+    the lock of the run folder ``features_dir`` is in (:func:`m6rec.locking.folder_lock`)."""
     config = config or EmbeddingConfig()
     train = dataset.interactions if train is None else train
-    result = compute_item_embeddings(dataset, features_dir, config)
-    profiles = ProfileCache(_matrix(dataset, train), half_life_days=config.profile_half_life_days)
-    collaborative = train_collaborative(dataset, train, result, features_dir, config, profiles)
-    result.merge(collaborative)
-    write_json(result.problems, Path(features_dir) / "problems.json")
-    write_json(result.summary(), Path(features_dir) / "embeddings.json")
+    with folder_lock(Path(features_dir).parent):
+        result = compute_item_embeddings(dataset, features_dir, config)
+        profiles = ProfileCache(_matrix(dataset, train), half_life_days=config.profile_half_life_days)
+        collaborative = train_collaborative(dataset, train, result, features_dir, config, profiles)
+        result.merge(collaborative)
+        write_json(result.problems, Path(features_dir) / "problems.json")
+        write_json(result.summary(), Path(features_dir) / "embeddings.json")
     return result
 
 
 def compute_item_embeddings(dataset: Dataset, features_dir: Path, config: EmbeddingConfig) -> EmbeddingResult:
     """Frozen item embeddings that do not depend on interactions: text, image, audio and KG, and their
-    weighted concatenation ``fused.parquet`` (unless fusion is learned by the two-tower model)."""
+    weighted concatenation ``fused.parquet`` (unless fusion is learned by the two-tower model). Holds
+    the lock of the run folder ``features_dir`` is in (:func:`m6rec.locking.folder_lock`)."""
     features_dir = Path(features_dir)
+    with folder_lock(features_dir.parent):
+        return _item_embeddings(dataset, features_dir, config)
+
+
+def _item_embeddings(dataset: Dataset, features_dir: Path, config: EmbeddingConfig) -> EmbeddingResult:
     result = EmbeddingResult(features_dir)
     for modality in ENCODED_MODALITIES:
         if modality in config.modalities and _has_modality(dataset, modality):

@@ -29,6 +29,7 @@ from m6rec.data.interactions import IdIndex, InteractionMatrix, frame_digest, us
 from m6rec.data.splits import SplitSpec
 from m6rec.evaluation.metrics import RankingMetrics
 from m6rec.io import publish_staged, write_json, write_parquet
+from m6rec.locking import folder_lock
 from pipelines.run_folder import EMBEDDINGS_SUMMARY, FINAL, PROBLEMS, ModelManifest, RunFolder
 from pipelines.source_tuning import make_fold, select_final, tune_and_fit
 from pipelines.stages import (
@@ -81,9 +82,15 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
     source's rank), ``run.json``, ``validation_report.json``, the embeddings under ``features/``, the
     ranker under ``ranker/`` with its feature table; with a test set also ``metrics.json`` and the
     held-out interactions it was computed on, ``test_interactions.parquet``.
+
+    One run at a time writes ``out_dir`` (:func:`m6rec.locking.folder_lock`): a second one fails at once,
+    naming the first.
     """
-    config = config or RunConfig()
-    out_dir = Path(out_dir)
+    with folder_lock(out_dir):
+        return _run_pipeline(data_dir, Path(out_dir), config or RunConfig())
+
+
+def _run_pipeline(data_dir: str | Path, out_dir: Path, config: RunConfig) -> RunResult:
     folder = RunFolder(out_dir)
     clock = StageClock()
 
