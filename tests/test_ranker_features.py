@@ -417,3 +417,10 @@ def test_real_ratings_give_counts_and_ages_that_match_the_file(ml_100k_ratings):
     window = ratings[ratings["timestamp"] > latest - 30 * DAY][ITEM_ID].value_counts()
     expected_recent = window.reindex(train.items.ids[features["item"]]).fillna(0).to_numpy()
     np.testing.assert_array_equal(features["item_pop_recent"].to_numpy(), expected_recent)
+
+
+def test_latest_items_of_some_rows_are_those_rows_of_every_users(tiny_context):
+    every = tiny_context.latest_items(np.arange(tiny_context.train.n_users))
+    some = np.array([2, 0, 2])
+    assert (every >= 0).any()
+    np.testing.assert_array_equal(tiny_context.latest_items(some), every[some])

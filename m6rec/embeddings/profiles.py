@@ -178,19 +178,13 @@ class ProfileCache:
 
     def _of_rows(self, space: str, table: EmbeddingTable, user_rows: np.ndarray | None):
         # Straight from the matrix's rows and columns: no raw IDs to encode again.
-        matrix = self.train.matrix.tocsr()
-        timestamps = getattr(self.train, "timestamps", None)
-        if user_rows is not None:
-            matrix = matrix[user_rows]
-            timestamps = None if timestamps is None else sp.csr_matrix(timestamps)[user_rows]
-        rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
-        cols = matrix.indices.astype(np.int64)
+        rows, cols, times = history_pairs(self.train, user_rows)
         return profiles_of_pairs(
             rows,
-            matrix.shape[0],
+            self.train.n_users if user_rows is None else len(user_rows),
             cols,
             self._items(space, table),
-            pair_times(timestamps, rows, cols, matrix.shape[1]),
+            times,
             half_life_days=self.half_life_days,
             max_history=self.max_history,
         )
@@ -208,6 +202,21 @@ class ProfileCache:
     def computed(self) -> list[str]:
         """The spaces whose profiles of every row have been computed so far."""
         return list(self._computed)
+
+
+def history_pairs(
+    train, user_rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The interactions of ``train`` (an ``InteractionMatrix``) as ``(rows, item columns, unix seconds or
+    None)``, row-major; with ``user_rows``, those users' only, ``rows`` then counting positions in it."""
+    matrix = train.matrix.tocsr()
+    timestamps = getattr(train, "timestamps", None)
+    if user_rows is not None:
+        matrix = matrix[np.asarray(user_rows, dtype=np.int64)]
+        timestamps = None if timestamps is None else sp.csr_matrix(timestamps)[user_rows]
+    rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
+    cols = matrix.indices.astype(np.int64)
+    return rows, cols, pair_times(timestamps, rows, cols, matrix.shape[1])
 
 
 def pair_times(timestamps, rows: np.ndarray, cols: np.ndarray, n_items: int) -> np.ndarray | None:

@@ -185,11 +185,12 @@ def _similarity_to_latest(
     context: RankerContext, users: np.ndarray, known_user: np.ndarray, items: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     nan_rows = np.full(len(items), np.nan, dtype=np.float32)
-    if context.latest_items is None:
+    if context.latest_space is None:
         return nan_rows, nan_rows.copy()
-    space, latest = context.latest_items
-    vectors, present = context.item_vectors[space]
-    history = np.where(known_user[:, None], latest[users], -1)
+    vectors, present = context.item_vectors[context.latest_space]
+    distinct, inverse = np.unique(users[known_user], return_inverse=True)
+    history = np.full((len(items), context.last_items), -1, dtype=np.int64)
+    history[known_user] = context.latest_items(distinct)[inverse]
     history[~present[items]] = -1
     rows, slots = np.nonzero(history >= 0)
     similarities = np.full(history.shape, np.nan, dtype=np.float32)

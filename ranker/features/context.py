@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from m6rec.data.columns import ResolvedColumns, resolve_columns
 from m6rec.data.contract import ITEM_ID, KG_HEAD, KG_TAIL, USER_ID
 from m6rec.data.interactions import InteractionMatrix
-from m6rec.embeddings.profiles import DEFAULT_HALF_LIFE_DAYS, DEFAULT_MAX_HISTORY, ProfileCache, pair_times
+from m6rec.embeddings.profiles import DEFAULT_HALF_LIFE_DAYS, DEFAULT_MAX_HISTORY, ProfileCache, history_pairs
 from m6rec.embeddings.store import EmbeddingTable
 from m6rec.vectors import unit_rows
 from ranker.features.schema import _DECLARED, MODALITIES, SECONDS_PER_DAY
@@ -97,10 +97,7 @@ class RankerContext:
     @cached_property
     def history(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Training pairs ``(user rows, item columns, unix seconds or None)``, row-major."""
-        matrix = self.train.matrix.tocsr()
-        rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
-        cols = matrix.indices.astype(np.int64)
-        return rows, cols, pair_times(getattr(self.train, "timestamps", None), rows, cols, matrix.shape[1])
+        return history_pairs(self.train)
 
     @cached_property
     def reference_seconds(self) -> float | None:
@@ -181,27 +178,32 @@ class RankerContext:
         }
 
     @cached_property
-    def latest_items(self) -> tuple[str, np.ndarray] | None:
-        """(space, ``[n_users, last_items]`` item columns, latest first, -1 padded) for ``sim_last_*``.
+    def latest_space(self) -> str | None:
+        """The item space of ``sim_last_*`` (the first of :data:`SIM_LAST_SPACES` there is), or None."""
+        return next((name for name in SIM_LAST_SPACES if name in self.item_vectors), None)
+
+    def latest_items(self, user_rows: np.ndarray) -> np.ndarray | None:
+        """``[len(user_rows), last_items]`` item columns of those matrix rows' latest history items, latest
+        first, -1 padded, for ``sim_last_*`` (None without a :attr:`latest_space`); computed for these rows
+        only, so a chunk of users costs its own history.
 
         Only history items with a vector in the space count. Latest is by timestamp (a pair without one
         counts as the user's latest, as in the profiles); without timestamps, by item column, which
         follows first appearance in the interaction data.
         """
-        space = next((name for name in SIM_LAST_SPACES if name in self.item_vectors), None)
-        if space is None:
+        if self.latest_space is None:
             return None
-        rows, cols, times = self.history
-        usable = self.item_vectors[space][1][cols]
+        rows, cols, times = history_pairs(self.train, user_rows)
+        usable = self.item_vectors[self.latest_space][1][cols]
         rows, cols = rows[usable], cols[usable]
         recency = cols.astype(np.float64) if times is None else np.nan_to_num(times[usable], nan=np.inf)
         order = np.lexsort((-cols, -recency, rows))
         rows, cols = rows[order], cols[order]
         place = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
         keep = place < self.last_items
-        latest = np.full((self.train.n_users, self.last_items), -1, dtype=np.int64)
+        latest = np.full((len(user_rows), self.last_items), -1, dtype=np.int64)
         latest[rows[keep], place[keep]] = cols[keep]
-        return space, latest
+        return latest
 
     @cached_property
     def kg_neighbours(self) -> tuple[sp.csr_matrix, np.ndarray, int] | None:
