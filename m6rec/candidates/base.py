@@ -38,6 +38,8 @@ BLOCK_CELLS = 32_000_000
 # Above this share of a batch's users × catalogue cells, sparse scores are listed as a dense block: sorting
 # that many entries costs more than a top-k pass over every column.
 DENSE_ENOUGH_SHARE = 0.1
+# entries_in builds a table of the matrix's cells once there is a pair to look up per this many cells.
+_PAIRS_PER_TABLE_CELL = 64
 # Arrays every source saves besides its ``state_arrays``: its training history, the raw IDs of its item
 # columns and which of those items it learned (new ones folded in since are not).
 COMMON_ARRAYS = ("seen", "item_ids", "learned_items")
@@ -408,21 +410,13 @@ def _listable_entries(
     as float32 without its entries that cannot be listed: zero or non-finite, in ``seen`` (when given),
     in rows not ``served`` or in columns not ``learned``. Entries keep their order within a row.
 
-    Seen entries are looked up (in a table of the block's cells, or among the sorted history keys)
-    rather than found by sparse arithmetic, which would sort every row's entries (most of a batch's
-    time at a 100k-item catalogue)."""
+    Seen entries are looked up (:func:`entries_in`) rather than found by sparse arithmetic, which would
+    sort every row's entries (most of a batch's time at a 100k-item catalogue)."""
     sparse = sp.csr_matrix(sparse)
     rows = np.repeat(np.arange(sparse.shape[0], dtype=np.int64), np.diff(sparse.indptr))
     data = sparse.data.astype(np.float32, copy=False)
     keep = (data != 0) & np.isfinite(data) & served[rows] & learned[sparse.indices]
-    if seen is not None and sparse.shape[0] * sparse.shape[1] <= BLOCK_CELLS:
-        # A block of recommend() fits a table of its cells: one look-up per entry.
-        seen_cells = np.zeros(sparse.shape, dtype=bool)
-        seen = sp.csr_matrix(seen)
-        seen_rows = np.repeat(np.arange(seen.shape[0]), np.diff(seen.indptr))
-        seen_cells[seen_rows[seen.data != 0], seen.indices[seen.data != 0]] = True
-        keep &= ~seen_cells[rows, sparse.indices]
-    elif seen is not None:
+    if seen is not None:
         keep &= ~entries_in(seen, rows, sparse.indices)
     counts = np.bincount(rows[keep], minlength=sparse.shape[0])
     return sp.csr_matrix((data[keep], sparse.indices[keep], np.r_[0, np.cumsum(counts)]), shape=sparse.shape)
@@ -430,15 +424,25 @@ def _listable_entries(
 
 def entries_in(matrix: sp.csr_matrix, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """Whether each ``(rows[p], columns[p])`` holds a non-zero entry of ``matrix`` (columns outside the
-    matrix, such as -1 padding, hold none)."""
+    matrix, such as -1 padding, hold none).
+
+    Many pairs against a matrix of at most ``BLOCK_CELLS`` cells (a block of sparse scores against its
+    users' histories) are looked up in a table of its cells, one read per pair; otherwise the matrix's
+    sorted entry keys are searched."""
     matrix = sp.csr_matrix(matrix)
     width = matrix.shape[1] + 1  # so that column -1 of a row is no column of the row before
     entry_rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
     nonzero = matrix.data != 0
+    rows, columns = np.asarray(rows, dtype=np.int64), np.asarray(columns, dtype=np.int64)
+    cells = matrix.shape[0] * width
+    if cells <= BLOCK_CELLS and rows.size * _PAIRS_PER_TABLE_CELL >= cells:
+        table = np.zeros((matrix.shape[0], width), dtype=bool)  # the last column stands for outside
+        table[entry_rows[nonzero], matrix.indices[nonzero]] = True
+        return table[rows, np.where((columns >= 0) & (columns < matrix.shape[1]), columns, width - 1)]
     keys = np.sort(entry_rows[nonzero] * width + matrix.indices[nonzero])
     if len(keys) == 0:
         return np.zeros(np.shape(rows), dtype=bool)
-    wanted = np.asarray(rows, dtype=np.int64) * width + np.asarray(columns, dtype=np.int64)
+    wanted = rows * width + columns
     found = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
     return keys[found] == wanted
 
