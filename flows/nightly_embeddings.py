@@ -19,21 +19,21 @@ from flows.inputs import load_catalogue, read_run_config
 from flows.policies import item_embeddings_cache_key
 from m6rec.config import EmbeddingConfig
 from m6rec.data.dataset import Dataset
-from pipelines.embeddings import compute_item_embeddings
-from pipelines.run_folder import RunFolder
+from pipelines.embeddings import compute_embeddings
 
 PROBLEM_EXAMPLES = 20
 
 
 @task(cache_key_fn=item_embeddings_cache_key)
-def encode_item_embeddings(dataset: Dataset, features_dir: str, config: EmbeddingConfig) -> dict:
-    """Compute (incrementally) the item embedding files of ``dataset`` into ``features_dir``.
+def encode_item_embeddings(dataset: Dataset, out_dir: str, config: EmbeddingConfig, keep: int) -> dict:
+    """Compute (incrementally) the item embedding files of ``dataset`` into ``out_dir/features``, in a
+    new generation of ``out_dir`` (``keep`` kept) when anything changed.
 
     Returns a small, cacheable summary: ``features_dir``, ``files`` (modality → path), ``counts``
     (modality → total, computed, reused, failed), ``problems`` (number of items without an embedding),
     ``problem_examples`` (the first few) and ``timings_seconds``.
     """
-    result = compute_item_embeddings(dataset, Path(features_dir), config)
+    result = compute_embeddings(dataset, Path(out_dir), config, items_only=True, keep=keep)
     return {
         "features_dir": str(result.features_dir),
         **result.summary(),
@@ -53,14 +53,14 @@ def nightly_embeddings(
     logger = get_run_logger()
     config = read_run_config(config_path, cpu)
     dataset = load_catalogue(data_dir, config.skip_invalid_rows, config.columns)
-    features_dir = str(RunFolder(out_dir).features_dir)
-    state = encode_item_embeddings(dataset, features_dir, config.embeddings, return_state=True)
+    keep = config.keep_generations
+    state = encode_item_embeddings(dataset, out_dir, config.embeddings, keep, return_state=True)
     embeddings = {**state.result(), "cached": state.name == "Cached"}
     missing = [path for path in embeddings["files"].values() if not Path(path).exists()]
     if embeddings["cached"] and missing:
         logger.warning("cached run, but %s no longer exists: computing the embeddings again", missing[0])
         embeddings = encode_item_embeddings.with_options(refresh_cache=True)(
-            dataset, features_dir, config.embeddings
+            dataset, out_dir, config.embeddings, keep
         )
         embeddings["cached"] = False
     elif embeddings["cached"]:

@@ -58,11 +58,11 @@ def dataset_fingerprint(data_dir: str | Path) -> str:
 
 def item_embeddings_cache_key(context, parameters: dict[str, Any]) -> str:
     """Prefect ``cache_key_fn`` of the item embedding task: dataset files, embedding configuration,
-    features folder and m6rec version. The task's ``dataset`` parameter carries its directory."""
+    output folder and m6rec version. The task's ``dataset`` parameter carries its directory."""
     config = parameters["config"]
     identity = {
         "dataset": dataset_fingerprint(parameters["dataset"].directory),
-        "features_dir": str(Path(parameters["features_dir"]).resolve()),
+        "out_dir": str(Path(parameters["out_dir"]).resolve()),
         "config": config.model_dump(mode="json") if hasattr(config, "model_dump") else config,
         "columns": {
             "items": _roles(getattr(parameters["dataset"], "item_columns", None)),

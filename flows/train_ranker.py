@@ -16,8 +16,9 @@ from prefect import flow, get_run_logger, task
 from flows.artifacts import publish_artifacts, ranker_artifacts
 from flows.inputs import read_run_config
 from m6rec.config import RunConfig
-from pipelines.report import write_report
+from pipelines.report import publish_report
 from pipelines.run import run_pipeline
+from pipelines.run_folder import RunFolder
 
 
 @task
@@ -45,8 +46,9 @@ def fit_two_stage_model(data_dir: str, out_dir: str, config: RunConfig) -> dict:
 
 @task
 def write_run_report(out_dir: str) -> str:
-    """Write ``out_dir/report.html`` (metrics, ranker, embeddings and timing charts); returns its path."""
-    return str(write_report(Path(out_dir)))
+    """Write ``out_dir/report.html`` (metrics, ranker, embeddings and timing charts) in a new generation
+    of ``out_dir``; returns its path."""
+    return str(publish_report(Path(out_dir)))
 
 
 @flow(name="train-ranker")
@@ -64,7 +66,8 @@ def train_ranker(data_dir: str, out_dir: str, config_path: str | None = None, re
         "final list by %s; ndcg@10 %s", trained["selected_model"], final.get("ndcg@10", "n/a (no test set)")
     )
     publish_artifacts(ranker_artifacts(trained))
-    trained["report"] = write_run_report(out_dir) if report else None
+    page = RunFolder(out_dir).report_page  # the training run writes it
+    trained["report"] = (str(page) if page.exists() else write_run_report(out_dir)) if report else None
     return trained
 
 

@@ -128,7 +128,6 @@ def embed(
     from m6rec.config import RunConfig
     from m6rec.data.dataset import load_dataset
     from pipelines.embeddings import compute_embeddings
-    from pipelines.run_folder import RunFolder
 
     run_config = RunConfig.from_yaml(config) if config else RunConfig()
     embedding_config = run_config.embeddings
@@ -140,7 +139,7 @@ def embed(
         skip_invalid_rows=skip_invalid_rows or run_config.skip_invalid_rows,
         columns=run_config.columns,
     )
-    result = compute_embeddings(dataset, RunFolder(out).features_dir, embedding_config)
+    result = compute_embeddings(dataset, out, embedding_config, keep=run_config.keep_generations)
     if as_json:
         typer.echo(json.dumps(result.summary(), indent=2, default=str))
         return
@@ -206,6 +205,39 @@ def recommend(
         name = f"  {row[label]}" if label and isinstance(row[label], str) else ""
         typer.echo(f"{row['rank']:>3}. {row['item_id']}{name}  score {row['score']:.3f}")
         typer.echo(f"     because: {row['reasons']}")
+
+
+@app.command(short_help="Publish an output folder's previous generation again.")
+def rollback(
+    out: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="Output directory of a run or a batch.")],
+    to: Annotated[
+        str | None, typer.Option(help="Generation to publish (e.g. 000004); default: the previous one.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Point OUT_DIR/current back at an earlier generation: every file a reader sees (lists, model,
+    embeddings, report) switches back at once. Each run publishes a new generation; the last
+    keep_generations (default 3) are kept.
+
+    Example: m6rec rollback demo-out/run
+    """
+    from m6rec.errors import M6RecError
+    from m6rec.locking import folder_lock
+    from pipelines.run_folder import generations
+
+    if not (out / "generations").is_dir():
+        raise M6RecError(f"{out}: no generations to roll back to (not an m6rec output folder?)")
+    with folder_lock(out):
+        history = generations(out)
+        published = history.rollback(to)
+        listed = [generation.name for generation in history.complete()]
+    if as_json:
+        typer.echo(json.dumps({"published": published.name, "info": published.info, "generations": listed}))
+        return
+    typer.echo(
+        f"{out}: generation {published.name} ({published.info.get('kind')}, {published.info.get('created_at')}) is published"
+    )
+    typer.echo(f"generations kept: {', '.join(listed)}")
 
 
 @app.command(short_help="Check a dataset directory; report what was read.")

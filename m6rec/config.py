@@ -508,6 +508,11 @@ class RunConfig(Section):
         "(candidates, ranker features and lists stream chunk by chunk into Parquet row groups).",
     )
     skip_invalid_rows: bool = Field(False, description="Skip and count bad input rows instead of failing.")
+    keep_generations: PositiveInt = Field(
+        3,
+        description="Generations of the output folder kept (each run publishes a new one whole; "
+        "`m6rec rollback` goes back to the previous one).",
+    )
     batch: BatchSettings = Field(
         default_factory=lambda: BatchSettings(), description="How the nightly batch follows what changed."
     )

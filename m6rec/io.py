@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
-# The folders publish_staged writes into before publishing (m6rec.locking sweeps those of killed runs).
+# Staging folders of the m6rec before generations (m6rec.locking sweeps those of killed runs).
 STAGING_PREFIX = ".staging-"
+# Files being written are ``.<name>.<random><TEMPORARY_SUFFIX>`` beside their target until renamed onto it.
+TEMPORARY_SUFFIX = ".tmp"
 
 
 @contextmanager
@@ -21,7 +22,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     os.close(handle)
     temporary = Path(temporary)
     temporary.chmod(0o666 & ~_current_umask())  # mkstemp creates 0600; outputs get the usual permissions
@@ -51,6 +52,47 @@ def write_parquet(frame: pd.DataFrame, path: Path, metadata: dict[str, str] | No
         pq.write_table(table, temporary)
 
 
+class StreamedParquet:
+    """A Parquet file written row group by row group under a temporary name beside ``path`` and moved onto
+    ``path`` only when closed after success: a failed or killed writer never leaves a partial file there,
+    and never writes into a file another generation shares (``m6rec.generations``)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._writer = None
+        self._temporary: Path | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None
+
+    def open(self, schema) -> None:
+        import pyarrow.parquet as pq
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        os.close(handle)
+        self._temporary = Path(temporary)
+        self._temporary.chmod(0o666 & ~_current_umask())
+        self._writer = pq.ParquetWriter(self._temporary, schema)
+
+    def write(self, table) -> None:
+        self._writer.write_table(table)
+
+    def close(self, success: bool) -> None:
+        """Close the file; move it onto ``path`` when ``success``, else remove it."""
+        if self._writer is None:
+            return
+        self._writer.close()
+        self._writer = None
+        if success:
+            os.replace(self._temporary, self.path)
+        else:
+            self._temporary.unlink(missing_ok=True)
+
+
 def write_json(payload: object, path: Path) -> None:
     """Write ``payload`` as indented JSON atomically."""
     with atomic_path(path) as temporary:
@@ -65,26 +107,3 @@ def _json_default(value: object) -> object:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def publish_staged(out_dir: Path, write: Callable[[Path], None]) -> list[str]:
-    """Let ``write`` fill a staging folder inside ``out_dir``, then move each file it wrote into ``out_dir``.
-
-    Nothing in ``out_dir`` changes unless ``write`` succeeds, so a failed run keeps the last good outputs.
-    A folder it wrote replaces the folder of that name whole (moved aside, then removed). Returns the
-    names of the files and folders published.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
-    try:
-        write(staging)
-        names = sorted(path.name for path in staging.iterdir())
-        for name in names:
-            target = out_dir / name
-            if (staging / name).is_dir() and target.is_dir():
-                target.replace(staging / f".replaced-{name}")
-            (staging / name).replace(target)
-        return names
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

@@ -13,16 +13,23 @@ schedule, or when the interactions drifted, every source is refitted on all curr
 instead. The ranker learned from ranks, per-user standardised scores and shares, so it transfers from
 the sources it was trained on to these folded-in or refitted ones, as it does in ``run_pipeline``.
 
-Outputs (``recommendations.parquet``, ``ranker_features.parquet``, ``batch.json``) are staged and moved
-into place only when complete, so a failed batch leaves the previous lists untouched.
+The lists (``recommendations.parquet``, ``ranker_features.parquet``, ``batch.json``) go into a new
+generation of their folder (:mod:`m6rec.generations`), published whole once they cover every user, so a
+failed or killed batch leaves the previous lists untouched. By default they live in the model's own
+folder (``MODEL_DIR/lists``, in a generation of the model folder beside the item embeddings they
+brought up to date); with a folder of their own, that folder has the generations and the item
+embeddings go to its ``item_features/``. A batch never writes into another folder's generations.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +41,7 @@ from m6rec import __version__
 from m6rec.candidates import create_source
 from m6rec.candidates.registry import source_class
 from m6rec.candidates.side_inputs import SideInputs
-from m6rec.config import BatchSettings, RunConfig
+from m6rec.config import RunConfig
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset, load_dataset
 from m6rec.data.interactions import (
@@ -44,14 +51,20 @@ from m6rec.data.interactions import (
     frame_digest,
     user_history_digests,
 )
-from m6rec.io import publish_staged, write_parquet
+from m6rec.generations import EVERYTHING
+from m6rec.io import write_parquet
 from m6rec.locking import folder_lock
 from pipelines.run_folder import (
+    FEATURES_DIR,
+    ITEM_FEATURES_DIR,
+    LISTS_DIR,
     ModelManifest,
     ModelNotTrainedError,
     RunFolder,
+    check_lists,
     config_digest,
     data_fingerprint,
+    generations,
 )
 from pipelines.stages import (
     History,
@@ -66,7 +79,9 @@ from pipelines.stages import (
 log = logging.getLogger("m6rec")
 
 # What a batch may set for itself; everything else comes from the configuration the model was trained with.
-SERVING_KEYS = ("top_k", "candidate_depth", "skip_invalid_rows", "user_chunk", "batch")
+SERVING_KEYS = ("top_k", "candidate_depth", "skip_invalid_rows", "user_chunk", "batch", "keep_generations")
+# What a batch may set that does not shape the lists.
+_UNSHAPING_KEYS = ("batch", "keep_generations")
 SERVING_RANKER_KEYS = ("new_item_slots", "new_item_slot_spacing")
 
 
@@ -91,8 +106,9 @@ class TrainedModel:
 
     @classmethod
     def read(cls, directory: str | Path) -> TrainedModel:
-        """The model in ``directory``; one clear error when it has none, or one this version cannot read."""
-        folder = RunFolder(directory)
+        """The model published in ``directory``; one clear error when it has none, or one this version
+        cannot read."""
+        folder = RunFolder.published(directory)
         manifest = folder.read_manifest()
         if manifest.ranker_used and not folder.ranker_dir.is_dir():
             raise ModelNotTrainedError(f"{folder.ranker_dir}: the ranker model is missing")
@@ -131,8 +147,12 @@ class TrainedModel:
 
 def serving_digest(config: RunConfig) -> str:
     """The digest of what shapes the lists: the configuration apart from how much a batch redoes
-    (``batch``), so lists built under other batch settings are still the lists of this configuration."""
-    return config_digest(config.replace(batch=BatchSettings()))
+    (``batch``) and how many generations it keeps, so lists built under other such settings are still
+    the lists of this configuration."""
+    defaults = {
+        key: RunConfig.model_fields[key].get_default(call_default_factory=True) for key in _UNSHAPING_KEYS
+    }
+    return config_digest(config.replace(**defaults))
 
 
 def _serving_keys_from(source: RunConfig, target: RunConfig) -> RunConfig:
@@ -153,22 +173,83 @@ def batch_recommend(
     (``model.json``); ``config`` sets only the serving keys (``SERVING_KEYS``) and ``batch`` (how much is
     redone, :class:`m6rec.config.BatchSettings`).
 
-    Work follows what changed. With the same data as the last lists of this model, nothing is redone. Else
-    the sources the training run saved are loaded and fold in the current interactions (a refit on all of
-    them only on the schedule or past the drift threshold, see :func:`batch_plan`), and only users whose
-    history changed since those lists, or who are new, are scored again; the others keep their lists.
-    Item embeddings are read (and brought up to date, incrementally) from ``model_dir/features``.
+    Work follows what changed. With the same data as the last lists of this model, nothing is redone
+    (and no generation is added). Else the sources the training run saved are loaded and fold in the
+    current interactions (a refit on all of them only on the schedule or past the drift threshold, see
+    :func:`batch_plan`), and only users whose history changed since those lists, or who are new, are
+    scored again; the others keep their lists. The item embeddings are brought up to date incrementally
+    from the model's.
 
-    One run at a time writes the lists folder (:func:`m6rec.locking.folder_lock`), and the model's
-    folder while its embeddings are brought up to date.
+    One run at a time writes the folder of the lists (:func:`m6rec.locking.folder_lock`).
     """
-    model = TrainedModel.read(model_dir)
-    folder = RunFolder(out_dir) if out_dir is not None else model.folder.lists
-    with folder_lock(folder.root):
-        return _batch_recommend(data_dir, model, folder, model.serving_config(config))
+    with _lists_generation(model_dir, out_dir, config) as (model, folder, stage):
+        return _batch_recommend(data_dir, model, folder, model.serving_config(config), stage)
 
 
-def _batch_recommend(data_dir, model: TrainedModel, folder: RunFolder, config: RunConfig) -> BatchResult:
+@dataclass
+class _ListsStage:
+    """Where a batch writes: the staged generation, the lists folder in it, where its item embeddings go,
+    the lists folder as readers see it, and what the published lists must cover (``users``)."""
+
+    stage: object
+    lists: RunFolder
+    item_features: Path
+    public: RunFolder
+    expected: dict = field(default_factory=dict)
+
+
+@contextmanager
+def _lists_generation(
+    model_dir: str | Path, out_dir: str | Path | None, config: RunConfig | None
+) -> Iterator[tuple[TrainedModel, RunFolder, _ListsStage]]:
+    """Lock the lists' folder and stage its next generation: the model's folder when the lists are its
+    ``lists/`` (the default), else ``out_dir``; yield the model (read under the lock), the staged lists
+    folder and the stage. Published when the block returns and the lists cover ``expected["users"]``."""
+    model_root = Path(model_dir)
+    own_folder = out_dir is not None and not _same_path(Path(out_dir), model_root / LISTS_DIR)
+    root = Path(out_dir) if own_folder else model_root
+    expected: dict = {}
+    with folder_lock(root):
+        model = TrainedModel.read(model_root)
+        settings = model.serving_config(config)
+
+        def validate(staged: Path) -> None:
+            lists = RunFolder(staged) if own_folder else RunFolder(staged).lists
+            if "users" in expected:
+                check_lists(lists, expected["users"], settings.top_k)
+
+        with generations(root).staged(
+            kind="batch",
+            carry=EVERYTHING,
+            resume=(ITEM_FEATURES_DIR,) if own_folder else (FEATURES_DIR,),
+            keep=settings.keep_generations,
+            validate=validate,
+        ) as stage:
+            staged = RunFolder(stage.path)
+            if own_folder:
+                item_features = staged.item_features_dir
+                if not item_features.exists() and model.folder.features_dir.is_dir():
+                    shutil.copytree(model.folder.features_dir, item_features, copy_function=_link_or_copy)
+                lists, public = staged, RunFolder(root)
+            else:
+                item_features, lists, public = staged.features_dir, staged.lists, RunFolder(root).lists
+            yield model, lists, _ListsStage(stage, lists, item_features, public, expected)
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return a.absolute() == b.absolute() or (a.exists() and b.exists() and a.resolve() == b.resolve())
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _batch_recommend(
+    data_dir, model: TrainedModel, folder: RunFolder, config: RunConfig, stage: _ListsStage
+) -> BatchResult:
     clock = StageClock()
     fingerprint = data_fingerprint(Path(data_dir))
     previous = PreviousLists.find(model, folder, config) if config.batch.incremental else None
@@ -177,12 +258,15 @@ def _batch_recommend(data_dir, model: TrainedModel, folder: RunFolder, config: R
             "batch lists for %s users kept: the data and the model are those of the lists in %s, so "
             "nothing is redone",
             previous.summary.get("counts", {}).get("users", "all"),
-            previous.folder.root,
+            stage.public.root if previous.folder == folder else previous.folder.root,
         )
-        summary = {**previous.summary, "reused_lists": str(previous.folder.root.resolve())}
-        if previous.folder.root.resolve() != folder.root.resolve():
+        reused = stage.public if previous.folder == folder else previous.folder
+        summary = {**previous.summary, "reused_lists": str(reused.root.absolute())}
+        if previous.folder == folder:
+            stage.stage.discard()
+        else:
             _copy_lists(previous.folder, folder, summary)
-        return BatchResult(folder.root, summary)
+        return BatchResult(stage.public.root, summary)
 
     dataset = load_dataset(
         data_dir, skip_invalid_rows=config.skip_invalid_rows, columns=getattr(config, "columns", None)
@@ -200,7 +284,7 @@ def _batch_recommend(data_dir, model: TrainedModel, folder: RunFolder, config: R
     )
     embeddings = compute_stage_embeddings(
         dataset,
-        model.folder.features_dir,
+        stage.item_features,
         config,
         {"collaborative": history},
         needed=model.needs_embeddings,
@@ -234,39 +318,36 @@ def _batch_recommend(data_dir, model: TrainedModel, folder: RunFolder, config: R
         "embeddings": embeddings.summary,
     }
 
-    def write(staging: Path) -> None:
-        staged = RunFolder(staging)
-        rescored = plan.rescored_rows(matrix)
-        carried = previous.lists_except(matrix.users.ids[rescored]) if previous and plan.keeps_lists else None
-        written = write_lists(scorer, staged, rescored, carried=carried)
-        write_parquet(plan.digests, staged.user_histories)
-        matrix.users.save(staged.users_index, USER_ID)
-        matrix.items.save(staged.items_index, ITEM_ID)
-        clock.lap("ranking")
-        summary["counts"] = {
-            "users": matrix.n_users,
-            "items": matrix.n_items,
-            "interactions": int(matrix.matrix.nnz),
-            "users_without_history": int((np.diff(matrix.matrix.indptr) == 0).sum()),
-            "users_scored": len(rescored),
-            "users_kept": written.carried_users,
-            "list_rows": written.rows,
-            "feature_rows": written.feature_rows,
-            "users_served_by_fallback": written.served_by_fallback,
-        }
-        summary.update(clock.report())
-        write_outputs(staged, batch_report=summary)
-
-    publish_staged(folder.root, write)
+    rescored = plan.rescored_rows(matrix)
+    carried = previous.lists_except(matrix.users.ids[rescored]) if previous and plan.keeps_lists else None
+    written = write_lists(scorer, folder, rescored, carried=carried)
     if not scorer.context or config.ranker.feature_table == "none":
         folder.ranker_features.unlink(missing_ok=True)
+    write_parquet(plan.digests, folder.user_histories)
+    matrix.users.save(folder.users_index, USER_ID)
+    matrix.items.save(folder.items_index, ITEM_ID)
+    clock.lap("ranking")
+    summary["counts"] = {
+        "users": matrix.n_users,
+        "items": matrix.n_items,
+        "interactions": int(matrix.matrix.nnz),
+        "users_without_history": int((np.diff(matrix.matrix.indptr) == 0).sum()),
+        "users_scored": len(rescored),
+        "users_kept": written.carried_users,
+        "list_rows": written.rows,
+        "feature_rows": written.feature_rows,
+        "users_served_by_fallback": written.served_by_fallback,
+    }
+    summary.update(clock.report())
+    write_outputs(folder, batch_report=summary)
+    stage.expected["users"] = int((np.diff(matrix.matrix.indptr) < matrix.n_items).sum())
     log.info(
         "batch lists for %d users (%d scored, the others kept): %s",
         matrix.n_users,
         summary["counts"]["users_scored"],
-        folder.recommendations,
+        stage.public.recommendations,
     )
-    return BatchResult(folder.root, summary)
+    return BatchResult(stage.public.root, summary)
 
 
 @dataclass(frozen=True)
@@ -442,19 +523,18 @@ def _list_counts(folder: RunFolder) -> dict:
 
 
 def _copy_lists(source: RunFolder, target: RunFolder, summary: dict) -> None:
-    """Publish the lists of ``source`` (with their feature table and history digests) into ``target``,
-    with ``summary`` as its batch report."""
-
-    def write(staging: Path) -> None:
-        staged = RunFolder(staging)
-        shutil.copyfile(source.recommendations, staged.recommendations)
-        if source.ranker_features.exists():
-            shutil.copyfile(source.ranker_features, staged.ranker_features)
-        if source.index_dir.is_dir():
-            shutil.copytree(source.index_dir, staged.index_dir)
-        write_outputs(staged, batch_report=summary)
-
-    publish_staged(target.root, write)
+    """Put the lists of ``source`` (with their feature table, indexes and history digests) into the
+    staged folder ``target`` as links to the same files, with ``summary`` as its batch report."""
+    for path in (source.recommendations, source.ranker_features, source.user_histories):
+        target_path = target.root / path.relative_to(source.root)
+        target_path.unlink(missing_ok=True)
+        if path.exists():
+            target_path.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(str(path), str(target_path))
+    if source.index_dir.is_dir():
+        shutil.rmtree(target.index_dir, ignore_errors=True)
+        shutil.copytree(source.index_dir, target.index_dir, copy_function=_link_or_copy)
+    write_outputs(target, batch_report=summary)
 
 
 def _scorer(model, sources, dataset, matrix, inputs, config) -> ListScorer:
@@ -520,14 +600,13 @@ def lists_from_training(model_dir: str | Path, out_dir: str | Path | None = None
     Only for a model whose lists came from every interaction (``ModelManifest.lists_from_all_interactions``):
     right after training on today's data, a batch would rebuild exactly those lists.
     """
-    model = TrainedModel.read(model_dir)
-    if not model.manifest.lists_from_all_interactions:
-        raise ModelNotTrainedError(
-            f"{model.directory}: the training run held a test share out of its lists; build the batch lists"
-        )
-    target = RunFolder(out_dir) if out_dir is not None else model.folder.lists
-    summary = PreviousLists.of_training_run(model).summary
-    with folder_lock(target.root):
-        _copy_lists(model.folder, target, summary)
-    log.info("batch lists from the training run (same data): %s", target.recommendations)
-    return BatchResult(target.root, summary)
+    with _lists_generation(model_dir, out_dir, None) as (model, folder, stage):
+        if not model.manifest.lists_from_all_interactions:
+            raise ModelNotTrainedError(
+                f"{model.directory}: the training run held a test share out of its lists; build the batch "
+                "lists"
+            )
+        summary = PreviousLists.of_training_run(model).summary
+        _copy_lists(model.folder, folder, summary)
+    log.info("batch lists from the training run (same data): %s", stage.public.recommendations)
+    return BatchResult(stage.public.root, summary)

@@ -25,9 +25,17 @@ from m6rec.data.interactions import IdIndex, InteractionMatrix
 from m6rec.embeddings.profiles import ProfileCache
 from m6rec.embeddings.store import EmbeddingTable
 from m6rec.errors import ConfigError
+from m6rec.generations import DEFAULT_KEEP, EVERYTHING
 from m6rec.io import write_json
 from m6rec.locking import folder_lock
-from pipelines.run_folder import TWO_TOWER_DIR
+from pipelines.run_folder import (
+    EMBEDDINGS_SUMMARY,
+    FEATURES_DIR,
+    PROBLEMS,
+    TWO_TOWER_DIR,
+    RunFolder,
+    generations,
+)
 
 if TYPE_CHECKING:
     from features.two_tower import ExportedEmbeddings, TwoTowerModel
@@ -69,6 +77,11 @@ class EmbeddingResult:
         """The item vector spaces a two-tower model or a ranker reads: text, image, audio, kg, fused."""
         return {name: self.table(name) for name in ITEM_SPACES if name in self.paths}
 
+    def relocate(self, old: Path, new: Path) -> None:
+        """Point the paths under ``old`` at the same names under ``new``."""
+        self.features_dir = Path(new) / Path(self.features_dir).relative_to(old)
+        self.paths = {name: Path(new) / Path(path).relative_to(old) for name, path in self.paths.items()}
+
     def summary(self) -> dict:
         return {
             "files": {name: str(path) for name, path in self.paths.items()},
@@ -80,33 +93,51 @@ class EmbeddingResult:
 
 def compute_embeddings(
     dataset: Dataset,
-    features_dir: Path,
+    out_dir: Path,
     config: EmbeddingConfig | None = None,
     *,
     train: pd.DataFrame | None = None,
+    items_only: bool = False,
+    keep: int = DEFAULT_KEEP,
 ) -> EmbeddingResult:
-    """Compute every configured embedding of ``dataset`` into ``features_dir``: the item embeddings, then
-    the collaborative model and user profiles learned from ``train`` (default: all interactions). Holds
-    the lock of the run folder ``features_dir`` is in (:func:`m6rec.locking.folder_lock`)."""
+    """Bring every configured embedding of ``dataset`` up to date in ``out_dir/features``: the item
+    embeddings, then (unless ``items_only``) the collaborative model and user profiles learned from
+    ``train`` (default: all interactions).
+
+    The files are written into a new generation of ``out_dir`` that starts from the published one's
+    (:mod:`m6rec.generations`; ``keep`` generations are kept) and is published when all are written; when
+    nothing changed, no generation is added. Holds ``out_dir``'s lock (:func:`m6rec.locking.folder_lock`).
+    The paths in the result are ``out_dir``'s (``out_dir/features/...``, which follow the published
+    generation)."""
     config = config or EmbeddingConfig()
     train = dataset.interactions if train is None else train
-    with folder_lock(Path(features_dir).parent):
+    reports = (f"{FEATURES_DIR}/{PROBLEMS}", f"{FEATURES_DIR}/{EMBEDDINGS_SUMMARY}")
+    with (
+        folder_lock(out_dir),
+        generations(out_dir).staged(
+            kind="embeddings",
+            carry=EVERYTHING,
+            resume=(FEATURES_DIR,),
+            keep=keep,
+            unchanged_ignoring=reports,
+        ) as stage,
+    ):
+        features_dir = RunFolder(stage.path).features_dir
         result = compute_item_embeddings(dataset, features_dir, config)
-        profiles = ProfileCache(_matrix(dataset, train), half_life_days=config.profile_half_life_days)
-        collaborative = train_collaborative(dataset, train, result, features_dir, config, profiles)
-        result.merge(collaborative)
-        write_json(result.problems, Path(features_dir) / "problems.json")
-        write_json(result.summary(), Path(features_dir) / "embeddings.json")
+        if not items_only:
+            profiles = ProfileCache(_matrix(dataset, train), half_life_days=config.profile_half_life_days)
+            result.merge(train_collaborative(dataset, train, result, features_dir, config, profiles))
+        write_json(result.problems, features_dir / PROBLEMS)
+        write_json(result.summary(), features_dir / EMBEDDINGS_SUMMARY)
+    result.relocate(features_dir, RunFolder(out_dir).features_dir)
     return result
 
 
 def compute_item_embeddings(dataset: Dataset, features_dir: Path, config: EmbeddingConfig) -> EmbeddingResult:
     """Frozen item embeddings that do not depend on interactions: text, image, audio and KG, and their
-    weighted concatenation ``fused.parquet`` (unless fusion is learned by the two-tower model). Holds
-    the lock of the run folder ``features_dir`` is in (:func:`m6rec.locking.folder_lock`)."""
-    features_dir = Path(features_dir)
-    with folder_lock(features_dir.parent):
-        return _item_embeddings(dataset, features_dir, config)
+    weighted concatenation ``fused.parquet`` (unless fusion is learned by the two-tower model), brought
+    up to date in ``features_dir`` (a folder of the generation the caller stages)."""
+    return _item_embeddings(dataset, Path(features_dir), config)
 
 
 def _item_embeddings(dataset: Dataset, features_dir: Path, config: EmbeddingConfig) -> EmbeddingResult:

@@ -28,9 +28,18 @@ from m6rec.data.dataset import Dataset, load_dataset
 from m6rec.data.interactions import IdIndex, InteractionMatrix, frame_digest, user_history_digests
 from m6rec.data.splits import SplitSpec
 from m6rec.evaluation.metrics import RankingMetrics
-from m6rec.io import publish_staged, write_json, write_parquet
+from m6rec.io import write_json, write_parquet
 from m6rec.locking import folder_lock
-from pipelines.run_folder import EMBEDDINGS_SUMMARY, FINAL, PROBLEMS, ModelManifest, RunFolder
+from pipelines.run_folder import (
+    EMBEDDINGS_SUMMARY,
+    FEATURES_DIR,
+    FINAL,
+    PROBLEMS,
+    ModelManifest,
+    RunFolder,
+    check_lists,
+    generations,
+)
 from pipelines.source_tuning import make_fold, select_final, tune_and_fit
 from pipelines.stages import (
     History,
@@ -83,15 +92,36 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
     ranker under ``ranker/`` with its feature table; with a test set also ``metrics.json`` and the
     held-out interactions it was computed on, ``test_interactions.parquet``.
 
-    One run at a time writes ``out_dir`` (:func:`m6rec.locking.folder_lock`): a second one fails at once,
-    naming the first.
+    The run writes a new generation of ``out_dir`` and publishes it whole once every output is written
+    and the lists cover every user (:mod:`m6rec.generations`); it starts from the published embeddings,
+    and after a run that did not finish, from that run's. One run at a time writes ``out_dir``
+    (:func:`m6rec.locking.folder_lock`): a second one fails at once, naming the first.
     """
-    with folder_lock(out_dir):
-        return _run_pipeline(data_dir, Path(out_dir), config or RunConfig())
+    config = config or RunConfig()
+    out_dir = Path(out_dir)
+    expected: dict = {}
+
+    def validate(staged: Path) -> None:
+        check_lists(RunFolder(staged), expected["users"], config.top_k)
+        RunFolder(staged).read_manifest()
+
+    with (
+        folder_lock(out_dir),
+        generations(out_dir).staged(
+            kind="training",
+            carry=(FEATURES_DIR,),
+            resume=(FEATURES_DIR,),
+            keep=config.keep_generations,
+            validate=validate,
+        ) as stage,
+    ):
+        result = _run_pipeline(data_dir, RunFolder(stage.path), config, expected)
+    return dataclasses.replace(result, out_dir=out_dir)
 
 
-def _run_pipeline(data_dir: str | Path, out_dir: Path, config: RunConfig) -> RunResult:
-    folder = RunFolder(out_dir)
+def _run_pipeline(data_dir: str | Path, folder: RunFolder, config: RunConfig, expected: dict) -> RunResult:
+    """The run, written into ``folder`` (the staged generation); ``expected["users"]`` is set to the
+    number of users whose lists the folder must hold."""
     clock = StageClock()
 
     dataset = load_dataset(
@@ -236,12 +266,10 @@ def _run_pipeline(data_dir: str | Path, out_dir: Path, config: RunConfig) -> Run
             manifest=manifest,
         )
 
-    publish_staged(folder.root, write)
-    if not metrics:
-        folder.metrics.unlink(missing_ok=True)
-        folder.held_out.unlink(missing_ok=True)
-    _report(out_dir, full_inputs.item_vectors)
-    return RunResult(out_dir, metrics, selected, summary)
+    write(folder.root)
+    expected["users"] = int((np.diff(fold.full.matrix.indptr) < len(items)).sum())
+    _report(folder.root, full_inputs.item_vectors)
+    return RunResult(folder.root, metrics, selected, summary)
 
 
 def _save_model(staged: RunFolder, fold, tuned: dict, training, train_frame: pd.DataFrame) -> None:

@@ -7,12 +7,17 @@ trained, with which configuration (kept whole, with its digest), on which data (
 dataset's tables), when, and the ranker's feature names.
 
     run/
+      current -> generations/NNNNNN     the published generation (m6rec.generations): each run writes a
+      generations/NNNNNN/               new one and publishes it whole; readers follow current, and a
+                                        link beside it for each name below (run/model.json, ...)
+    a generation:
       recommendations.parquet  metrics.json  test_interactions.parquet  run.json  model.json
       validation_report.json  ranker_features.parquet  report.html  report.png
       ranker/       model.txt, importance.json, ranker.json (ranker.model.LightGBMRanker.save)
       index/        users.parquet, items.parquet (row → raw ID of ranker_features.parquet)
       features/     embedding files (features/fold/: the two-tower model trained on the ranker's fold)
       lists/        the batch lists: recommendations.parquet, ranker_features.parquet, batch.json, features/
+      item_features/  a batch's item embeddings when its lists go to a folder of their own
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from m6rec import __version__
 from m6rec.config import RunConfig, load_config
 from m6rec.data import contract
 from m6rec.data.columns import COLUMNS_FILE
+from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.tables import find_table
 from m6rec.errors import M6RecError
+from m6rec.generations import Generations
 from m6rec.io import write_json, write_parquet
 
 RECOMMENDATIONS = "recommendations.parquet"
@@ -52,7 +59,27 @@ REPORT_PAGE = "report.html"
 REPORT_SCREENSHOT = "report.png"
 PROBLEMS = "problems.json"
 EMBEDDINGS_SUMMARY = "embeddings.json"
+ITEM_FEATURES_DIR = "item_features"
 FINAL = "final"
+# Every name a run or a batch writes into its folder (what an m6rec from before generations left there).
+OUTPUT_NAMES = (
+    RECOMMENDATIONS,
+    METRICS,
+    HELD_OUT,
+    RUN_REPORT,
+    MODEL_MANIFEST,
+    VALIDATION_REPORT,
+    RANKER_FEATURES,
+    RANKER_DIR,
+    INDEX_DIR,
+    FEATURES_DIR,
+    LISTS_DIR,
+    SOURCES_DIR,
+    BATCH_REPORT,
+    REPORT_PAGE,
+    REPORT_SCREENSHOT,
+    ITEM_FEATURES_DIR,
+)
 
 MANIFEST_FORMAT = "m6rec-model"
 MANIFEST_SCHEMA_VERSION = 1
@@ -73,6 +100,13 @@ class RunFolder:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
+    @classmethod
+    def published(cls, directory: str | Path) -> RunFolder:
+        """The published generation of the output folder ``directory`` (the folder itself when it was
+        written without generations): resolved once, so a reader sees one generation whole even while
+        a run publishes the next."""
+        return cls(generations(directory).published_root())
+
     recommendations = property(lambda self: self.root / RECOMMENDATIONS)
     metrics = property(lambda self: self.root / METRICS)
     held_out = property(lambda self: self.root / HELD_OUT)
@@ -89,6 +123,7 @@ class RunFolder:
     two_tower_dir = property(lambda self: self.root / FEATURES_DIR / TWO_TOWER_DIR)
     features_dir = property(lambda self: self.root / FEATURES_DIR)
     fold_features_dir = property(lambda self: self.root / FEATURES_DIR / FOLD_DIR)
+    item_features_dir = property(lambda self: self.root / ITEM_FEATURES_DIR)
     batch_report = property(lambda self: self.root / BATCH_REPORT)
     report_page = property(lambda self: self.root / REPORT_PAGE)
     report_screenshot = property(lambda self: self.root / REPORT_SCREENSHOT)
@@ -218,6 +253,34 @@ class ModelManifest:
             return cls(**raw)
         except TypeError as error:
             raise ModelNotTrainedError(f"{path}: malformed model manifest ({error})") from None
+
+
+def generations(directory: str | Path) -> Generations:
+    """The generations of the output folder ``directory``."""
+    return Generations(directory, legacy_names=OUTPUT_NAMES)
+
+
+def check_lists(folder: RunFolder, users: int, top_k: int) -> None:
+    """Refuse to publish lists that are not whole: the list file must have the list columns, ranks from 1
+    to at most ``top_k`` and exactly ``users`` distinct users."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    path = folder.recommendations
+    if not path.is_file():
+        raise M6RecError(f"{path}: the lists were not written; nothing published")
+    parquet = pq.ParquetFile(path)
+    missing = {USER_ID, ITEM_ID, "rank", "score"} - set(parquet.schema_arrow.names)
+    if missing:
+        raise M6RecError(f"{path}: the lists lack the column(s) {sorted(missing)}; nothing published")
+    table = parquet.read(columns=[USER_ID, "rank"])
+    found = pc.count_distinct(table.column(USER_ID)).as_py()
+    ranks = pc.min_max(table.column("rank")).as_py() if len(table) else {"min": 1, "max": 1}
+    if found != users or ranks["min"] < 1 or ranks["max"] > top_k:
+        raise M6RecError(
+            f"{path}: the lists cover {found} users (expected {users}) with ranks {ranks['min']}.."
+            f"{ranks['max']} (expected 1..{top_k}); nothing published"
+        )
 
 
 def config_digest(config: RunConfig) -> str:

@@ -25,7 +25,7 @@ from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset
 from m6rec.data.interactions import IdIndex, InteractionMatrix
 from m6rec.embeddings.profiles import ProfileCache
-from m6rec.io import write_json, write_parquet
+from m6rec.io import StreamedParquet, write_json, write_parquet
 from pipelines.embeddings import EmbeddingResult
 from pipelines.run_folder import ModelManifest, ModelNotTrainedError, RunFolder
 
@@ -467,33 +467,32 @@ def user_chunks(n_users: int, size: int):
 
 
 class ListWriter:
-    """Write the published lists chunk by chunk, one Parquet row group each (inside a staging folder)."""
+    """Write the published lists chunk by chunk, one Parquet row group each (the file appears only when
+    every chunk is written: :class:`m6rec.io.StreamedParquet`)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._writer = None
+        self._file = StreamedParquet(self.path)
         self.rows = 0
 
     def write(self, frame: pd.DataFrame) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        if self._writer is not None and list(frame.columns) != self._schema.names:
+        if self._file.is_open and list(frame.columns) != self._schema.names:
             frame = frame.reindex(columns=self._schema.names)  # earlier rows of a source since dropped
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        if self._writer is None:
+        if not self._file.is_open:
             metadata = {**(table.schema.metadata or {}), b"m6rec.version": __version__.encode()}
             self._schema = table.schema.with_metadata(metadata)
-            self._writer = pq.ParquetWriter(self.path, self._schema)
-        self._writer.write_table(table.cast(self._schema))
+            self._file.open(self._schema)
+        self._file.write(table.cast(self._schema))
         self.rows += len(frame)
 
     def __enter__(self) -> ListWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self._writer is not None:
-            self._writer.close()
+    def __exit__(self, error_type, *exc) -> None:
+        self._file.close(success=error_type is None)
 
 
 def write_outputs(

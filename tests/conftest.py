@@ -177,7 +177,7 @@ def copy_trained_demo_run(trained_demo_run) -> Callable[[Path], TrainedDemoRun]:
 
     def copy(root: Path) -> TrainedDemoRun:
         catalogue = shutil.copytree(trained_demo_run.catalogue, root / "catalogue")
-        run_dir = shutil.copytree(trained_demo_run.run_dir, root / "run")
+        run_dir = shutil.copytree(trained_demo_run.run_dir, root / "run", symlinks=True)
         return TrainedDemoRun(
             catalogue, run_dir, dataclasses.replace(trained_demo_run.result, out_dir=run_dir)
         )

@@ -246,7 +246,8 @@ def test_an_unchanged_embedding_stage_rewrites_no_file_and_one_clip_only_what_de
     from pipelines.embeddings import compute_embeddings
 
     catalogue = shutil.copytree(demo_dir, tmp_path / "catalogue")
-    features = tmp_path / "features"
+    out = tmp_path / "out"
+    features = out / "features"
     config = EmbeddingConfig(
         modalities=["audio", "kg"],
         audio={"max_seconds": 1.0},
@@ -257,9 +258,9 @@ def test_an_unchanged_embedding_stage_rewrites_no_file_and_one_clip_only_what_de
     def states() -> dict[str, tuple]:
         return {path.name: _file_state(path) for path in sorted(features.glob("*.parquet"))}
 
-    first = compute_embeddings(load_dataset(catalogue), features, config)
+    first = compute_embeddings(load_dataset(catalogue), out, config)
     written = states()
-    second = compute_embeddings(load_dataset(catalogue), features, config)
+    second = compute_embeddings(load_dataset(catalogue), out, config)
 
     assert sorted(written) == [
         f"{name}.parquet" for name in ("audio", "fused", "kg", "profile_audio", "profile_fused", "profile_kg")
@@ -272,7 +273,7 @@ def test_an_unchanged_embedding_stage_rewrites_no_file_and_one_clip_only_what_de
 
     items = pd.read_parquet(catalogue / "items.parquet")
     _write_wav(catalogue / items["audio_path"].iloc[0], _tone(1.0, 1000.0, 16000), 16000)
-    third = compute_embeddings(load_dataset(catalogue), features, config)
+    third = compute_embeddings(load_dataset(catalogue), out, config)
 
     rewritten = {name for name, state in states().items() if state != written[name]}
     assert rewritten == {"audio.parquet", "fused.parquet", "profile_audio.parquet", "profile_fused.parquet"}

@@ -58,7 +58,7 @@ def test_folded_in_sources_give_the_lists_of_refitted_ones_on_unchanged_data(tra
     """Every user scored again, once by the saved sources folded into the same data and once by sources
     refitted on it: the same lists, and both those of the training run."""
     catalogue, run = trained
-    model = shutil.copytree(run.out_dir, tmp_path / "model")
+    model = shutil.copytree(run.out_dir, tmp_path / "model", symlinks=True)
     (model / "index" / "user_histories.parquet").unlink()  # no earlier lists to keep: score everyone
     folded = batch_recommend(catalogue, model, tmp_path / "folded", config)
     refitted = batch_recommend(
@@ -183,3 +183,45 @@ def test_scoring_users_in_chunks_gives_the_lists_of_scoring_them_at_once(trained
         atol=1e-5,
     )
     assert chunked.summary["counts"] == whole.summary["counts"]
+
+
+def _file_bytes(root) -> dict:
+    return {path.relative_to(root): path.read_bytes() for path in root.rglob("*") if path.is_file()}
+
+
+def test_a_batch_publishes_a_new_generation_of_the_model_folder_and_rollback_restores_the_last(
+    trained, tmp_path, config, m6rec_main
+):
+    """The default lists folder (MODEL/lists) is a generation of the model folder: the batch's generation
+    starts as links to the trained one's files, never writes into them, and rollback publishes the
+    training lists again."""
+    catalogue, run = trained
+    model = shutil.copytree(run.out_dir, tmp_path / "model", symlinks=True)
+    data = shutil.copytree(catalogue, tmp_path / "data")
+    interactions = pd.read_parquet(data / "interactions.parquet")
+    trained_generation = (model / "current").resolve()
+    trained_files = _file_bytes(trained_generation)
+    training_lists = pd.read_parquet(model / "recommendations.parquet")
+
+    user = training_lists["user_id"].iloc[0]
+    extra = interactions.iloc[[0]].assign(user_id=user, item_id=training_lists["item_id"].iloc[0])
+    pd.concat([interactions, extra]).to_parquet(data / "interactions.parquet")
+    batch = batch_recommend(data, model, None, config)
+
+    assert batch.out_dir == model / "lists"
+    published = (model / "current").resolve()
+    assert published != trained_generation and published.parent == trained_generation.parent
+    assert batch.summary["counts"]["users_scored"] == 1
+    assert _file_bytes(trained_generation) == trained_files, "the trained generation is never written"
+    assert (published / "model.json").stat().st_ino == (trained_generation / "model.json").stat().st_ino
+    lists = pd.read_parquet(model / "lists" / "recommendations.parquet")
+    assert len(lists) == len(training_lists)
+
+    again = batch_recommend(data, model, None, config)
+    assert again.summary["reused_lists"] and (model / "current").resolve() == published, "no new generation"
+
+    code, out, _ = m6rec_main("rollback", model, "--json")
+    assert code == 0 and json.loads(out)["published"] == trained_generation.name
+    assert (model / "current").resolve() == trained_generation
+    assert not (model / "lists").exists(), "the trained generation had no batch lists"
+    _same_lists(pd.read_parquet(model / "recommendations.parquet"), training_lists)

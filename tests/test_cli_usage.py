@@ -14,7 +14,7 @@ import pytest
 from m6rec import __version__, cli
 
 M6REC = Path(sys.executable).with_name("m6rec")
-COMMANDS = ("run", "embed", "demo", "recommend", "validate", "inspect", "datasets", "flows")
+COMMANDS = ("run", "embed", "demo", "recommend", "rollback", "validate", "inspect", "datasets", "flows")
 
 
 @pytest.mark.parametrize(
@@ -136,6 +136,7 @@ def test_commands_that_print_results_take_json():
         "embed",
         "demo",
         "recommend",
+        "rollback",
         "validate",
         "inspect",
         "datasets prepare",

@@ -151,13 +151,13 @@ def test_dataset_fingerprint_follows_the_files_but_not_hidden_ones(tmp_path):
     assert dataset_fingerprint(tmp_path) != changed
 
 
-def test_embedding_cache_key_follows_dataset_configuration_and_features_folder(tmp_path):
+def test_embedding_cache_key_follows_dataset_configuration_and_output_folder(tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "items.csv").write_text("item_id,title\ni1,a\n")
     parameters = {
         "dataset": SimpleNamespace(directory=data_dir),
-        "features_dir": str(tmp_path / "out" / "features"),
+        "out_dir": str(tmp_path / "out"),
         "config": EmbeddingConfig(modalities=["kg"]),
     }
     key = item_embeddings_cache_key(None, parameters)
@@ -165,7 +165,7 @@ def test_embedding_cache_key_follows_dataset_configuration_and_features_folder(t
     variants = [
         {**parameters, "config": EmbeddingConfig(modalities=["text"])},
         {**parameters, "config": EmbeddingConfig(modalities=["kg"], kg={"epochs": 3})},
-        {**parameters, "features_dir": str(tmp_path / "other" / "features")},
+        {**parameters, "out_dir": str(tmp_path / "other")},
     ]
     assert len({key, *(item_embeddings_cache_key(None, variant) for variant in variants)}) == 4
     (data_dir / "items.csv").write_text("item_id,title\ni1,a\ni2,b\n")
@@ -186,12 +186,12 @@ def test_item_embedding_task_returns_a_small_summary_and_reuses_unchanged_items(
     dataset = load_catalogue.fn(str(catalogue))
     config = read_run_config.fn(str(config_path))
     n_items = len(dataset.items)
-    first = encode_item_embeddings.fn(dataset, str(tmp_path / "features"), config.embeddings)
+    first = encode_item_embeddings.fn(dataset, str(tmp_path / "out"), config.embeddings, 3)
     assert json.loads(json.dumps(first)) == first
     assert first["counts"]["kg"] == {"total": n_items, "computed": n_items, "reused": 0, "failed": 0}
     assert all(Path(path).is_file() for path in first["files"].values())
     assert set(first["files"]) == {"kg", "fused"}
-    second = encode_item_embeddings.fn(dataset, str(tmp_path / "features"), config.embeddings)
+    second = encode_item_embeddings.fn(dataset, str(tmp_path / "out"), config.embeddings, 3)
     assert second["counts"]["kg"] == {"total": n_items, "computed": 0, "reused": n_items, "failed": 0}
 
 
@@ -229,7 +229,7 @@ def test_batch_without_a_trained_model_says_to_train_one(tiny_flow_inputs, tmp_p
 def test_model_age_is_read_from_the_trained_run(trained, tmp_path):
     out_dir, _ = trained
     assert trained_model_age_days.fn(str(tmp_path)) is None
-    copy = shutil.copytree(out_dir, tmp_path / "model")
+    copy = shutil.copytree(out_dir, tmp_path / "model", symlinks=True)
     manifest = json.loads((copy / "model.json").read_text())
     manifest["trained_at"] = datetime.fromtimestamp(time.time() - 10 * DAY, UTC).isoformat(timespec="seconds")
     (copy / "model.json").write_text(json.dumps(manifest))

@@ -15,6 +15,7 @@ from m6rec.data.splits import random_split, temporal_split
 from m6rec.errors import ConfigError
 from pipelines import stages as stages_module
 from pipelines.run import is_cut_in_time, run_pipeline
+from pipelines.run_folder import RunFolder
 
 ML100K = Path("../shared/data/ml-100k")
 
@@ -136,7 +137,12 @@ def test_failed_run_leaves_previous_outputs_untouched(tmp_path, monkeypatch):
     )
     out = tmp_path / "out"
     run_pipeline(data, out, config)
-    before = {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()}
+
+    def published() -> dict:
+        root = RunFolder.published(out).root
+        return {path.relative_to(out): path.read_bytes() for path in root.rglob("*") if path.is_file()}
+
+    before = published()
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
@@ -144,8 +150,10 @@ def test_failed_run_leaves_previous_outputs_untouched(tmp_path, monkeypatch):
     monkeypatch.setattr(stages_module, "write_json", crash)
     with pytest.raises(OSError, match="disk full"):
         run_pipeline(data, out, config)
-    after = {path.relative_to(out): path.read_bytes() for path in out.rglob("*") if path.is_file()}
-    assert after == before
+    assert published() == before
+    assert (out / "recommendations.parquet").read_bytes() == before[
+        Path("generations/000001/recommendations.parquet")
+    ]
 
 
 def test_same_seed_gives_identical_recommendations(tmp_path):

@@ -253,7 +253,7 @@ def test_report_charts_are_in_the_page_itself_without_javascript(report_run):
 
 def test_report_without_a_test_set_or_dataset_still_draws_what_it_can(report_run, tmp_path):
     run_dir = tmp_path / "run"
-    shutil.copytree(report_run, run_dir)
+    shutil.copytree(report_run, run_dir, symlinks=True)
     (run_dir / "metrics.json").unlink()
     summary = json.loads((run_dir / "run.json").read_text())
     (run_dir / "run.json").write_text(json.dumps({**summary, "data_dir": str(tmp_path / "moved")}))

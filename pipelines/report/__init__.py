@@ -12,7 +12,7 @@ embeddings' PCA chart), ``page`` (``write_report``: the page's sections, header,
 """
 
 from pipelines.report.figures import TOP_FEATURES
-from pipelines.report.page import write_report
+from pipelines.report.page import publish_report, write_report
 from pipelines.report.projection import MAX_PROJECTED_ITEMS, pca_2d
 
-__all__ = ["MAX_PROJECTED_ITEMS", "TOP_FEATURES", "pca_2d", "write_report"]
+__all__ = ["MAX_PROJECTED_ITEMS", "TOP_FEATURES", "pca_2d", "publish_report", "write_report"]

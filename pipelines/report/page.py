@@ -75,6 +75,19 @@ def write_report(
     return out_path
 
 
+def publish_report(out_dir: Path) -> Path:
+    """Write ``out_dir``'s report page again, into a new generation of the folder (the published files
+    are never written in place); returns the page's path as readers see it."""
+    from m6rec.generations import EVERYTHING
+    from m6rec.locking import folder_lock
+    from pipelines.run_folder import generations
+
+    out_dir = Path(out_dir)
+    with folder_lock(out_dir), generations(out_dir).staged(kind="report", carry=EVERYTHING) as stage:
+        write_report(stage.path)
+    return out_dir / REPORT_PAGE
+
+
 def _page(run: _Run) -> str:
     sections = [
         ("Quality against every baseline", [_metrics_chart, _ceiling_chart], _metrics_table),

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from m6rec.config import ITEM_SPACES
-from m6rec.io import atomic_path
+from m6rec.io import StreamedParquet
 
 USER_ROW = "user_row"
 ITEM = "item"
@@ -207,28 +207,27 @@ def write_feature_table(frame: pd.DataFrame, path: Path) -> None:
     The schema metadata key ``m6rec`` holds JSON with the table kind, format version and every column's
     spec (name, dtype, description); each field also carries its description in its own metadata.
     """
-    with atomic_path(path) as temporary, FeatureTableWriter(temporary, rows=len(frame)) as writer:
+    with FeatureTableWriter(path, rows=len(frame)) as writer:
         writer.write(frame)
 
 
 class FeatureTableWriter:
     """Write a feature table chunk by chunk (one Parquet row group each) with its declaration in the
-    schema metadata; ``rows`` is declared when known up front (streamed tables leave it out). The caller
-    owns the file's atomicity (a temporary path, or a staging folder)."""
+    schema metadata; ``rows`` is declared when known up front (streamed tables leave it out). The file
+    appears only when every chunk is written (:class:`m6rec.io.StreamedParquet`)."""
 
     def __init__(self, path: Path, *, rows: int | None = None):
         self.path = Path(path)
         self.declared_rows = rows
-        self._writer = None
+        self._file = StreamedParquet(self.path)
         self.rows = 0
 
     def write(self, frame: pd.DataFrame) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         specs = check_feature_table(frame)
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        if self._writer is None:
+        if not self._file.is_open:
             fields = [
                 table.schema.field(spec.name).with_metadata({b"description": spec.description.encode()})
                 for spec in specs
@@ -241,16 +240,15 @@ class FeatureTableWriter:
             }
             metadata = {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(declaration).encode()}
             self._schema = pa.schema(fields, metadata=metadata)
-            self._writer = pq.ParquetWriter(self.path, self._schema)
-        self._writer.write_table(pa.Table.from_arrays(table.columns, schema=self._schema))
+            self._file.open(self._schema)
+        self._file.write(pa.Table.from_arrays(table.columns, schema=self._schema))
         self.rows += len(frame)
 
     def __enter__(self) -> FeatureTableWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self._writer is not None:
-            self._writer.close()
+    def __exit__(self, error_type, *exc) -> None:
+        self._file.close(success=error_type is None)
 
 
 def read_feature_table(path: Path) -> pd.DataFrame:
