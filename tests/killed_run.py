@@ -1,0 +1,78 @@
+"""Run ``m6rec`` and SIGKILL it at a chosen moment (the crash tests' harness, ``tests/test_crashes.py``).
+
+    python tests/killed_run.py MOMENT m6rec-arguments...
+
+The process kills itself with SIGKILL (no clean-up, no ``finally``) at:
+  embeddings  right after the KG embedding file is written, before the two-tower model
+  two-tower   in the middle of the two-tower training (its third batch)
+  ranker      as the ranker's LightGBM training starts
+  publishing  after the new generation is complete (generation.json written), before ``current`` switches
+  switch      right after ``current`` switched, before the links beside it are brought up to date
+  none        not at all (an uninterrupted run through the same harness)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def _die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _after(module, name: str, when) -> None:
+    original = getattr(module, name)
+
+    def wrapped(*args, **kwargs):
+        value = original(*args, **kwargs)
+        if when(*args, **kwargs):
+            _die()
+        return value
+
+    setattr(module, name, wrapped)
+
+
+def _on_call(module, name: str, call: int) -> None:
+    original, calls = getattr(module, name), [0]
+
+    def wrapped(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == call:
+            _die()
+        return original(*args, **kwargs)
+
+    setattr(module, name, wrapped)
+
+
+def arm(moment: str) -> None:
+    if moment == "embeddings":
+        import pipelines.embeddings
+
+        _after(pipelines.embeddings, "_record", lambda result, name, *rest: name == "kg")
+    elif moment == "two-tower":
+        import features.two_tower.training
+
+        _on_call(features.two_tower.training, "_batch_loss", 3)
+    elif moment == "ranker":
+        from ranker.model import LightGBMRanker
+
+        _on_call(LightGBMRanker, "fit", 1)
+    elif moment == "publishing":
+        import m6rec.generations
+
+        _on_call(m6rec.generations, "_fsync_tree", 1)
+    elif moment == "switch":
+        from m6rec.generations import Generations
+
+        _on_call(Generations, "_link_names", 1)
+    elif moment != "none":
+        raise SystemExit(f"unknown moment {moment!r}")
+
+
+if __name__ == "__main__":
+    arm(sys.argv[1])
+    from m6rec.cli import main
+
+    main(sys.argv[2:])
