@@ -159,7 +159,9 @@ def bench_image(args, scratch: Path, demo_dir: Path | None) -> Throughput:
     plain_vectors: list[np.ndarray] = []
     ours, plain = _alternate(
         args.repeats,
-        lambda run: _run_ours(encoder, items, scratch, scratch / f"image-{run}.parquet"),
+        lambda run: _run_ours(
+            encoder, items, _image_root(args.data, demo_dir), scratch / f"image-{run}.parquet"
+        ),
         lambda run: plain_vectors.append(_plain_image_loop(model, preprocess, paths, args.device)),
     )
     weights = _short_hash(encoder.weights)
@@ -282,13 +284,20 @@ def _text_items(data_dir: Path, demo_dir: Path | None) -> tuple[pd.DataFrame, Pa
     ), ml100k
 
 
+def _image_root(data_dir: Path, demo_dir: Path | None) -> Path:
+    """The folder the benchmark's images are read from (media paths must lie inside it)."""
+    if demo_dir is not None:
+        return demo_dir
+    return (data_dir / "grocerystore" / "dataset" / "iconic-images-and-descriptions").resolve()
+
+
 def _image_paths(data_dir: Path, demo_dir: Path | None) -> list[str]:
+    root = _image_root(data_dir, demo_dir)
     if demo_dir is not None:
         items = pd.read_parquet(demo_dir / "items.parquet")
         photos = [str(demo_dir / p) for p in items["image_path"].dropna() if p]
     else:
-        iconic = data_dir / "grocerystore" / "dataset" / "iconic-images-and-descriptions"
-        photos = [str(p.resolve()) for p in sorted(iconic.glob("**/*.jpg"))]
+        photos = [str(p) for p in sorted(root.glob("**/*.jpg"))]
     if not photos:
         raise SystemExit("no images found for the image benchmark")
     return (photos * (IMAGE_COUNT // len(photos) + 1))[:IMAGE_COUNT]

@@ -55,6 +55,7 @@ import pandas as pd
 
 from features.base import EncoderInputs, ItemEncoder, media_inputs
 from m6rec.config import MIN_AUDIO_SAMPLE_RATE, AudioSettings
+from m6rec.data.contained import MediaLimits
 from m6rec.data.contract import AUDIO_PATH
 from m6rec.embeddings.store import EncodeResult
 from m6rec.errors import ConfigError
@@ -277,9 +278,11 @@ class AudioEncoder(ItemEncoder):
         blocks = [{"name": block.name, "size": block.size} for block in AUDIO_FEATURE_BLOCKS]
         return {**super().metadata(), "blocks": blocks}
 
-    def prepare(self, items: pd.DataFrame, dataset_dir: Path) -> EncoderInputs:
-        """Items with a non-empty ``audio_path`` (relative to ``dataset_dir`` or absolute), by file hash."""
-        return media_inputs(items, dataset_dir, AUDIO_PATH)
+    def prepare(
+        self, items: pd.DataFrame, dataset_dir: Path, limits: MediaLimits | None = None
+    ) -> EncoderInputs:
+        """Items with a non-empty ``audio_path`` inside ``dataset_dir``, by file hash (:func:`media_inputs`)."""
+        return media_inputs(items, dataset_dir, AUDIO_PATH, limits)
 
     def encode(self, inputs: list) -> EncodeResult:
         """Feature vectors of the audio files ``inputs``; unreadable files fail with a reason."""

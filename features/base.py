@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import pandas as pd
 
+from m6rec.data.contained import MediaLimits
 from m6rec.embeddings.store import EncodeResult, IncrementalReport, embed_incrementally
 
 _ENCODERS: dict[str, type[ItemEncoder]] = {}
@@ -52,41 +54,66 @@ class ItemEncoder(ABC):
         return {**self.identity(), "modality": self.modality}
 
     @abstractmethod
-    def prepare(self, items: pd.DataFrame, dataset_dir: Path) -> EncoderInputs:
-        """Select the items that carry this modality and build their inputs and fingerprints."""
+    def prepare(
+        self, items: pd.DataFrame, dataset_dir: Path, limits: MediaLimits | None = None
+    ) -> EncoderInputs:
+        """Select the items that carry this modality and build their inputs and fingerprints (media
+        encoders read files only as ``limits`` allow: :func:`media_inputs`)."""
 
     @abstractmethod
     def encode(self, inputs: list) -> EncodeResult:
         """Vectors for a batch of inputs; failed positions get a reason instead of raising."""
 
 
-def media_inputs(items: pd.DataFrame, dataset_dir: Path, column: str) -> EncoderInputs:
-    """Items with a non-empty media path in ``column`` (relative to ``dataset_dir`` or absolute), with the
-    resolved paths as inputs and the files' hashes as fingerprints."""
-    from m6rec.data.contract import ITEM_ID
-    from m6rec.embeddings.store import file_fingerprint
+@dataclass(frozen=True)
+class RejectedInput:
+    """An item's input that is never handed to the encoder (a media path the run may not read), with why;
+    the item gets a null embedding and this reason as its problem."""
 
+    reason: str
+
+
+def media_inputs(
+    items: pd.DataFrame, dataset_dir: Path, column: str, limits: MediaLimits | None = None
+) -> EncoderInputs:
+    """Items with a non-empty media path in ``column``, relative to ``dataset_dir``, with the resolved
+    paths as inputs and the files' streamed hashes as fingerprints. A path that lands outside the dataset
+    folder (and ``limits.extra_roots``), is not a regular file, is missing, too large or too slow to read
+    becomes a :class:`RejectedInput` (:mod:`m6rec.data.contained`); nothing else opens it."""
+    from m6rec.data.contained import RejectedPath, contained_path, streamed_fingerprint
+    from m6rec.data.contract import ITEM_ID
+
+    limits = limits or MediaLimits()
     if column not in items.columns:
         return EncoderInputs(keys=[], inputs=[], fingerprints=[])
-    keys, paths = [], []
+    keys, inputs, fingerprints = [], [], []
     for key, raw in zip(items[ITEM_ID].astype(str), items[column].tolist(), strict=True):
         if raw is None or (not isinstance(raw, str) and pd.isna(raw)) or not str(raw).strip():
             continue
-        path = Path(str(raw).strip()).expanduser()
         keys.append(key)
-        paths.append(str(path if path.is_absolute() else Path(dataset_dir) / path))
-    return EncoderInputs(keys=keys, inputs=paths, fingerprints=[file_fingerprint(Path(p)) for p in paths])
+        try:
+            path = contained_path(Path(dataset_dir), str(raw), limits.extra_roots)
+            fingerprints.append(streamed_fingerprint(path, limits))
+            inputs.append(str(path))
+        except RejectedPath as rejected:
+            inputs.append(RejectedInput(str(rejected)))
+            fingerprints.append(f"rejected:{rejected}")
+    return EncoderInputs(keys=keys, inputs=inputs, fingerprints=fingerprints)
 
 
 def encode_items(
-    encoder: ItemEncoder, items: pd.DataFrame, dataset_dir: Path, out_path: Path
+    encoder: ItemEncoder,
+    items: pd.DataFrame,
+    dataset_dir: Path,
+    out_path: Path,
+    limits: MediaLimits | None = None,
 ) -> IncrementalReport:
     """Embed ``items`` with ``encoder`` into ``out_path``, recomputing only new or changed items.
 
     The encoder's ``encode`` (and so its model load) runs only when some item is new or changed; when
     ``out_path`` already holds exactly these items, fingerprints and encoder identity, it is not rewritten.
     """
-    prepared = encoder.prepare(items, Path(dataset_dir))
+    prepared = encoder.prepare(items, Path(dataset_dir), limits)
     return embed_incrementally(
         out_path,
         modality=encoder.modality,
@@ -96,5 +123,22 @@ def encode_items(
         inputs=prepared.inputs,
         identity=encoder.identity(),
         metadata=encoder.metadata(),
-        encode=encoder.encode,
+        encode=lambda inputs: _encode_accepted(encoder, inputs),
     )
+
+
+def _encode_accepted(encoder: ItemEncoder, inputs: list) -> EncodeResult:
+    """``encoder.encode`` on the inputs that are not :class:`RejectedInput`; those fail with their reason."""
+    accepted = [position for position, value in enumerate(inputs) if not isinstance(value, RejectedInput)]
+    failures = {
+        position: value.reason for position, value in enumerate(inputs) if isinstance(value, RejectedInput)
+    }
+    if len(accepted) == len(inputs):
+        return encoder.encode(inputs)
+    if not accepted:
+        return EncodeResult(np.zeros((len(inputs), 0), dtype=np.float32), failures)
+    result = encoder.encode([inputs[position] for position in accepted])
+    vectors = np.zeros((len(inputs), result.vectors.shape[1]), dtype=np.float32)
+    vectors[accepted] = result.vectors
+    failures.update({accepted[index]: reason for index, reason in result.failures.items()})
+    return EncodeResult(vectors, failures)

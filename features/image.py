@@ -29,6 +29,7 @@ import pandas as pd
 from features.base import EncoderInputs, ItemEncoder, media_inputs
 from features.device import resolve_device
 from m6rec.config import ImageSettings
+from m6rec.data.contained import MediaLimits
 from m6rec.data.contract import IMAGE_PATH
 from m6rec.embeddings.store import EncodeResult
 from m6rec.errors import ConfigError
@@ -102,9 +103,11 @@ class ImageEncoder(ItemEncoder):
     def metadata(self) -> dict:
         return {**super().metadata(), "pretrained": self.pretrained}
 
-    def prepare(self, items: pd.DataFrame, dataset_dir: Path) -> EncoderInputs:
-        """Items with a non-empty ``image_path`` (relative to ``dataset_dir`` or absolute), by file hash."""
-        return media_inputs(items, dataset_dir, IMAGE_PATH)
+    def prepare(
+        self, items: pd.DataFrame, dataset_dir: Path, limits: MediaLimits | None = None
+    ) -> EncoderInputs:
+        """Items with a non-empty ``image_path`` inside ``dataset_dir``, by file hash (:func:`media_inputs`)."""
+        return media_inputs(items, dataset_dir, IMAGE_PATH, limits)
 
     def encode(self, inputs: list) -> EncodeResult:
         """Unit-norm image embeddings of the files ``inputs``; unreadable files fail with a reason."""

@@ -23,6 +23,7 @@ from features.base import EncoderInputs, ItemEncoder
 from features.device import resolve_device
 from m6rec.config import TextSettings
 from m6rec.data.columns import ResolvedColumns, resolve_columns
+from m6rec.data.contained import MediaLimits
 from m6rec.data.contract import ITEM_ID
 from m6rec.embeddings.store import EncodeResult
 from m6rec.errors import ConfigError
@@ -100,7 +101,9 @@ class TextEncoder(ItemEncoder):
     def metadata(self) -> dict:
         return {**super().metadata(), "pretrained": True}
 
-    def prepare(self, items: pd.DataFrame, dataset_dir: Path) -> EncoderInputs:
+    def prepare(
+        self, items: pd.DataFrame, dataset_dir: Path, limits: MediaLimits | None = None
+    ) -> EncoderInputs:
         """Every item, with its rendered text as both input and fingerprint."""
         texts = render_item_texts(items, self.template, self.item_columns)
         keys = items[ITEM_ID].astype(str).tolist()

@@ -21,8 +21,17 @@ def read_run_config(config_path: str | None = None, cpu: bool = False) -> RunCon
 
 @task(**IO_RETRIES)
 def load_catalogue(
-    data_dir: str, skip_invalid_rows: bool = False, columns: ColumnRoles | None = None
+    data_dir: str,
+    skip_invalid_rows: bool = False,
+    columns: ColumnRoles | None = None,
+    allow_outside_paths: list[str] | None = None,
 ) -> Dataset:
     """Read and validate the dataset directory (interactions, items, users, kg, test); ``columns`` (the
-    run configuration's section) overrides the column roles of its ``columns.yaml``."""
-    return load_dataset(data_dir, skip_invalid_rows=skip_invalid_rows, columns=columns)
+    run configuration's section) overrides the column roles of its ``columns.yaml``; files may lie
+    outside it only in ``allow_outside_paths``."""
+    return load_dataset(
+        data_dir,
+        skip_invalid_rows=skip_invalid_rows,
+        columns=columns,
+        allow_outside_paths=allow_outside_paths or (),
+    )

@@ -52,7 +52,7 @@ def nightly_embeddings(
     """
     logger = get_run_logger()
     config = read_run_config(config_path, cpu)
-    dataset = load_catalogue(data_dir, config.skip_invalid_rows, config.columns)
+    dataset = load_catalogue(data_dir, config.skip_invalid_rows, config.columns, config.allow_outside_paths)
     keep = config.keep_generations
     state = encode_item_embeddings(dataset, out_dir, config.embeddings, keep, return_state=True)
     embeddings = {**state.result(), "cached": state.name == "Cached"}

@@ -138,6 +138,7 @@ def embed(
         data_dir,
         skip_invalid_rows=skip_invalid_rows or run_config.skip_invalid_rows,
         columns=run_config.columns,
+        allow_outside_paths=run_config.allow_outside_paths,
     )
     result = compute_embeddings(dataset, out, embedding_config, keep=run_config.keep_generations)
     if as_json:

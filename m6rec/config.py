@@ -251,6 +251,12 @@ class EmbeddingConfig(Section):
         "source's queries, the ranker's similarity features and the profile files all use it.",
     )
     force_cpu: bool = Field(False, description="Ignore any GPU.")
+    media_max_mb: PositiveFloat = Field(
+        1024.0, description="Largest image or audio file read (MiB); a larger one is that item's problem."
+    )
+    media_read_timeout_seconds: PositiveFloat = Field(
+        60.0, description="Longest a media file's reading may take; a slower one is that item's problem."
+    )
 
 
 # --- baselines --------------------------------------------------------------------------------------------
@@ -508,6 +514,11 @@ class RunConfig(Section):
         "(candidates, ranker features and lists stream chunk by chunk into Parquet row groups).",
     )
     skip_invalid_rows: bool = Field(False, description="Skip and count bad input rows instead of failing.")
+    allow_outside_paths: list[str] = Field(
+        default_factory=list,
+        description="Folders outside the dataset folder that its tables (symlinks) and media paths may "
+        "point into; anything else outside is refused.",
+    )
     keep_generations: PositiveInt = Field(
         3,
         description="Generations of the output folder kept (each run publishes a new one whole; "

@@ -269,7 +269,10 @@ def _batch_recommend(
         return BatchResult(stage.public.root, summary)
 
     dataset = load_dataset(
-        data_dir, skip_invalid_rows=config.skip_invalid_rows, columns=getattr(config, "columns", None)
+        data_dir,
+        skip_invalid_rows=config.skip_invalid_rows,
+        columns=config.columns,
+        allow_outside_paths=config.allow_outside_paths,
     )
     matrix = _interactions(dataset)
     plan = batch_plan(model, config, dataset, matrix, previous)

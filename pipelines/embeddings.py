@@ -19,6 +19,7 @@ import pandas as pd
 
 from m6rec.config import ENCODED_MODALITIES, ITEM_SPACES, EmbeddingConfig
 from m6rec.data.columns import MEDIA_ROLES
+from m6rec.data.contained import MediaLimits
 from m6rec.data.contract import AUDIO_PATH, IMAGE_PATH, ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset
 from m6rec.data.interactions import IdIndex, InteractionMatrix
@@ -243,7 +244,12 @@ def _encode_content(
     except TypeError as error:
         raise ConfigError(f"embeddings: {modality}: {error}") from None
     path = features_dir / f"{modality}.parquet"
-    report = encode_items(encoder, _encoder_items(dataset, modality), dataset.directory, path)
+    limits = MediaLimits(
+        extra_roots=dataset.allowed_roots,
+        max_bytes=int(config.media_max_mb * (1 << 20)),
+        read_timeout_seconds=config.media_read_timeout_seconds,
+    )
+    report = encode_items(encoder, _encoder_items(dataset, modality), dataset.directory, path, limits)
     _record(result, modality, path, report)
 
 

@@ -125,7 +125,10 @@ def _run_pipeline(data_dir: str | Path, folder: RunFolder, config: RunConfig, ex
     clock = StageClock()
 
     dataset = load_dataset(
-        data_dir, skip_invalid_rows=config.skip_invalid_rows, columns=getattr(config, "columns", None)
+        data_dir,
+        skip_invalid_rows=config.skip_invalid_rows,
+        columns=config.columns,
+        allow_outside_paths=config.allow_outside_paths,
     )
     protocol = _protocol(dataset, config)
     users, items = _indexes(dataset, protocol)

@@ -142,7 +142,7 @@ def test_demo_clips_of_one_category_are_closer_than_across_categories(demo_dir, 
 
 
 def test_bad_media_fail_their_own_item_only(demo_dir, real_clips, tmp_path):
-    good = demo_dir / "audio" / "item-0001.wav"
+    good = shutil.copyfile(demo_dir / "audio" / "item-0001.wav", tmp_path / "good.wav")
     (tmp_path / "truncated.ogg").write_bytes((AUDIO_CLIPS / f"{SPEECH[0]}.ogg").read_bytes()[:200])
     (tmp_path / "notes.wav").write_text("this is a text file, not audio\n")
     _write_wav(tmp_path / "silent.wav", np.zeros(22050))
@@ -162,7 +162,7 @@ def test_bad_media_fail_their_own_item_only(demo_dir, real_clips, tmp_path):
                 "null-audio",
             ],
             "audio_path": [
-                str(good),
+                good.name,
                 "nowhere.wav",
                 "truncated.ogg",
                 "notes.wav",

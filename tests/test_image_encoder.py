@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 
 import features.image as image_module
-from features.base import encode_items, media_inputs
+from features.base import RejectedInput, encode_items, media_inputs
 from features.encoders import create_encoder
 from features.image import ImageEncoder
+from m6rec.data.contained import MediaLimits
 from m6rec.embeddings.store import EncodeResult, embed_incrementally, read_embeddings
 from m6rec.errors import ConfigError
 
@@ -174,7 +175,8 @@ def test_bad_media_get_null_embeddings_and_problems_while_good_ones_embed(
     )
     out = tmp_path / "image.parquet"
 
-    report = encode_items(tiny_encoder, items, tmp_path, out)
+    limits = MediaLimits(extra_roots=(GROCERY_ICONIC,))
+    report = encode_items(tiny_encoder, items, tmp_path, out, limits)
 
     assert (report.total, report.computed, report.failed) == (7, 7, 3)
     problems = {row["item_id"]: row["problem"] for row in report.problems}
@@ -187,7 +189,7 @@ def test_bad_media_get_null_embeddings_and_problems_while_good_ones_embed(
     np.testing.assert_allclose(
         table.vectors[table.valid], tiny_encoder.encode([str(p) for p in good]).vectors, atol=1e-6
     )
-    assert encode_items(tiny_encoder, items, tmp_path, out).computed == 0
+    assert encode_items(tiny_encoder, items, tmp_path, out, limits).computed == 0
 
 
 def test_weights_only_loading_refuses_pickled_objects(tiny_clip, tmp_path):
@@ -259,10 +261,14 @@ def test_prepare_resolves_relative_paths_and_skips_items_without_pictures(tiny_e
             "image_path": pd.array(["a/b.jpg", "", "/abs/c.png", pd.NA], dtype="string"),
         }
     )
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "b.jpg").write_bytes(b"not decoded here")
     prepared = tiny_encoder.prepare(items, tmp_path)
     assert prepared.keys == ["1", "3"]
-    assert prepared.inputs == [str(tmp_path / "a" / "b.jpg"), "/abs/c.png"]
-    assert prepared.fingerprints == [f"missing:{tmp_path / 'a' / 'b.jpg'}", "missing:/abs/c.png"]
+    assert prepared.inputs[0] == str(tmp_path / "a" / "b.jpg")
+    assert prepared.fingerprints[0] == "sha256:" + hashlib.sha256(b"not decoded here").hexdigest()
+    assert isinstance(prepared.inputs[1], RejectedInput)
+    assert prepared.inputs[1].reason.startswith("/abs/c.png: outside the dataset folder")
 
 
 def test_registry_builds_the_image_encoder(tiny_clip):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -19,7 +20,15 @@ from m6rec.data.columns import (
     ResolvedColumns,
     resolve_columns,
 )
-from m6rec.data.tables import RowProblem, find_table, id_problems, numeric_column, read_table, row_location
+from m6rec.data.tables import (
+    TABLE_SUFFIXES,
+    RowProblem,
+    find_table,
+    id_problems,
+    numeric_column,
+    read_table,
+    row_location,
+)
 from m6rec.errors import ConfigError, DataError
 
 MAX_PROBLEMS_LISTED = 200
@@ -72,6 +81,7 @@ class Dataset:
     report: ValidationReport
     item_columns: ResolvedColumns = field(default_factory=ResolvedColumns)
     user_columns: ResolvedColumns = field(default_factory=ResolvedColumns)
+    allowed_roots: tuple[Path, ...] = ()
 
     @property
     def has_timestamps(self) -> bool:
@@ -105,7 +115,11 @@ class _RowPolicy:
 
 
 def load_dataset(
-    directory: str | Path, *, skip_invalid_rows: bool = False, columns: ColumnRoles | None = None
+    directory: str | Path,
+    *,
+    skip_invalid_rows: bool = False,
+    columns: ColumnRoles | None = None,
+    allow_outside_paths: Sequence[str | Path] = (),
 ) -> Dataset:
     """Read and validate every contract table in ``directory``, and resolve the roles of its columns.
 
@@ -113,10 +127,16 @@ def load_dataset(
     bad row raises :class:`DataError` naming file, row and problem. Column roles declared in the
     directory's ``columns.yaml`` are overridden, column by column, by those in ``columns`` (the run
     configuration's section); undeclared columns get the inferred role (:func:`resolve_columns`).
+
+    Every table is a regular file inside ``directory`` or one of ``allow_outside_paths`` (a symlinked
+    table that lands elsewhere is refused); the media paths of the items are held to the same folders
+    (``Dataset.allowed_roots``, :mod:`m6rec.data.contained`).
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(str(directory), "dataset directory does not exist")
+    allowed_roots = tuple(Path(root).expanduser() for root in allow_outside_paths)
+    check_tables_contained(directory, allowed_roots)
     declared = read_columns_file(directory)
     report = ValidationReport()
     policy = _RowPolicy(skip_invalid_rows, report)
@@ -134,8 +154,33 @@ def load_dataset(
     if kg is not None:
         report.rows_kept["kg"] = len(kg)
     return Dataset(
-        directory, interactions, test, items, users, kg, weight_column, report, item_columns, user_columns
+        directory,
+        interactions,
+        test,
+        items,
+        users,
+        kg,
+        weight_column,
+        report,
+        item_columns,
+        user_columns,
+        allowed_roots,
     )
+
+
+def check_tables_contained(directory: Path, allowed_roots: tuple[Path, ...] = ()) -> None:
+    """Every table file present (and ``columns.yaml``) is a regular file that resolves inside
+    ``directory`` or ``allowed_roots``; else a one-line :class:`DataError` naming it and why."""
+    from m6rec.data.contained import RejectedPath, contained_path
+
+    names = [f"{spec.stem}{suffix}" for spec in contract.ALL_TABLES for suffix in TABLE_SUFFIXES]
+    for name in [*names, COLUMNS_FILE]:
+        path = directory / name
+        if path.exists() or path.is_symlink():
+            try:
+                contained_path(directory, name, allowed_roots)
+            except RejectedPath as rejected:
+                raise DataError(str(path), str(rejected).removeprefix(f"{name}: ")) from None
 
 
 def read_columns_file(directory: str | Path) -> ColumnRoles:

@@ -60,14 +60,6 @@ def content_hash(identity: dict, fingerprint: str | bytes) -> str:
     return digest.hexdigest()
 
 
-def file_fingerprint(path: Path) -> str:
-    """Fingerprint of a media file: its SHA-256, or a marker naming it when it is missing."""
-    try:
-        return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
-        return f"missing:{path}"
-
-
 def write_embeddings(
     path: Path,
     key_column: str,
