@@ -13,7 +13,7 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.policies import IO_RETRIES
+from flows.policies import IO_RETRIES, NO_PERSISTED_RESULT
 
 HEADLINE_METRICS = ("ndcg@", "recall@", "hit_rate@", "coverage@", "mrr", "candidate_recall")
 
@@ -123,7 +123,7 @@ def nightly_artifacts(steps: list[dict[str, Any]], outputs: dict[str, str | None
     )
 
 
-@task(**IO_RETRIES)
+@task(**IO_RETRIES, **NO_PERSISTED_RESULT)
 def publish_artifacts(artifacts: RunArtifacts) -> None:
     """Send a run's markdown summary and table to the Prefect API."""
     create_markdown_artifact(

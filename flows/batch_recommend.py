@@ -15,13 +15,14 @@ from prefect import flow, get_run_logger, task
 
 from flows.artifacts import batch_artifacts, publish_artifacts
 from flows.inputs import read_run_config
+from flows.policies import NO_PERSISTED_RESULT
 from m6rec.config import RunConfig
 from pipelines.batch import batch_recommend as recommend_all_users
 from pipelines.batch import lists_from_training
 from pipelines.run_folder import RunFolder
 
 
-@task
+@task(**NO_PERSISTED_RESULT)
 def recommend_for_every_user(data_dir: str, model_dir: str, lists_dir: str, config: RunConfig) -> dict:
     """Write every user's list with the model in ``model_dir`` into ``lists_dir``; returns the lists' path,
     the model that ranked them, the candidate sources, the counts (users, items, interactions, list rows)
@@ -30,7 +31,7 @@ def recommend_for_every_user(data_dir: str, model_dir: str, lists_dir: str, conf
     return _lists_summary(result)
 
 
-@task
+@task(**NO_PERSISTED_RESULT)
 def publish_training_lists(model_dir: str) -> dict:
     """The training run's lists as the batch lists (same data, so a batch would build the same ones);
     returns what :func:`recommend_for_every_user` returns."""
@@ -50,7 +51,7 @@ def _lists_summary(result) -> dict:
     }
 
 
-@flow(name="batch-recommend")
+@flow(name="batch-recommend", **NO_PERSISTED_RESULT)
 def batch_recommend(data_dir: str, out_dir: str, config_path: str | None = None) -> dict:
     """Lists for every user of ``data_dir`` with the model trained into ``out_dir``.
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from prefect import task
 
-from flows.policies import IO_RETRIES
+from flows.policies import IO_RETRIES, NO_PERSISTED_RESULT
 from m6rec.config import RunConfig
 from m6rec.data.columns import ColumnRoles
 from m6rec.data.dataset import Dataset, load_dataset
 
 
-@task(**IO_RETRIES)
+@task(**IO_RETRIES, **NO_PERSISTED_RESULT)
 def read_run_config(config_path: str | None = None, cpu: bool = False) -> RunConfig:
     """The run configuration from a YAML file (the defaults without one); ``cpu`` makes every encoder and
     the two-tower model ignore any GPU."""
@@ -19,7 +19,7 @@ def read_run_config(config_path: str | None = None, cpu: bool = False) -> RunCon
     return config
 
 
-@task(**IO_RETRIES)
+@task(**IO_RETRIES, **NO_PERSISTED_RESULT)
 def load_catalogue(
     data_dir: str,
     skip_invalid_rows: bool = False,

@@ -17,13 +17,14 @@ from prefect import flow, get_run_logger, task
 from flows.artifacts import nightly_artifacts, publish_artifacts
 from flows.batch_recommend import batch_recommend, publish_training_lists
 from flows.nightly_embeddings import nightly_embeddings
+from flows.policies import NO_PERSISTED_RESULT
 from flows.train_ranker import train_ranker, write_run_report
 from pipelines.run_folder import ModelNotTrainedError, RunFolder
 
 SECONDS_PER_DAY = 86400.0
 
 
-@task
+@task(**NO_PERSISTED_RESULT)
 def trained_model_age_days(out_dir: str) -> float | None:
     """Days since the model in ``out_dir`` was trained, or ``None`` when it holds no usable model."""
     try:
@@ -34,7 +35,7 @@ def trained_model_age_days(out_dir: str) -> float | None:
     return (datetime.now(UTC) - trained_at).total_seconds() / SECONDS_PER_DAY
 
 
-@flow(name="nightly")
+@flow(name="nightly", **NO_PERSISTED_RESULT)
 def nightly(data_dir: str, out_dir: str, config_path: str | None = None, retrain_after_days: int = 7) -> dict:
     """Embeddings → ranker (when due) → batch lists → report, all in ``out_dir``.
 

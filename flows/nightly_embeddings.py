@@ -2,7 +2,8 @@
 fusion) up to date in ``OUT_DIR/features``.
 
 Only new or changed items are encoded. When neither the dataset's files nor the configuration changed
-since the last run, Prefect's cache answers without loading a single model. Deployed, every completed run
+since the last run, the cache (``flows.policies``: a plain JSON file, no Prefect result storage) answers
+without loading a single model. Deployed, every completed run
 triggers the ``batch-recommend`` deployment (``flows/deployments.py``).
 
 Local run: python -m flows.nightly_embeddings DATA_DIR OUT_DIR [CONFIG_YAML]
@@ -16,7 +17,12 @@ from prefect import flow, get_run_logger, task
 
 from flows.artifacts import embedding_artifacts, publish_artifacts
 from flows.inputs import load_catalogue, read_run_config
-from flows.policies import item_embeddings_cache_key
+from flows.policies import (
+    NO_PERSISTED_RESULT,
+    item_embeddings_key,
+    read_cached_embeddings,
+    write_cached_embeddings,
+)
 from m6rec.config import EmbeddingConfig
 from m6rec.data.dataset import Dataset
 from pipelines.embeddings import compute_embeddings
@@ -24,12 +30,12 @@ from pipelines.embeddings import compute_embeddings
 PROBLEM_EXAMPLES = 20
 
 
-@task(cache_key_fn=item_embeddings_cache_key)
+@task(**NO_PERSISTED_RESULT)
 def encode_item_embeddings(dataset: Dataset, out_dir: str, config: EmbeddingConfig, keep: int) -> dict:
     """Compute (incrementally) the item embedding files of ``dataset`` into ``out_dir/features``, in a
     new generation of ``out_dir`` (``keep`` kept) when anything changed.
 
-    Returns a small, cacheable summary: ``features_dir``, ``files`` (modality → path), ``counts``
+    Returns a small summary: ``features_dir``, ``files`` (modality → path), ``counts``
     (modality → total, computed, reused, failed), ``problems`` (number of items without an embedding),
     ``problem_examples`` (the first few) and ``timings_seconds``.
     """
@@ -41,30 +47,28 @@ def encode_item_embeddings(dataset: Dataset, out_dir: str, config: EmbeddingConf
     }
 
 
-@flow(name="nightly-embeddings")
+@flow(name="nightly-embeddings", **NO_PERSISTED_RESULT)
 def nightly_embeddings(
     data_dir: str, out_dir: str, config_path: str | None = None, cpu: bool = False
 ) -> dict:
     """Item embeddings of the dataset in ``data_dir`` into ``out_dir/features``; ``cpu`` ignores any GPU.
 
-    Returns the summary of :func:`encode_item_embeddings` with ``cached`` (whether the cache answered)
+    Returns the summary of :func:`encode_item_embeddings` with ``cached`` (whether the cache answered:
+    the dataset's files and the configuration are those of the last run, and its files are all there)
     and publishes it as the ``embeddings-summary`` and ``embedding-counts`` artifacts.
     """
     logger = get_run_logger()
     config = read_run_config(config_path, cpu)
     dataset = load_catalogue(data_dir, config.skip_invalid_rows, config.columns, config.allow_outside_paths)
-    keep = config.keep_generations
-    state = encode_item_embeddings(dataset, out_dir, config.embeddings, keep, return_state=True)
-    embeddings = {**state.result(), "cached": state.name == "Cached"}
-    missing = [path for path in embeddings["files"].values() if not Path(path).exists()]
-    if embeddings["cached"] and missing:
-        logger.warning("cached run, but %s no longer exists: computing the embeddings again", missing[0])
-        embeddings = encode_item_embeddings.with_options(refresh_cache=True)(
-            dataset, out_dir, config.embeddings, keep
-        )
-        embeddings["cached"] = False
-    elif embeddings["cached"]:
+    key = item_embeddings_key(dataset, out_dir, config.embeddings)
+    cached = read_cached_embeddings(out_dir, key)
+    if cached is not None:
         logger.info("dataset and configuration unchanged since the last run: embeddings taken from the cache")
+        embeddings = {**cached, "cached": True}
+    else:
+        embeddings = encode_item_embeddings(dataset, out_dir, config.embeddings, config.keep_generations)
+        write_cached_embeddings(out_dir, key, embeddings)
+        embeddings = {**embeddings, "cached": False}
     logger.info(
         "embeddings: %s",
         "; ".join(

@@ -15,13 +15,14 @@ from prefect import flow, get_run_logger, task
 
 from flows.artifacts import publish_artifacts, ranker_artifacts
 from flows.inputs import read_run_config
+from flows.policies import NO_PERSISTED_RESULT
 from m6rec.config import RunConfig
 from pipelines.report import publish_report
 from pipelines.run import run_pipeline
 from pipelines.run_folder import RunFolder
 
 
-@task
+@task(**NO_PERSISTED_RESULT)
 def fit_two_stage_model(data_dir: str, out_dir: str, config: RunConfig) -> dict:
     """Run the main job; returns its output folder, the evaluation lists' path, the selected model, the
     metrics per candidate source and of the final list, counts, each source's validation NDCG, whether the
@@ -44,14 +45,14 @@ def fit_two_stage_model(data_dir: str, out_dir: str, config: RunConfig) -> dict:
     }
 
 
-@task
+@task(**NO_PERSISTED_RESULT)
 def write_run_report(out_dir: str) -> str:
     """Write ``out_dir/report.html`` (metrics, ranker, embeddings and timing charts) in a new generation
     of ``out_dir``; returns its path."""
     return str(publish_report(Path(out_dir)))
 
 
-@flow(name="train-ranker")
+@flow(name="train-ranker", **NO_PERSISTED_RESULT)
 def train_ranker(data_dir: str, out_dir: str, config_path: str | None = None, report: bool = True) -> dict:
     """Train the two-stage model on ``data_dir`` into ``out_dir`` and, with ``report``, write its report.
 

@@ -611,12 +611,31 @@ def _usage_error(error, argv: list[str]) -> int:
     return 2
 
 
+# Set unless the user set them: no model hub is reached unless asked for.
+OFFLINE_ENVIRONMENT = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+ALLOW_DOWNLOADS = "M6REC_ALLOW_DOWNLOADS"
+
+
+def offline_by_default(argv: list[str]) -> None:
+    """Keep every command but ``datasets prepare`` (a download command) off the network: the Hugging Face
+    libraries are set offline, so a model that is not on disk is one clear error, never a download.
+    ``M6REC_ALLOW_DOWNLOADS=1`` (or setting those variables yourself) lets a hub model download."""
+    if os.environ.get(ALLOW_DOWNLOADS) == "1" or [arg for arg in argv if not arg.startswith("-")][:2] == [
+        "datasets",
+        "prepare",
+    ]:
+        return
+    for name in OFFLINE_ENVIRONMENT:
+        os.environ.setdefault(name, "1")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``m6rec`` console script. A usage error prints the usage line and one error line
     and exits 2; a user's data or configuration mistake prints one ``error:`` line (and a ``hint:``) and
     exits 2; neither shows a traceback."""
     configure_logging()
     argv = sys.argv[1:] if argv is None else list(argv)
+    offline_by_default(argv)
     click_exceptions = _click().exceptions
     try:
         exit_code = app(args=argv, prog_name="m6rec", standalone_mode=False)

@@ -9,6 +9,8 @@ The process kills itself with SIGKILL (no clean-up, no ``finally``) at:
   publishing  after the new generation is complete (generation.json written), before ``current`` switches
   switch      right after ``current`` switched, before the links beside it are brought up to date
   none        not at all (an uninterrupted run through the same harness)
+  pause       not at all, but the run sleeps $M6REC_TEST_PAUSE seconds (default 20) before it publishes,
+              holding the folder's lock (for the race tests)
 """
 
 from __future__ import annotations
@@ -46,6 +48,16 @@ def _on_call(module, name: str, call: int) -> None:
     setattr(module, name, wrapped)
 
 
+def _before(module, name: str, action) -> None:
+    original = getattr(module, name)
+
+    def wrapped(*args, **kwargs):
+        action(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    setattr(module, name, wrapped)
+
+
 def arm(moment: str) -> None:
     if moment == "embeddings":
         import pipelines.embeddings
@@ -67,6 +79,13 @@ def arm(moment: str) -> None:
         from m6rec.generations import Generations
 
         _on_call(Generations, "_link_names", 1)
+    elif moment == "pause":
+        import time
+
+        import m6rec.generations
+
+        seconds = float(os.environ.get("M6REC_TEST_PAUSE", "20"))
+        _before(m6rec.generations.Generations, "_commit", lambda *args, **kwargs: time.sleep(seconds))
     elif moment != "none":
         raise SystemExit(f"unknown moment {moment!r}")
 

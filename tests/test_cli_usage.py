@@ -5,6 +5,7 @@ with a one-line summary; commands that print results take ``--json``."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,21 @@ def test_inspect_json_is_machine_readable(capsys, tmp_path):
     pq.write_table(pa.table({"item_id": ["a", "b"], "score": [1.0, 2.0]}), path)
     cli.main(["inspect", str(path), "--json"])
     assert json.loads(capsys.readouterr().out)["rows"] == 2
+
+
+def test_commands_are_offline_unless_a_download_is_asked_for(monkeypatch):
+    from m6rec.cli import OFFLINE_ENVIRONMENT, offline_by_default
+
+    for name in OFFLINE_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("M6REC_ALLOW_DOWNLOADS", raising=False)
+    offline_by_default(["datasets", "prepare", "ml-100k", "--out", "data"])
+    assert not any(name in os.environ for name in OFFLINE_ENVIRONMENT), "a download command stays online"
+    monkeypatch.setenv("M6REC_ALLOW_DOWNLOADS", "1")
+    offline_by_default(["run", "data", "--out", "out"])
+    assert not any(name in os.environ for name in OFFLINE_ENVIRONMENT)
+    monkeypatch.delenv("M6REC_ALLOW_DOWNLOADS")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    offline_by_default(["run", "data", "--out", "out"])
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_DATASETS_OFFLINE"] == "1"
+    assert os.environ["TRANSFORMERS_OFFLINE"] == "0", "what the user set wins"

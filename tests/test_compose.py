@@ -184,9 +184,14 @@ def test_the_stack_has_a_database_a_server_a_worker_and_the_demo_data_job(servic
 
 
 def test_every_substitution_has_a_default_and_no_dollar_is_left_bare():
+    """Every variable has a default, except the API's login, which has none to guess: compose stops with
+    the line saying how to set it."""
     for path in (COMPOSE, GPU_OVERRIDE):
         text = path.read_text()
         for match in SUBSTITUTION.finditer(text):
+            if match.group(0).startswith("${PREFECT_AUTH_STRING"):
+                assert match.group(2).startswith(":?set PREFECT_AUTH_STRING="), match.group(0)
+                continue
             assert match.group(2).startswith(":-"), f"{path.name}: {match.group(0)} has no default"
         assert "$" not in SUBSTITUTION.sub("", text).replace("$$", ""), f"{path.name}: a $ without braces"
 
@@ -263,6 +268,16 @@ def test_worker_environment_is_what_the_deployments_read(services, monkeypatch):
     parameters = deployment_parameters()
     assert parameters["data_dir"] in _mounts(worker) and parameters["out_dir"] in _mounts(worker)
     assert parameters["config_path"] is None
+
+
+def test_the_api_asks_for_a_login_checks_csrf_and_admits_only_the_ui_origin(services):
+    server, worker = _environment(services["prefect-server"]), _environment(services["worker"])
+    assert server["PREFECT_SERVER_API_AUTH_STRING"] == worker["PREFECT_API_AUTH_STRING"]
+    required = "${PREFECT_AUTH_STRING:?set PREFECT_AUTH_STRING=user:password in .env}"
+    assert COMPOSE.read_text().count(required) == 2, "the server and the worker share the one login"
+    assert server["PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED"] == "true"
+    assert worker["PREFECT_CLIENT_CSRF_SUPPORT_ENABLED"] == "true"
+    assert server["PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"] == "http://localhost:4200"
 
 
 def test_documented_deployment_names_exist():

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -109,31 +110,45 @@ def test_a_run_killed_right_after_the_switch_is_published_whole(trained_once, tm
     assert _run("none", catalogue, out, config).returncode == 0
 
 
-def test_two_runs_started_into_one_folder_at_once(trained_once, tmp_path):
-    """Without waiting, one run publishes and the other fails at once with one line naming it; told to
-    wait, both publish one after the other. Either way the lists are those of one uninterrupted run."""
+def _start(moment: str, catalogue: Path, out: Path, config: Path, **environment) -> subprocess.Popen:
+    arguments = [sys.executable, str(HARNESS), moment, "run", str(catalogue), "--out", str(out)]
+    return subprocess.Popen(
+        [*arguments, "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**ENVIRONMENT, **environment},
+    )
+
+
+def _await_holder(out: Path, run: subprocess.Popen) -> None:
+    """Wait until ``run`` holds the lock of ``out`` (its lock file names it)."""
+    lock = out / ".m6rec.lock"
+    deadline = time.monotonic() + 300
+    while not (lock.is_file() and f'"pid": {run.pid}' in lock.read_text()):
+        assert run.poll() is None, run.stderr.read()
+        assert time.monotonic() < deadline, "the first run never took the lock"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize(("wait", "codes"), [("0", (0, 2)), ("600", (0, 0))])
+def test_two_runs_into_one_folder_at_once(trained_once, tmp_path, wait, codes):
+    """A second run started while the first holds the folder fails at once with one line naming it, or,
+    told to wait, publishes after it. Either way the lists are those of one uninterrupted run."""
     catalogue, config, first = trained_once
-    expected = (first / "recommendations.parquet").read_bytes()
-    for wait, codes in (("0", [0, 2]), ("600", [0, 0])):
-        out = tmp_path / f"wait-{wait}"
-        arguments = [sys.executable, str(HARNESS), "none", "run", str(catalogue), "--out", str(out)]
-        runs = [
-            subprocess.Popen(
-                [*arguments, "--config", str(config)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                env={**ENVIRONMENT, "M6REC_LOCK_WAIT_SECONDS": wait},
-            )
-            for _ in range(2)
-        ]
-        outcomes = [(run.wait(timeout=600), run.stderr.read()) for run in runs]
-        assert sorted(code for code, _ in outcomes) == codes, outcomes
-        for code, stderr in outcomes:
-            if code == 2:
-                error = [line for line in stderr.splitlines() if line.startswith("error:")]
-                assert len(error) == 1 and "another m6rec run is writing this folder (PID" in error[0]
-                assert "Traceback" not in stderr
-        generations = sorted(path.name for path in (out / "generations").iterdir())
-        assert generations == ["000001", "000002"][: codes.count(0)]
-        assert (out / "recommendations.parquet").read_bytes() == expected
+    out = tmp_path / "out"
+    holder = _start("pause", catalogue, out, config, M6REC_TEST_PAUSE="15")
+    _await_holder(out, holder)
+    second = _start("none", catalogue, out, config, M6REC_LOCK_WAIT_SECONDS=wait)
+    outcomes = [(run.wait(timeout=600), run.stderr.read()) for run in (holder, second)]
+    assert tuple(code for code, _ in outcomes) == codes, outcomes
+    if codes[1] == 2:
+        error = [line for line in outcomes[1][1].splitlines() if line.startswith("error:")]
+        assert len(error) == 1, outcomes[1][1]
+        assert error[0].startswith(
+            f"error: {out}: another m6rec run is writing this folder (PID {holder.pid} on "
+        )
+        assert "Traceback" not in outcomes[1][1]
+    generations = sorted(path.name for path in (out / "generations").iterdir())
+    assert generations == ["000001", "000002"][: codes.count(0)]
+    assert (out / "recommendations.parquet").read_bytes() == (first / "recommendations.parquet").read_bytes()

@@ -46,7 +46,14 @@ from flows.deployments import (  # noqa: E402
 from flows.inputs import load_catalogue, read_run_config  # noqa: E402
 from flows.nightly import nightly, trained_model_age_days  # noqa: E402
 from flows.nightly_embeddings import encode_item_embeddings, nightly_embeddings  # noqa: E402
-from flows.policies import dataset_fingerprint, is_transient_io_error, item_embeddings_cache_key  # noqa: E402
+from flows.policies import (  # noqa: E402
+    EMBEDDINGS_CACHE,
+    dataset_fingerprint,
+    is_transient_io_error,
+    item_embeddings_key,
+    read_cached_embeddings,
+    write_cached_embeddings,
+)
 from flows.train_ranker import fit_two_stage_model  # noqa: E402
 from m6rec.config import EmbeddingConfig, RunConfig  # noqa: E402
 from m6rec.errors import ConfigError, DataError  # noqa: E402
@@ -128,10 +135,22 @@ def test_transient_io_errors_are_retried_and_input_errors_are_not(error, retried
     assert is_transient_io_error(None, None, Failed(data=error)) is retried
 
 
-def test_only_the_item_embeddings_are_cached():
+def test_no_task_or_flow_result_goes_through_prefect_result_storage():
+    """A stored Prefect result names its own serializer (pickle included): nothing is stored there, and
+    no task has a Prefect cache."""
+    from prefect import Flow
+
     tasks = _flow_tasks()
-    assert tasks["encode_item_embeddings"].cache_key_fn is item_embeddings_cache_key
-    assert [name for name, task in tasks.items() if task.cache_key_fn] == ["encode_item_embeddings"]
+    assert tasks and all(
+        task.persist_result is False and task.cache_key_fn is None for task in tasks.values()
+    )
+    flows = [
+        value
+        for name in FLOW_MODULES
+        for value in vars(importlib.import_module(name)).values()
+        if isinstance(value, Flow)
+    ]
+    assert flows and all(flow.persist_result is False for flow in flows)
 
 
 def test_dataset_fingerprint_follows_the_files_but_not_hidden_ones(tmp_path):
@@ -155,21 +174,43 @@ def test_embedding_cache_key_follows_dataset_configuration_and_output_folder(tmp
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "items.csv").write_text("item_id,title\ni1,a\n")
-    parameters = {
-        "dataset": SimpleNamespace(directory=data_dir),
-        "out_dir": str(tmp_path / "out"),
-        "config": EmbeddingConfig(modalities=["kg"]),
-    }
-    key = item_embeddings_cache_key(None, parameters)
-    assert item_embeddings_cache_key(None, dict(parameters)) == key
+    dataset = SimpleNamespace(directory=data_dir)
+    key = item_embeddings_key(dataset, tmp_path / "out", EmbeddingConfig(modalities=["kg"]))
+    assert item_embeddings_key(dataset, tmp_path / "out", EmbeddingConfig(modalities=["kg"])) == key
     variants = [
-        {**parameters, "config": EmbeddingConfig(modalities=["text"])},
-        {**parameters, "config": EmbeddingConfig(modalities=["kg"], kg={"epochs": 3})},
-        {**parameters, "out_dir": str(tmp_path / "other")},
+        (tmp_path / "out", EmbeddingConfig(modalities=["text"])),
+        (tmp_path / "out", EmbeddingConfig(modalities=["kg"], kg={"epochs": 3})),
+        (tmp_path / "other", EmbeddingConfig(modalities=["kg"])),
     ]
-    assert len({key, *(item_embeddings_cache_key(None, variant) for variant in variants)}) == 4
+    assert len({key, *(item_embeddings_key(dataset, *variant) for variant in variants)}) == 4
     (data_dir / "items.csv").write_text("item_id,title\ni1,a\ni2,b\n")
-    assert item_embeddings_cache_key(None, parameters) != key
+    assert item_embeddings_key(dataset, tmp_path / "out", EmbeddingConfig(modalities=["kg"])) != key
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        b"\x80\x04\x95 a pickle",
+        b'{"metadata": {"serializer": {"type": "pickle"}}, "result": "gASVAAAA"}',
+        b'{"format": "m6rec-embeddings-cache", "version": 1, "key": "K", "summary": {"files": [], "counts": {}}}',
+        b'{"format": "m6rec-embeddings-cache", "version": 9, "key": "K", "summary": {}}',
+    ],
+)
+def test_a_bad_cache_entry_is_never_trusted(tmp_path, entry, caplog):
+    (tmp_path / EMBEDDINGS_CACHE).write_bytes(entry)
+    assert read_cached_embeddings(tmp_path, "K") is None
+    assert "computing the embeddings again" in caplog.text
+
+
+def test_a_cache_entry_answers_only_its_key_and_only_while_its_files_exist(tmp_path):
+    kept = tmp_path / "kg.parquet"
+    kept.write_bytes(b"PAR1")
+    summary = {"files": {"kg": str(kept)}, "counts": {"kg": {"total": 1, "computed": 1}}, "problems": 0}
+    write_cached_embeddings(tmp_path, "K", summary)
+    assert read_cached_embeddings(tmp_path, "K") == summary
+    assert read_cached_embeddings(tmp_path, "other") is None
+    kept.unlink()
+    assert read_cached_embeddings(tmp_path, "K") is None
 
 
 def test_run_config_task_reads_the_yaml_and_the_cpu_switch(tiny_flow_inputs):
