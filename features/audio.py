@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from features.base import EncoderInputs, ItemEncoder, media_inputs
+from features.device import runtime_identity
 from m6rec.config import MIN_AUDIO_SAMPLE_RATE, AudioSettings
 from m6rec.data.contained import MediaLimits
 from m6rec.data.contract import AUDIO_PATH
@@ -272,6 +273,7 @@ class AudioEncoder(ItemEncoder):
             "max_seconds": self.max_seconds,
             "standardise": self.standardise,
             "dimension": self.dimension,
+            "runtime": runtime_identity(None, ("librosa", "numpy", "scipy", "soundfile")),
         }
 
     def metadata(self) -> dict:

@@ -46,3 +46,26 @@ def resolve_device(force_cpu: bool = False) -> Device:
     import torch
 
     return Device("cuda", "bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+
+
+def runtime_identity(device: Device | None, libraries: tuple[str, ...]) -> dict:
+    """What besides the model and its input changes an encoder's numbers: the device type, the precision
+    (the autocast dtype, else float32) and the versions of the libraries that compute them. Part of every
+    cached vector's identity, so vectors from a GPU, under autocast or from other library versions are
+    never reused as if they were these."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "absent"
+
+    runtime = {name: installed(name) for name in libraries}
+    if device is not None:
+        runtime = {
+            "device": device.name.split(":")[0],
+            "precision": device.autocast_dtype or "float32",
+            **runtime,
+        }
+    return runtime

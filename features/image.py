@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from features.base import EncoderInputs, ItemEncoder, media_inputs
-from features.device import resolve_device
+from features.device import resolve_device, runtime_identity
 from m6rec.config import ImageSettings
 from m6rec.data.contained import MediaLimits
 from m6rec.data.contract import IMAGE_PATH
@@ -95,6 +95,8 @@ class ImageEncoder(ItemEncoder):
             "weights": self._source.identity,
             "preprocess": dict(self._source.preprocess),
             "normalized": True,
+            "batching": f"fixed-shape:{self.batch_size}",
+            "runtime": runtime_identity(self.device, ("torch", "torchvision", "open_clip_torch", "pillow")),
         }
         if self._architecture_digest:
             identity["architecture_sha256"] = self._architecture_digest
@@ -133,9 +135,16 @@ class ImageEncoder(ItemEncoder):
                 failures.update(batch_failures)
                 if pixels is None:
                     continue
+                # Every batch runs with exactly batch_size images (zeros fill it), so an image's vector
+                # does not depend on what else is encoded with it.
+                filled = torch.cat(
+                    [pixels, pixels.new_zeros((self.batch_size - len(pixels), *pixels.shape[1:]))]
+                )
                 with self.device.autocast():
-                    features = model.encode_image(pixels.to(self.device.name, non_blocking=True))
-                features = torch.nn.functional.normalize(features.to(torch.float32), p=2, dim=-1)
+                    features = model.encode_image(filled.to(self.device.name, non_blocking=True))
+                features = torch.nn.functional.normalize(
+                    features[: len(positions)].to(torch.float32), p=2, dim=-1
+                )
                 vectors[positions] = features.cpu().numpy()
         return EncodeResult(vectors, failures)
 

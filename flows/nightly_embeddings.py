@@ -59,7 +59,7 @@ def nightly_embeddings(
     """
     logger = get_run_logger()
     config = read_run_config(config_path, cpu)
-    dataset = load_catalogue(data_dir, config.skip_invalid_rows, config.columns, config.allow_outside_paths)
+    dataset = load_catalogue(data_dir, config)
     key = item_embeddings_key(dataset, out_dir, config.embeddings)
     cached = read_cached_embeddings(out_dir, key)
     if cached is not None:

@@ -134,12 +134,9 @@ def embed(
     if modalities:
         embedding_config.modalities = [name.strip() for name in modalities.split(",") if name.strip()]
     embedding_config.force_cpu = cpu or embedding_config.force_cpu
-    dataset = load_dataset(
-        data_dir,
-        skip_invalid_rows=skip_invalid_rows or run_config.skip_invalid_rows,
-        columns=run_config.columns,
-        allow_outside_paths=run_config.allow_outside_paths,
-    )
+    reading = run_config.reading()
+    reading["skip_invalid_rows"] = skip_invalid_rows or run_config.skip_invalid_rows
+    dataset = load_dataset(data_dir, **reading)
     result = compute_embeddings(dataset, out, embedding_config, keep=run_config.keep_generations)
     if as_json:
         typer.echo(json.dumps(result.summary(), indent=2, default=str))

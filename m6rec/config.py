@@ -514,6 +514,11 @@ class RunConfig(Section):
         "(candidates, ranker features and lists stream chunk by chunk into Parquet row groups).",
     )
     skip_invalid_rows: bool = Field(False, description="Skip and count bad input rows instead of failing.")
+    min_rating: float | None = Field(
+        None,
+        description="Interactions whose weight (rating, play count) is below this are not positives: "
+        "dropped and counted. Empty: every interaction is a positive, weighted by its value.",
+    )
     allow_outside_paths: list[str] = Field(
         default_factory=list,
         description="Folders outside the dataset folder that its tables (symlinks) and media paths may "
@@ -551,6 +556,15 @@ class RunConfig(Section):
             except ConfigError as error:
                 raise ValueError(str(error)) from None
         return value
+
+    def reading(self) -> dict:
+        """How this configuration reads a dataset: the keyword arguments of ``load_dataset``."""
+        return {
+            "skip_invalid_rows": self.skip_invalid_rows,
+            "columns": self.columns,
+            "allow_outside_paths": self.allow_outside_paths,
+            "min_rating": self.min_rating,
+        }
 
     def fold_cold_item_share(self) -> float:
         """Share of items the ranker's fold treats as new: ``ranker.cold_item_share`` when the ranker runs

@@ -268,12 +268,7 @@ def _batch_recommend(
             _copy_lists(previous.folder, folder, summary)
         return BatchResult(stage.public.root, summary)
 
-    dataset = load_dataset(
-        data_dir,
-        skip_invalid_rows=config.skip_invalid_rows,
-        columns=config.columns,
-        allow_outside_paths=config.allow_outside_paths,
-    )
+    dataset = load_dataset(data_dir, **config.reading())
     matrix = _interactions(dataset)
     plan = batch_plan(model, config, dataset, matrix, previous)
     log.info("batch: %s", plan.reason)

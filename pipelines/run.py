@@ -124,12 +124,7 @@ def _run_pipeline(data_dir: str | Path, folder: RunFolder, config: RunConfig, ex
     number of users whose lists the folder must hold."""
     clock = StageClock()
 
-    dataset = load_dataset(
-        data_dir,
-        skip_invalid_rows=config.skip_invalid_rows,
-        columns=config.columns,
-        allow_outside_paths=config.allow_outside_paths,
-    )
+    dataset = load_dataset(data_dir, **config.reading())
     protocol = _protocol(dataset, config)
     users, items = _indexes(dataset, protocol)
     fold = make_fold(

@@ -20,6 +20,7 @@ from m6rec.config import BaselineConfig
 from m6rec.data.contract import ITEM_ID, TIMESTAMP
 from m6rec.data.interactions import IdIndex, InteractionMatrix
 from m6rec.data.splits import random_split, temporal_split
+from m6rec.errors import M6RecError
 from m6rec.evaluation.metrics import ranking_metrics
 
 log = logging.getLogger("m6rec")
@@ -147,6 +148,12 @@ def tune_and_fit(
     trained on the fold's history versus on all training data), loaded once and shared by every trial.
     A source class with a ``fit_grid`` capability fits its whole grid at once (see ``_fitted_trials``).
     """
+    if len(fold.label_users) == 0:
+        raise M6RecError(
+            f"too few training interactions to tune the sources: no user keeps a validation share "
+            f"(validation_ratio {config.validation_ratio}) after the split",
+            hint="add interactions, hold out less of them (--split), or raise baselines.validation_ratio",
+        )
     label_users = sample_users(fold.label_users, config.max_tuning_users, seed=seed, purpose="tuning")
     key = f"ndcg@{config.selection_k}"
     tuned = {}

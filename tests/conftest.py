@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import shutil
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +12,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import pytest
+from log_state import restored_logging
 
-from m6rec import cli, log
+from m6rec import cli
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.interactions import IdIndex, InteractionMatrix
 
@@ -204,22 +203,10 @@ def m6rec_main(capsys):
 
 @pytest.fixture(autouse=True)
 def restore_logging():
-    """Undo what an in-process command set up for logging (``m6rec.log.configure_logging``, or Prefect's
-    set-up in a flow run, which adds handlers to its own and the ``m6rec`` logger): root handlers and
-    level, the handlers, levels and propagation of the loggers involved, warnings routed to logging. No
-    test then sees another test's log set-up, nor a handler bound to a capture that has been closed."""
-    root = logging.getLogger()
-    names = (log.LOGGER_NAME, *log.QUIET_LIBRARIES, *log.CONSOLE_QUIET_LOGGERS, "prefect.flow_runs")
-    loggers = [root, *(logging.getLogger(name) for name in names)]
-    saved = [(logger, list(logger.handlers), logger.level, logger.propagate) for logger in loggers]
-    showwarning = warnings.showwarning
-    yield
-    logging.captureWarnings(False)
-    warnings.showwarning = showwarning
-    for logger, handlers, level, propagate in saved:
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
+    """No test sees another test's log set-up, nor a handler bound to a capture that has been closed
+    (:func:`log_state.restored_logging`)."""
+    with restored_logging():
+        yield
 
 
 @pytest.fixture(scope="module")

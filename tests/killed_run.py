@@ -18,6 +18,47 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Moment:
+    """Where the harness kills a run, and what ``tests/test_crashes.py`` checks happened after."""
+
+    where: str
+    published_after_kill: str
+    rerun: str
+
+
+# ``tests/reliability_doc.py`` writes this table into docs/reliability.md.
+MOMENTS = {
+    "embeddings": Moment(
+        "right after the KG embedding file is written, before the two-tower model",
+        "the previous generation, every file byte-identical",
+        "resumes the unfinished generation (reuses its features/), lists byte-identical to an uninterrupted run",
+    ),
+    "two-tower": Moment(
+        "in the middle of the two-tower training (its third batch)",
+        "the previous generation, every file byte-identical",
+        "resumes the unfinished generation, lists byte-identical to an uninterrupted run",
+    ),
+    "ranker": Moment(
+        "as the ranker's LightGBM training starts",
+        "the previous generation, every file byte-identical",
+        "resumes the unfinished generation, lists byte-identical to an uninterrupted run",
+    ),
+    "publishing": Moment(
+        "after the new generation is complete (generation.json written), before current switches",
+        "the previous generation, every file byte-identical",
+        "publishes a new generation (the complete, unpublished one is kept aside, not resumed), lists "
+        "byte-identical to an uninterrupted run",
+    ),
+    "switch": Moment(
+        "right after current switched, before the links beside it are brought up to date",
+        "the new generation, whole (generation.json present, lists byte-identical to an uninterrupted run)",
+        "completes and publishes the next generation",
+    ),
+}
 
 
 def _die(*args, **kwargs):

@@ -306,7 +306,8 @@ def test_validate_prints_a_readable_summary(tmp_path, monkeypatch, capsys, m6rec
         "  interactions: invalid row: 1",
         f"  {directory / 'interactions.csv'}: line 10: rating 'five' is not a number",
         "merged duplicate interactions: 1",
-        "weight: column 'rating', read as a number; an empty value weighs 1.0",
+        "weight: column 'rating', read as a number; an empty value weighs 1.0; every row is a positive "
+        "(min_rating keeps only the values at or above it)",
         "timestamps (interactions): 2024-01-01 00:00:00 UTC .. 2024-01-08 00:00:00 UTC",
         "timestamps (test): 2024-01-10 00:00:00 UTC .. 2024-01-12 00:00:00 UTC",
         "items columns (role, declared or inferred):",

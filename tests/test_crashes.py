@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from killed_run import MOMENTS
 
 HARNESS = Path(__file__).with_name("killed_run.py")
 RUN_CONFIG = """\
@@ -73,7 +74,7 @@ def trained_once(tmp_path_factory):
     return catalogue, config, root / "first"
 
 
-@pytest.mark.parametrize("moment", ["embeddings", "two-tower", "ranker", "publishing"])
+@pytest.mark.parametrize("moment", [name for name in MOMENTS if name != "switch"])
 def test_a_run_killed_before_publishing_leaves_the_last_generation_and_the_rerun_resumes(
     trained_once, tmp_path, moment
 ):

@@ -542,3 +542,19 @@ def test_duplicate_interactions_at_the_same_time_keep_the_later_row_and_the_file
         ["u1", "a", 4.0],
         ["u3", "d", 5.0],
     ]
+
+
+def test_min_rating_keeps_only_the_ratings_that_count_and_says_how_many_it_dropped(tmp_path):
+    (tmp_path / "interactions.csv").write_text(
+        "user_id,item_id,rating\nu1,a,1\nu1,b,4\nu2,a,5\nu2,c,2\nu3,c,3\n"
+    )
+    everything = load_dataset(tmp_path)
+    assert len(everything.interactions) == 5
+    kept = load_dataset(tmp_path, min_rating=3)
+    assert sorted(map(tuple, kept.interactions[["user_id", "item_id"]].to_numpy())) == [
+        ("u1", "b"),
+        ("u2", "a"),
+        ("u3", "c"),
+    ]
+    assert kept.report.below_min_rating == {"interactions": 2}
+    assert kept.report.to_dict()["min_rating"] == 3

@@ -224,7 +224,7 @@ def test_run_config_task_reads_the_yaml_and_the_cpu_switch(tiny_flow_inputs):
 
 def test_item_embedding_task_returns_a_small_summary_and_reuses_unchanged_items(tiny_flow_inputs, tmp_path):
     catalogue, config_path = tiny_flow_inputs
-    dataset = load_catalogue.fn(str(catalogue))
+    dataset = load_catalogue.fn(str(catalogue), RunConfig())
     config = read_run_config.fn(str(config_path))
     n_items = len(dataset.items)
     first = encode_item_embeddings.fn(dataset, str(tmp_path / "out"), config.embeddings, 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from importlib.metadata import version
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -45,6 +46,12 @@ EAGER_VIT_B_32_RANDOM_IDENTITY = {
         "std": [0.26862954, 0.26130258, 0.27577711],
     },
     "weights": "random-init (seed 0)",
+    "batching": "fixed-shape:64",
+    "runtime": {
+        "device": "cpu",
+        "precision": "float32",
+        **{name: version(name) for name in ("torch", "torchvision", "open_clip_torch", "pillow")},
+    },
 }
 
 
@@ -361,3 +368,27 @@ def test_a_file_written_while_encoders_built_their_network_at_once_is_reused(net
 
     assert (report.computed, report.reused) == (0, 3)
     assert network_builds == [] and _file_state(out) == written
+
+
+def test_vectors_from_another_device_precision_or_library_version_are_not_reused(tiny_encoder, monkeypatch):
+    from features.device import Device
+    from m6rec.embeddings.store import content_hash
+
+    cpu = tiny_encoder.identity()
+    monkeypatch.setattr(tiny_encoder, "device", Device("cuda", "bfloat16"))
+    gpu = tiny_encoder.identity()
+    assert (cpu["runtime"]["device"], gpu["runtime"]["device"]) == ("cpu", "cuda")
+    assert (cpu["runtime"]["precision"], gpu["runtime"]["precision"]) == ("float32", "bfloat16")
+    assert {key: value for key, value in gpu.items() if key != "runtime"} == {
+        key: value for key, value in cpu.items() if key != "runtime"
+    }
+    assert content_hash(cpu, "sha256:same-file") != content_hash(gpu, "sha256:same-file")
+    assert cpu["runtime"]["open_clip_torch"] == version("open_clip_torch")
+
+
+def test_an_images_vector_does_not_depend_on_what_else_is_encoded_with_it(tiny_encoder, grocery_images):
+    """Every batch runs filled to batch_size: bitwise the same vector alone and among other images."""
+    paths = [str(path) for path in grocery_images[:5]]
+    alone = tiny_encoder.encode([paths[0]]).vectors[0]
+    among = tiny_encoder.encode([*paths[1:3], paths[0], *paths[3:]]).vectors[2]
+    assert np.array_equal(alone, among)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from importlib.metadata import version
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -225,6 +226,12 @@ def test_a_file_written_while_encoders_loaded_their_model_at_once_is_reused(
         "max_length": 256,
         "pooling": "mean",
         "normalized": True,
+        "batching": "fixed-shape:64x16",
+        "runtime": {
+            "device": "cpu",
+            "precision": "float32",
+            **{name: version(name) for name in ("torch", "transformers", "tokenizers")},
+        },
     }
     items = pd.DataFrame({"item_id": ["1", "2"], "title": ["Heat", "Fargo"], "genres": ["Crime", None]})
     texts = render_item_texts(items)
@@ -282,3 +289,15 @@ def test_movielens_titles_embed_and_sequels_are_nearest(text_encoder, ml100k_tit
     nearest = dict(zip(titles["title"], titles["title"].to_numpy()[similarity.argmax(axis=1)], strict=True))
     assert nearest["Die Hard 2 (1990)"] == "Die Hard: With a Vengeance (1995)"
     assert nearest["Free Willy (1993)"] == "Free Willy 2: The Adventure Home (1995)"
+
+
+def test_a_texts_vector_does_not_depend_on_what_else_is_encoded_with_it(text_encoder):
+    """Fixed shapes (length buckets, batches filled to batch_size): bitwise the same vector alone, among
+    other texts of any length, and at any position."""
+    probe = "Kind of Blue: modal jazz, Miles Davis, 1959"
+    others = [f"item {index} " + "word " * (index * 3) for index in range(9)]
+    alone = text_encoder.encode([probe]).vectors[0]
+    among = text_encoder.encode([*others[:5], probe, *others[5:]]).vectors[5]
+    first = text_encoder.encode([probe, *others[::-1]]).vectors[0]
+    assert np.array_equal(alone, among) and np.array_equal(alone, first)
+    assert text_encoder.identity()["batching"] == "fixed-shape:4x16"

@@ -43,6 +43,8 @@ class ValidationReport:
     skipped: Counter = field(default_factory=Counter)
     merged_duplicate_interactions: int = 0
     problems: list[RowProblem] = field(default_factory=list)
+    below_min_rating: dict[str, int] = field(default_factory=dict)
+    min_rating: float | None = None
 
     def add(self, problems: list[RowProblem], reason: str) -> None:
         self.skipped[reason] += len(problems)
@@ -56,6 +58,8 @@ class ValidationReport:
             "skipped_rows": dict(self.skipped),
             "skipped_total": sum(self.skipped.values()),
             "merged_duplicate_interactions": self.merged_duplicate_interactions,
+            "min_rating": self.min_rating,
+            "below_min_rating": self.below_min_rating,
             "problems": [str(problem) for problem in self.problems[:MAX_PROBLEMS_LISTED]],
             "problems_not_listed": max(0, len(self.problems) - MAX_PROBLEMS_LISTED),
         }
@@ -120,6 +124,7 @@ def load_dataset(
     skip_invalid_rows: bool = False,
     columns: ColumnRoles | None = None,
     allow_outside_paths: Sequence[str | Path] = (),
+    min_rating: float | None = None,
 ) -> Dataset:
     """Read and validate every contract table in ``directory``, and resolve the roles of its columns.
 
@@ -127,6 +132,9 @@ def load_dataset(
     bad row raises :class:`DataError` naming file, row and problem. Column roles declared in the
     directory's ``columns.yaml`` are overridden, column by column, by those in ``columns`` (the run
     configuration's section); undeclared columns get the inferred role (:func:`resolve_columns`).
+
+    With ``min_rating``, interactions (and test rows) whose weight is below it are not positives: they are
+    dropped and counted (``ValidationReport.below_min_rating``); a negative weight is always a bad row.
 
     Every table is a regular file inside ``directory`` or one of ``allow_outside_paths`` (a symlinked
     table that lands elsewhere is refused); the media paths of the items are held to the same folders
@@ -138,14 +146,16 @@ def load_dataset(
     allowed_roots = tuple(Path(root).expanduser() for root in allow_outside_paths)
     check_tables_contained(directory, allowed_roots)
     declared = read_columns_file(directory)
-    report = ValidationReport()
+    report = ValidationReport(min_rating=min_rating)
     policy = _RowPolicy(skip_invalid_rows, report)
 
     items = _load_entities(directory, contract.ITEMS, contract.ITEM_ID, policy)
     users = _load_entities(directory, contract.USERS, contract.USER_ID, policy)
-    interactions, weight_column = _load_interactions(directory, contract.INTERACTIONS, items, policy)
+    interactions, weight_column = _load_interactions(
+        directory, contract.INTERACTIONS, items, policy, min_rating
+    )
     test_path = find_table(directory, contract.TEST)
-    test = _load_interactions(directory, contract.TEST, items, policy)[0] if test_path else None
+    test = _load_interactions(directory, contract.TEST, items, policy, min_rating)[0] if test_path else None
     kg = _load_kg(directory, policy)
     item_columns, user_columns = _column_roles(directory, items, users, declared, columns)
     for name, frame in (("interactions", interactions), ("test", test), ("items", items), ("users", users)):
@@ -297,7 +307,11 @@ def _load_entities(directory: Path, spec: contract.TableSpec, id_column: str, po
 
 
 def _load_interactions(
-    directory: Path, spec: contract.TableSpec, items: pd.DataFrame | None, policy: _RowPolicy
+    directory: Path,
+    spec: contract.TableSpec,
+    items: pd.DataFrame | None,
+    policy: _RowPolicy,
+    min_rating: float | None = None,
 ):
     path = find_table(directory, spec)
     frame = read_table(path, spec)
@@ -308,6 +322,18 @@ def _load_interactions(
     columns = {contract.USER_ID: frame[contract.USER_ID], contract.ITEM_ID: frame[contract.ITEM_ID]}
     if weight_column:
         weight, bad_weight, weight_problems = numeric_column(path, frame, weight_column)
+        negative = ~bad_weight & (weight.fillna(1.0).to_numpy() < 0)
+        weight_problems += [
+            RowProblem(
+                str(path),
+                row_location(path, position),
+                f"{weight_column} {frame[weight_column].iloc[position]!r} is negative; weights are positive "
+                "feedback (drop such rows, or keep only the ratings that count with min_rating)",
+            )
+            for position in np.flatnonzero(negative)
+        ]
+        bad_weight |= negative
+        weight_problems.sort(key=lambda problem: _location_order(problem.location))
         columns[contract.WEIGHT] = weight.fillna(1.0)
         problems += [
             p
@@ -341,6 +367,12 @@ def _load_interactions(
     problems.sort(key=lambda problem: _location_order(problem.location))
     result = pd.DataFrame(columns)
     result = policy.apply(result, bad, problems, f"{spec.stem}: invalid row")
+    if result.empty:
+        raise DataError(str(path), f"no valid row left: all {len(frame)} rows were skipped as invalid")
+    if min_rating is not None and weight_column:
+        below = (result[contract.WEIGHT] < min_rating).to_numpy()
+        policy.report.below_min_rating[spec.stem] = int(below.sum())
+        result = result[~below].reset_index(drop=True)
     return _merge_duplicates(result, policy.report), weight_column
 
 
@@ -361,7 +393,31 @@ def _timestamps(path: Path, frame: pd.DataFrame) -> tuple[pd.Series, np.ndarray,
         ]
     elif pd.api.types.is_datetime64_any_dtype(raw):
         numeric = _unix_seconds(raw)
+    numeric = numeric.astype("float64")
+    beyond = ~bad & (numeric.abs().fillna(0).to_numpy() >= MAX_UNIX_SECONDS)
+    if beyond.any():
+        problems = sorted(
+            problems
+            + [
+                RowProblem(str(path), row_location(path, position), _beyond_reason(raw.iloc[position]))
+                for position in np.flatnonzero(beyond)
+            ],
+            key=lambda problem: _location_order(problem.location),
+        )
+        bad = bad | beyond
+    numeric = numeric.where(~bad)  # a bad row's value (inf, out of range) never reaches the integer cast
     return np.floor(numeric).astype("Int64"), bad, problems
+
+
+# Unix seconds past year 5138 (or before -1199): no interaction's time, and millisecond clocks land here.
+MAX_UNIX_SECONDS = 1e11
+
+
+def _beyond_reason(value) -> str:
+    number = float(pd.to_numeric(value, errors="coerce")) if not isinstance(value, pd.Timestamp) else np.nan
+    if MAX_UNIX_SECONDS <= abs(number) < MAX_UNIX_SECONDS * 1e3 * 10:
+        return f"timestamp {value!r} looks like milliseconds; timestamps are unix seconds (divide by 1000)"
+    return f"timestamp {value!r} is not a unix time in seconds (beyond year 5000)"
 
 
 def _unix_seconds(times: pd.Series) -> pd.Series:

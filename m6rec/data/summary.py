@@ -43,7 +43,12 @@ class DatasetSummary:
         """How interactions are weighted, in words."""
         if self.weight_column is None:
             return "no weight column; every interaction weighs 1.0"
-        return f"column {self.weight_column!r}, read as a number; an empty value weighs 1.0"
+        reading = f"column {self.weight_column!r}, read as a number; an empty value weighs 1.0"
+        minimum = self.report.get("min_rating")
+        if minimum is None:
+            return f"{reading}; every row is a positive (min_rating keeps only the values at or above it)"
+        dropped = sum(self.report.get("below_min_rating", {}).values())
+        return f"{reading}; rows below min_rating {minimum:g} are not positives ({dropped} dropped)"
 
     def to_dict(self) -> dict:
         """JSON-ready: the validation report's fields plus the weight, times, column roles and cold counts."""

@@ -85,7 +85,7 @@ def read_table(path: Path, spec: TableSpec) -> pd.DataFrame:
     """
     if path.stat().st_size == 0:
         raise DataError(str(path), "file is empty")
-    frame = _read_csv(path) if path.suffix == ".csv" else _read_parquet(path)
+    frame = _read_csv(path) if path.suffix == ".csv" else _read_parquet(path, spec.id_columns)
     missing = [column for column in spec.required_columns if column not in frame.columns]
     if missing:
         found = ", ".join(map(str, frame.columns)) or "none"
@@ -152,10 +152,23 @@ def _read_csv(path: Path) -> pd.DataFrame:
         ) from None
     if not text.strip():
         raise DataError(str(path), "file is empty")
+    header = next(csv.reader(io.StringIO(text)), [])
+    _refuse_repeated_columns(path, [name.strip() for name in header], location="line 1")
     try:
         return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.ParserError as error:
         raise _malformed_csv(path, _first_line(error)) from None
+
+
+def _refuse_repeated_columns(path: Path, names: list[str], location: str | None = None) -> None:
+    """A column named twice would be read as two columns (``x`` and ``x.1``) without a word: refused."""
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataError(
+            str(path),
+            f"column '{repeated[0]}' appears {names.count(repeated[0])} times in the header",
+            location=location,
+        )
 
 
 def _malformed_csv(path: Path, message: str) -> DataError:
@@ -178,13 +191,24 @@ def _malformed_csv(path: Path, message: str) -> DataError:
     return DataError(str(path), f"malformed CSV: {message}")
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
+def _read_parquet(path: Path, id_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
+        _refuse_repeated_columns(path, pq.read_schema(path).names)
         table = pq.read_table(path)
+    except DataError:
+        raise
     except Exception as error:  # pyarrow raises several types for corrupt files
         raise DataError(str(path), f"not a readable Parquet file: {_first_line(error)}") from None
+    for name in id_columns:
+        if name in table.schema.names:
+            kind = table.schema.field(name).type
+            if pa.types.is_nested(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+                raise DataError(
+                    str(path), f"column '{name}' holds {kind} values; IDs are strings or integers"
+                )
     return table.to_pandas()
 
 
