@@ -280,6 +280,11 @@ def _train_two_tower(
     two_tower_config = TwoTowerConfig(
         **config.two_tower.model_dump(), fusion=config.fusion, force_cpu=config.force_cpu
     )
+    try:
+        saved = load_collaborative_model(features_dir, force_cpu=config.force_cpu)
+    except Exception as error:  # an unreadable earlier model is only not reused
+        log.warning("two-tower: the saved model in %s is unreadable (%s); training anew", features_dir, error)
+        saved = None
     model = train_two_tower(
         _matrix(dataset, train),
         content,
@@ -288,8 +293,10 @@ def _train_two_tower(
         user_columns=dataset.user_columns,
         interactions=train,
         warm_start=warm_start,
+        reuse=saved,
     )
-    model.save(features_dir / TWO_TOWER_DIR)
+    if model is not saved:
+        model.save(features_dir / TWO_TOWER_DIR)
     _record_two_tower(result, model.export(features_dir))
 
 

@@ -30,7 +30,9 @@ from m6rec.data.splits import SplitSpec
 from m6rec.evaluation.metrics import RankingMetrics
 from m6rec.io import write_json, write_parquet
 from m6rec.locking import folder_lock
+from pipelines.checkpoints import Checkpoints, embeddings_digest, stage_digest
 from pipelines.run_folder import (
+    CHECKPOINTS_DIR,
     EMBEDDINGS_SUMMARY,
     FEATURES_DIR,
     FINAL,
@@ -110,7 +112,7 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
         generations(out_dir).staged(
             kind="training",
             carry=(FEATURES_DIR,),
-            resume=(FEATURES_DIR,),
+            resume=(FEATURES_DIR, CHECKPOINTS_DIR),
             keep=config.keep_generations,
             validate=validate,
         ) as stage,
@@ -165,6 +167,18 @@ def _run_pipeline(data_dir: str | Path, folder: RunFolder, config: RunConfig, ex
     if config.ranker.enabled:
         has_times = fold.full.timestamps is not None
         models += [name for name in config.ranker.extra_sources if _available(name, full_inputs, has_times)]
+    checkpoints = Checkpoints(folder)
+    tuning_digest = stage_digest(
+        "tuning",
+        fold.history,
+        fold.labels,
+        fold.full,
+        models,
+        config.baselines.model_dump(mode="json"),
+        config.seed,
+        embeddings_digest(folder.features_dir),
+    )
+    tuned_before = checkpoints.read("tuning", tuning_digest)
     tuned = tune_and_fit(
         fold,
         models,
@@ -172,14 +186,25 @@ def _run_pipeline(data_dir: str | Path, folder: RunFolder, config: RunConfig, ex
         history_inputs=history_inputs,
         full_inputs=full_inputs,
         seed=config.seed,
+        tuned_before=tuned_before,
     )
+    if tuned_before is None:
+        checkpoints.write("tuning", tuning_digest, {name: entry.record() for name, entry in tuned.items()})
     fallback = (
         tuned["popularity"].source if "popularity" in tuned else create_source("popularity").fit(fold.full)
     )
     clock.lap("candidates")
 
     selected, training, ranker_summary = _train_ranker(
-        fold, tuned, ranker_context(dataset, fold.history, history_inputs), config, temporal=protocol.temporal
+        fold,
+        tuned,
+        ranker_context(dataset, fold.history, history_inputs),
+        config,
+        temporal=protocol.temporal,
+        checkpoints=checkpoints,
+        digest=stage_digest(
+            "ranker", tuning_digest, config.ranker.model_dump(mode="json"), protocol.temporal
+        ),
     )
     # What only the fold needed (its sources, profiles and vectors, the ranker's training table) goes
     # before the final lists: at a million users they are gigabytes.
@@ -267,6 +292,7 @@ def _run_pipeline(data_dir: str | Path, folder: RunFolder, config: RunConfig, ex
     write(folder.root)
     expected["users"] = int((np.diff(fold.full.matrix.indptr) < len(items)).sum())
     _report(folder.root, full_inputs.item_vectors)
+    checkpoints.clear()
     return RunResult(folder.root, metrics, selected, summary)
 
 
@@ -350,23 +376,50 @@ def _indexes(dataset: Dataset, protocol: _Protocol) -> tuple[IdIndex, IdIndex]:
     return users, items
 
 
-def _train_ranker(fold, tuned, context, config, *, temporal):
+def _train_ranker(fold, tuned, context, config, *, temporal, checkpoints: Checkpoints, digest: str):
     """The ranker trained on the fold with ``context`` (the fold history's), and whether it makes the
     final lists: only when it beats every single source on held-out fold users. Returns (name of the
-    final list, the ranker's training or None, its summary or None)."""
+    final list, the ranker's training or None, its summary or None). A ranker a run that did not finish
+    trained on the same inputs (``digest``) is taken from ``checkpoints`` instead of trained again."""
     best_source = select_final(tuned)
     if not config.ranker.enabled or len(tuned) < 2:
         return best_source, None, None
-    from pipelines.ranking import train_ranker
+    from pipelines.ranking import RankerTraining, train_ranker
+    from ranker.model import LightGBMRanker
 
-    training = train_ranker(
-        fold,
-        {name: entry.history_source for name, entry in tuned.items()},
-        context,
-        config.ranker,
-        seed=config.seed,
-        temporal=temporal,
-    )
+    saved, training = checkpoints.read("ranker", digest), None
+    if saved is not None:
+        try:
+            training = RankerTraining(
+                ranker=LightGBMRanker.load(checkpoints.directory("ranker")),
+                validation=saved["validation"],
+                candidate_recall=saved["candidate_recall"],
+                features=None,
+                columns=saved["columns"],
+                cold_candidate_recall=saved["cold_candidate_recall"],
+            )
+        except Exception as error:  # a damaged checkpoint is only not reused
+            log.warning("the ranker checkpoint is unreadable (%s); training the ranker again", error)
+    if training is None:
+        training = train_ranker(
+            fold,
+            {name: entry.history_source for name, entry in tuned.items()},
+            context,
+            config.ranker,
+            seed=config.seed,
+            temporal=temporal,
+        )
+        training.ranker.save(checkpoints.directory("ranker"))
+        checkpoints.write(
+            "ranker",
+            digest,
+            {
+                "validation": training.validation,
+                "candidate_recall": training.candidate_recall,
+                "columns": training.columns,
+                "cold_candidate_recall": training.cold_candidate_recall,
+            },
+        )
     summary = {
         "validation_ndcg@10": training.validation,
         "fold_candidate_recall": training.candidate_recall,

@@ -18,6 +18,7 @@ dataset's tables), when, and the ranker's feature names.
       features/     embedding files (features/fold/: the two-tower model trained on the ranker's fold)
       lists/        the batch lists: recommendations.parquet, ranker_features.parquet, batch.json, features/
       item_features/  a batch's item embeddings when its lists go to a folder of their own
+      .checkpoints/   while a generation is staged only: its finished stages (pipelines.checkpoints)
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ REPORT_SCREENSHOT = "report.png"
 PROBLEMS = "problems.json"
 EMBEDDINGS_SUMMARY = "embeddings.json"
 ITEM_FEATURES_DIR = "item_features"
+CHECKPOINTS_DIR = ".checkpoints"
 FINAL = "final"
 # Every name a run or a batch writes into its folder (what an m6rec from before generations left there).
 OUTPUT_NAMES = (
@@ -124,6 +126,7 @@ class RunFolder:
     features_dir = property(lambda self: self.root / FEATURES_DIR)
     fold_features_dir = property(lambda self: self.root / FEATURES_DIR / FOLD_DIR)
     item_features_dir = property(lambda self: self.root / ITEM_FEATURES_DIR)
+    checkpoints_dir = property(lambda self: self.root / CHECKPOINTS_DIR)
     batch_report = property(lambda self: self.root / BATCH_REPORT)
     report_page = property(lambda self: self.root / REPORT_PAGE)
     report_screenshot = property(lambda self: self.root / REPORT_SCREENSHOT)

@@ -131,6 +131,15 @@ class TunedSource:
     trials: list[dict]
     seconds: float
 
+    def record(self) -> dict:
+        """What the tuning found, JSON-ready (``tune_and_fit(tuned_before=...)`` reads it back)."""
+        return {
+            "params": self.params,
+            "validation_ndcg": self.validation_ndcg,
+            "trials": self.trials,
+            "seconds": self.seconds,
+        }
+
 
 def tune_and_fit(
     fold: Fold,
@@ -140,6 +149,7 @@ def tune_and_fit(
     history_inputs: SideInputs | None = None,
     full_inputs: SideInputs | None = None,
     seed: int = 0,
+    tuned_before: dict[str, dict] | None = None,
 ) -> dict[str, TunedSource]:
     """Grid-search each model's parameters on ``fold`` (NDCG@``selection_k`` of its label part), then
     refit the best on all training data.
@@ -147,6 +157,10 @@ def tune_and_fit(
     ``history_inputs`` / ``full_inputs`` are the side inputs of the two fits (the vectors of models
     trained on the fold's history versus on all training data), loaded once and shared by every trial.
     A source class with a ``fit_grid`` capability fits its whole grid at once (see ``_fitted_trials``).
+
+    ``tuned_before`` (:meth:`TunedSource.record` of each source, from a run on the same inputs that did
+    not finish): no grid is searched again; each source is fitted once on the fold's history with its
+    tuned parameters (the way its trial was) and once on all training data.
     """
     if len(fold.label_users) == 0:
         raise M6RecError(
@@ -158,6 +172,15 @@ def tune_and_fit(
     key = f"ndcg@{config.selection_k}"
     tuned = {}
     for name in models:
+        if tuned_before and name in tuned_before:
+            record = tuned_before[name]
+            params = record["params"]
+            (_, history_source), *_ = _fitted_trials(name, [params], fold.history, history_inputs)
+            source = create_source(name, **params).fit(fold.full, full_inputs)
+            tuned[name] = TunedSource(
+                history_source, source, params, record["validation_ndcg"], record["trials"], record["seconds"]
+            )
+            continue
         started = time.perf_counter()
         trials, best_source, best_score = [], None, -np.inf
         grid = _grid(config.search_spaces.get(name, {}), config.params.get(name, {}))

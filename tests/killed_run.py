@@ -6,6 +6,7 @@ The process kills itself with SIGKILL (no clean-up, no ``finally``) at:
   embeddings  right after the KG embedding file is written, before the two-tower model
   two-tower   in the middle of the two-tower training (its third batch)
   ranker      as the ranker's LightGBM training starts
+  lists       as the final lists start (sources tuned, ranker trained)
   publishing  after the new generation is complete (generation.json written), before ``current`` switches
   switch      right after ``current`` switched, before the links beside it are brought up to date
   none        not at all (an uninterrupted run through the same harness)
@@ -38,7 +39,8 @@ MOMENTS = {
         "resumes the unfinished generation (reuses its features/), lists byte-identical to an uninterrupted run",
     ),
     "two-tower": Moment(
-        "in the middle of the two-tower training (its third batch)",
+        "in the middle of the two-tower training (its third batch; the folder's saved models removed "
+        "first, since a saved model of the same inputs is reused rather than trained)",
         "the previous generation, every file byte-identical",
         "resumes the unfinished generation, lists byte-identical to an uninterrupted run",
     ),
@@ -46,6 +48,12 @@ MOMENTS = {
         "as the ranker's LightGBM training starts",
         "the previous generation, every file byte-identical",
         "resumes the unfinished generation, lists byte-identical to an uninterrupted run",
+    ),
+    "lists": Moment(
+        "as the final lists start, after the sources are tuned and the ranker is trained",
+        "the previous generation, every file byte-identical",
+        "resumes: reuses the embeddings, the two-tower model, the tuned sources and the trained ranker "
+        "(each by a digest of its inputs), lists byte-identical to an uninterrupted run",
     ),
     "publishing": Moment(
         "after the new generation is complete (generation.json written), before current switches",
@@ -112,6 +120,10 @@ def arm(moment: str) -> None:
         from ranker.model import LightGBMRanker
 
         _on_call(LightGBMRanker, "fit", 1)
+    elif moment == "lists":
+        import pipelines.run
+
+        _on_call(pipelines.run, "write_lists", 1)
     elif moment == "publishing":
         import m6rec.generations
 

@@ -131,6 +131,24 @@ def test_the_saved_model_keeps_its_validation_history_and_held_out_pairs(tmp_pat
     np.testing.assert_array_equal(loaded.validation_pairs, model.validation_pairs)
 
 
+def test_a_saved_model_of_the_same_inputs_is_reused_and_any_change_trains_anew(tmp_path):
+    frame, train = random_interactions()
+    config = RANDOM_CONFIG.replace(epochs=2)
+    model = train_two_tower(train, {}, config, interactions=frame)
+    model.save(tmp_path)
+    saved = TwoTowerModel.load(tmp_path)
+    assert train_two_tower(train, {}, config, interactions=frame, reuse=saved) is saved
+    assert (
+        train_two_tower(
+            train, {}, config.replace(dimension=config.dimension * 2), interactions=frame, reuse=saved
+        )
+        is not saved
+    )
+    fewer = frame.iloc[1:]
+    changed = InteractionMatrix.from_frame(fewer, train.users, train.items)
+    assert train_two_tower(changed, {}, config, interactions=fewer, reuse=saved) is not saved
+
+
 def test_warm_start_copies_id_vectors_by_raw_id():
     frame, _ = random_interactions()
     subset = frame[~frame["user_id"].isin(["u0", "u1"]) & (frame["item_id"] != "i0")]

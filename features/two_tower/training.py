@@ -51,6 +51,7 @@ def train_two_tower(
     user_columns: ResolvedColumns | None = None,
     interactions: pd.DataFrame | None = None,
     warm_start: TwoTowerModel | None = None,
+    reuse: TwoTowerModel | None = None,
 ) -> TwoTowerModel:
     """Train the two-tower model on ``train`` with frozen ``content`` blocks.
 
@@ -72,6 +73,9 @@ def train_two_tower(
             architecture) to start from: its layers as they are and its ID and attribute vectors by raw ID
             and value. Training then runs at most ``warm_start_epochs_share`` of its best epoch count and
             is validated on its held-out interactions, which neither model trains on.
+        reuse: a model trained earlier (the one saved in the output folder); returned as it is when it was
+            trained on exactly these inputs (the same input hash: configuration, interactions, content
+            vectors, users, warm start), since training again would give the same weights.
 
     Returns:
         The trained :class:`TwoTowerModel` with the training loss of each epoch run in ``loss_history``,
@@ -81,6 +85,17 @@ def train_two_tower(
     config = config or TwoTowerConfig()
     if train.matrix.nnz == 0:
         raise ValueError("two-tower training needs at least one interaction")
+    if reuse is not None:
+        vocabularies = _attribute_vocabularies(users, user_columns)
+        input_hash = _input_hash(
+            train, content, config, users, interactions, list(vocabularies), warm_start=warm_start
+        )
+        if reuse.input_hash == input_hash:
+            logger.info(
+                "two-tower: the saved model was trained on exactly these inputs (input hash %s); reused",
+                input_hash[:16],
+            )
+            return reuse
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = resolve_device(config.force_cpu)
