@@ -1,6 +1,7 @@
 """Run ``m6rec`` and SIGKILL it at a chosen moment (the crash tests' harness, ``tests/test_crashes.py``).
 
     python tests/killed_run.py MOMENT m6rec-arguments...
+    python tests/killed_run.py MOMENT batch DATA_DIR MODEL_DIR USER_CHUNK   (pipelines.batch.batch_recommend)
 
 The process kills itself with SIGKILL (no clean-up, no ``finally``) at:
   embeddings  right after the KG embedding file is written, before the two-tower model
@@ -10,6 +11,7 @@ The process kills itself with SIGKILL (no clean-up, no ``finally``) at:
   publishing  after the new generation is complete (generation.json written), before ``current`` switches
   switch      right after ``current`` switched, before the links beside it are brought up to date
   none        not at all (an uninterrupted run through the same harness)
+  scoring     in the middle of a batch's scoring (its second chunk of users)
   pause       not at all, but the run sleeps $M6REC_TEST_PAUSE seconds (default 20) before it publishes,
               holding the folder's lock (for the race tests)
 """
@@ -124,6 +126,10 @@ def arm(moment: str) -> None:
         import pipelines.run
 
         _on_call(pipelines.run, "write_lists", 1)
+    elif moment == "scoring":
+        from pipelines.stages import ListScorer
+
+        _on_call(ListScorer, "score", 2)
     elif moment == "publishing":
         import m6rec.generations
 
@@ -145,6 +151,15 @@ def arm(moment: str) -> None:
 
 if __name__ == "__main__":
     arm(sys.argv[1])
-    from m6rec.cli import main
+    if sys.argv[2] == "batch":
+        from m6rec.config import RunConfig
+        from m6rec.log import configure_logging
+        from pipelines.batch import batch_recommend
 
-    main(sys.argv[2:])
+        configure_logging()
+        data_dir, model_dir, user_chunk = sys.argv[3:6]
+        batch_recommend(data_dir, model_dir, config=RunConfig(user_chunk=int(user_chunk)))
+    else:
+        from m6rec.cli import main
+
+        main(sys.argv[2:])

@@ -163,3 +163,35 @@ def test_two_runs_into_one_folder_at_once(trained_once, tmp_path, wait, codes):
     generations = sorted(path.name for path in (out / "generations").iterdir())
     assert generations == ["000001", "000002"][: codes.count(0)]
     assert (out / "recommendations.parquet").read_bytes() == (first / "recommendations.parquet").read_bytes()
+
+
+def test_a_batch_killed_while_scoring_leaves_the_last_lists_and_the_rerun_gives_an_uninterrupted_batchs(
+    trained_once, tmp_path
+):
+    """The batch's lists are a generation of the model folder too: killed in its second chunk of users,
+    the published lists stay whole; the re-run gives what a batch that was never killed gives."""
+    catalogue, _, first = trained_once
+    data = shutil.copytree(catalogue, tmp_path / "data")
+    interactions = pd.read_parquet(data / "interactions.parquet")
+    lists = pd.read_parquet(first / "recommendations.parquet")
+    extra = interactions.iloc[[0]].assign(user_id=lists["user_id"].iloc[0], item_id=lists["item_id"].iloc[0])
+    pd.concat([interactions, extra]).to_parquet(data / "interactions.parquet")
+    killed_model, clean_model = (
+        shutil.copytree(first, tmp_path / name, symlinks=True) for name in ("killed", "clean")
+    )
+
+    def batch(moment: str, model: Path) -> subprocess.CompletedProcess:
+        arguments = [sys.executable, str(HARNESS), moment, "batch", str(data), str(model), "1"]
+        return subprocess.run(arguments, capture_output=True, text=True, timeout=600, env=ENVIRONMENT)
+
+    published, before = _published(killed_model), _digests(_published(killed_model))
+    killed = batch("scoring", killed_model)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert _published(killed_model) == published and _digests(published) == before
+    assert batch("none", killed_model).returncode == 0
+    assert batch("none", clean_model).returncode == 0
+    for name in ("recommendations.parquet", "batch.json"):
+        assert (killed_model / "lists" / name).is_file()
+    assert (killed_model / "lists" / "recommendations.parquet").read_bytes() == (
+        clean_model / "lists" / "recommendations.parquet"
+    ).read_bytes()
