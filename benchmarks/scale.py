@@ -133,7 +133,8 @@ def _one_size(users: int, work: Path, steps_to_run: list[str], *, resume: bool =
 
 
 def _without_latest(full: Path, out: Path, share: float) -> Path:
-    """``full`` without the latest ``share`` of its interactions (the other tables linked as they are)."""
+    """``full`` without the latest ``share`` of its interactions (the other tables hard-linked as they
+    are: a run reads only regular files inside its dataset folder, so symlinks out of it are refused)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -142,7 +143,7 @@ def _without_latest(full: Path, out: Path, share: float) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for path in full.iterdir():
         if path.name != "interactions.parquet" and not (out / path.name).exists():
-            (out / path.name).symlink_to(path.resolve())
+            os.link(path.resolve(), out / path.name)
     table = pq.read_table(full / "interactions.parquet")
     cutoff = pc.quantile(table["timestamp"], q=1 - share, interpolation="lower")[0].as_py()
     pq.write_table(table.filter(pc.less(table["timestamp"], cutoff)), out / "interactions.parquet")
