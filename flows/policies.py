@@ -22,6 +22,7 @@ from typing import Any
 
 from m6rec import __version__
 from m6rec.errors import M6RecError
+from pipelines.run_folder import EMBEDDINGS_CACHE
 
 
 def is_transient_io_error(task, task_run, state) -> bool:
@@ -64,7 +65,6 @@ def dataset_fingerprint(data_dir: str | Path) -> str:
 
 log = logging.getLogger("m6rec")
 
-EMBEDDINGS_CACHE = ".m6rec-embeddings-cache.json"
 _CACHE_FORMAT = "m6rec-embeddings-cache"
 _CACHE_VERSION = 1
 # The task-result settings of every task and flow: nothing is persisted through Prefect.

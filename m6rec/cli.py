@@ -223,10 +223,10 @@ def rollback(
     from m6rec.locking import folder_lock
     from pipelines.run_folder import generations
 
-    if not (out / "generations").is_dir():
+    history = generations(out)
+    if not history.folder.is_dir():
         raise M6RecError(f"{out}: no generations to roll back to (not an m6rec output folder?)")
     with folder_lock(out):
-        history = generations(out)
         published = history.rollback(to)
         listed = [generation.name for generation in history.complete()]
     if as_json:

@@ -185,7 +185,7 @@ class Generations:
             names = [entry.name for entry in base.iterdir() if entry.name != MARKER]
             for name in names if carry == EVERYTHING else [name for name in carry if name in names]:
                 if not (stage / name).exists():
-                    _link_tree(base / name, stage / name)
+                    link_tree(base / name, stage / name)
         return stage
 
     def _same_files(self, stage: Path, ignoring: set[str]) -> bool:
@@ -299,8 +299,10 @@ def _into_current(link: Path) -> bool:
     return bool(target.parts) and target.parts[0] == CURRENT
 
 
-def _link_tree(source: Path, target: Path) -> None:
-    """``target`` as hard links to the files under ``source`` (copies where the file system has none)."""
+def link_tree(source: Path, target: Path) -> None:
+    """``target`` as hard links to the file ``source`` or the files under it (copies where the file
+    system has none): what a generation shares with another costs no disk, and neither writes into the
+    other's files (every output is written under a temporary name and renamed)."""
     if source.is_dir():
         shutil.copytree(source, target, copy_function=_link_or_copy, symlinks=True)
     else:

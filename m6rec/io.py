@@ -21,16 +21,22 @@ TEMPORARY_SUFFIX = ".tmp"
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
-    os.close(handle)
-    temporary = Path(temporary)
-    temporary.chmod(0o666 & ~_current_umask())  # mkstemp creates 0600; outputs get the usual permissions
+    temporary = _temporary_beside(path)
     try:
         yield temporary
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _temporary_beside(path: Path) -> Path:
+    """A new empty file ``.<name>.<random>.tmp`` beside ``path`` (its folder created if needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+    os.close(handle)
+    temporary = Path(temporary)
+    temporary.chmod(0o666 & ~_current_umask())  # mkstemp creates 0600; outputs get the usual permissions
+    return temporary
 
 
 def _current_umask() -> int:
@@ -69,13 +75,7 @@ class StreamedParquet:
     def open(self, schema) -> None:
         import pyarrow.parquet as pq
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-        )
-        os.close(handle)
-        self._temporary = Path(temporary)
-        self._temporary.chmod(0o666 & ~_current_umask())
+        self._temporary = _temporary_beside(self.path)
         self._writer = pq.ParquetWriter(self._temporary, schema)
 
     def write(self, table) -> None:

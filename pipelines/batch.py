@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -51,7 +50,7 @@ from m6rec.data.interactions import (
     frame_digest,
     user_history_digests,
 )
-from m6rec.generations import EVERYTHING
+from m6rec.generations import EVERYTHING, Stage, link_tree
 from m6rec.io import write_parquet
 from m6rec.locking import folder_lock
 from pipelines.run_folder import (
@@ -191,7 +190,7 @@ class _ListsStage:
     """Where a batch writes: the staged generation, the lists folder in it, where its item embeddings go,
     the lists folder as readers see it, and what the published lists must cover (``users``)."""
 
-    stage: object
+    stage: Stage
     lists: RunFolder
     item_features: Path
     public: RunFolder
@@ -229,7 +228,7 @@ def _lists_generation(
             if own_folder:
                 item_features = staged.item_features_dir
                 if not item_features.exists() and model.folder.features_dir.is_dir():
-                    shutil.copytree(model.folder.features_dir, item_features, copy_function=_link_or_copy)
+                    link_tree(model.folder.features_dir, item_features)
                 lists, public = staged, RunFolder(root)
             else:
                 item_features, lists, public = staged.features_dir, staged.lists, RunFolder(root).lists
@@ -238,13 +237,6 @@ def _lists_generation(
 
 def _same_path(a: Path, b: Path) -> bool:
     return a.absolute() == b.absolute() or (a.exists() and b.exists() and a.resolve() == b.resolve())
-
-
-def _link_or_copy(source: str, target: str) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 def _batch_recommend(
@@ -528,10 +520,10 @@ def _copy_lists(source: RunFolder, target: RunFolder, summary: dict) -> None:
         target_path.unlink(missing_ok=True)
         if path.exists():
             target_path.parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(str(path), str(target_path))
+            link_tree(path, target_path)
     if source.index_dir.is_dir():
         shutil.rmtree(target.index_dir, ignore_errors=True)
-        shutil.copytree(source.index_dir, target.index_dir, copy_function=_link_or_copy)
+        link_tree(source.index_dir, target.index_dir)
     write_outputs(target, batch_report=summary)
 
 

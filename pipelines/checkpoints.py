@@ -17,10 +17,8 @@ import logging
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from m6rec import __version__
-from m6rec.data.interactions import InteractionMatrix
+from m6rec.data.interactions import InteractionMatrix, interaction_digest
 from m6rec.embeddings.store import METADATA_KEY
 from m6rec.io import write_json
 from pipelines.run_folder import RunFolder
@@ -64,7 +62,7 @@ def stage_digest(*parts) -> str:
     for part in parts:
         digest.update(b"\x1e")
         if isinstance(part, InteractionMatrix):
-            _matrix_digest(digest, part)
+            digest.update(interaction_digest(part).encode())
         else:
             digest.update(json.dumps(part, sort_keys=True, default=str).encode())
     return digest.hexdigest()
@@ -86,17 +84,3 @@ def embeddings_digest(features_dir: Path) -> str:
             stored = hashlib.sha256(path.read_bytes()).hexdigest()
         digest.update(f"{path.relative_to(features_dir)}\0{stored}\n".encode())
     return digest.hexdigest()
-
-
-def _matrix_digest(digest, matrix: InteractionMatrix) -> None:
-    csr = matrix.matrix.tocsr(copy=True)
-    csr.sort_indices()
-    for array in (csr.indptr, csr.indices):
-        digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
-    digest.update(np.ascontiguousarray(csr.data, dtype=np.float64).tobytes())
-    if getattr(matrix, "timestamps", None) is not None:
-        times = matrix.timestamps.tocsr(copy=True)
-        times.sort_indices()
-        digest.update(np.ascontiguousarray(times.data, dtype=np.float64).tobytes())
-    for ids in (matrix.users.ids, matrix.items.ids):
-        digest.update("\0".join(map(str, ids)).encode())

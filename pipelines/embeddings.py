@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
 from m6rec.config import ENCODED_MODALITIES, ITEM_SPACES, EmbeddingConfig
@@ -22,7 +21,7 @@ from m6rec.data.columns import MEDIA_ROLES
 from m6rec.data.contained import MediaLimits
 from m6rec.data.contract import AUDIO_PATH, IMAGE_PATH, ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset
-from m6rec.data.interactions import IdIndex, InteractionMatrix
+from m6rec.data.interactions import IdIndex, InteractionMatrix, interaction_digest
 from m6rec.embeddings.profiles import ProfileCache
 from m6rec.embeddings.store import EmbeddingTable
 from m6rec.errors import ConfigError
@@ -380,7 +379,7 @@ def _write_profiles(
     from m6rec.embeddings.store import current_file_problems, write_embeddings
 
     user_ids = profiles.train.users.ids.astype(str)
-    history = _history_hash(profiles)
+    history = interaction_digest(profiles.train)
     for space in ITEM_SPACES:
         if space not in spaces:
             continue
@@ -399,25 +398,6 @@ def _write_profiles(
             continue
         vectors, present = profiles.aligned(space, table)
         write_embeddings(path, USER_ID, user_ids, vectors, valid=present, metadata=metadata)
-
-
-def _history_hash(profiles: ProfileCache) -> str:
-    """SHA-256 of the (user, item, timestamp) pairs the profiles average over: the history matrix's
-    structure, its raw IDs and its timestamps."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    train = profiles.train
-    parts = [train.matrix] + ([train.timestamps] if getattr(train, "timestamps", None) is not None else [])
-    for matrix in parts:
-        matrix = matrix.tocsr(copy=True)
-        matrix.sort_indices()
-        digest.update(matrix.indptr.astype(np.int64).tobytes())
-        digest.update(matrix.indices.astype(np.int64).tobytes())
-        digest.update(matrix.data.astype(np.float64).tobytes())
-    for ids in (train.users.ids, train.items.ids):
-        digest.update("\0".join(map(str, ids)).encode())
-    return digest.hexdigest()
 
 
 def _matrix(dataset: Dataset, train: pd.DataFrame) -> InteractionMatrix:

@@ -62,6 +62,8 @@ PROBLEMS = "problems.json"
 EMBEDDINGS_SUMMARY = "embeddings.json"
 ITEM_FEATURES_DIR = "item_features"
 CHECKPOINTS_DIR = ".checkpoints"
+# Beside the generations: the nightly embedding flow's cache entry (flows.policies).
+EMBEDDINGS_CACHE = ".m6rec-embeddings-cache.json"
 FINAL = "final"
 # Every name a run or a batch writes into its folder (what an m6rec from before generations left there).
 OUTPUT_NAMES = (

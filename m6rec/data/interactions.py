@@ -147,3 +147,21 @@ def frame_digest(frame: pd.DataFrame | None) -> str:
         digest.update(",".join(map(str, frame.columns)).encode())
         digest.update(pd.util.hash_pandas_object(frame.astype(str), index=False).to_numpy().tobytes())
     return digest.hexdigest()
+
+
+def interaction_digest(matrix: InteractionMatrix) -> str:
+    """SHA-256 of the (user, item, value[, timestamp]) pairs of ``matrix``: its structure, values,
+    timestamps and raw IDs. Equal digests, equal histories (what profiles and checkpoints are keyed on)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    timestamps = getattr(matrix, "timestamps", None)
+    for part in [matrix.matrix] + ([timestamps] if timestamps is not None else []):
+        part = part.tocsr(copy=True)
+        part.sort_indices()
+        digest.update(part.indptr.astype(np.int64).tobytes())
+        digest.update(part.indices.astype(np.int64).tobytes())
+        digest.update(part.data.astype(np.float64).tobytes())
+    for ids in (matrix.users.ids, matrix.items.ids):
+        digest.update("\0".join(map(str, ids)).encode())
+    return digest.hexdigest()
