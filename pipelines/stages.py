@@ -9,13 +9,16 @@ and the staged publish of a run or lists folder.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from features.device import resolve_device
 from m6rec import __version__
 from m6rec.candidates import Candidates, CandidateSource
 from m6rec.candidates.merge import ITEM, SOURCES, USER_ROW, merge_candidates
@@ -150,29 +153,55 @@ def compute_stage_embeddings(
         }
         summary = {**items.summary(), **{name: result.summary() for name, result in collaborative.items()}}
         return StageEmbeddings(items, collaborative, inputs, summary)
-    # The fold's history is a subset of the full one, and its model never saw the fold's labels, so
-    # starting the full model from it leaks nothing into the ranker's fold.
-    warm_start = config.embeddings.two_tower.warm_start
-    collaborative, fold_model = {}, None
-    for name in sorted(histories, key=lambda name: name != "fold"):
+
+    def train(name: str, warm_start=None) -> EmbeddingResult:
         history = histories[name]
-        collaborative[name] = train_collaborative(
+        return train_collaborative(
             dataset,
             history.frame,
             items,
             history.features_dir,
             config.embeddings,
             history.profiles,
-            warm_start=fold_model,
+            warm_start=warm_start,
         )
-        if name == "fold" and warm_start and "cf_items" in collaborative[name].paths:
-            fold_model = load_collaborative_model(history.features_dir, force_cpu=config.embeddings.force_cpu)
-    collaborative = {name: collaborative[name] for name in histories}
+
+    if _trains_side_by_side(config, len(histories)):
+        with ThreadPoolExecutor(max_workers=len(histories), thread_name_prefix="two-tower") as pool:
+            collaborative = dict(zip(histories, pool.map(train, histories), strict=True))
+    else:
+        # The fold's history is a subset of the full one, and its model never saw the fold's labels, so
+        # starting the full model from it leaks nothing into the ranker's fold.
+        warm_start = config.embeddings.two_tower.warm_start
+        collaborative, fold_model = {}, None
+        for name in sorted(histories, key=lambda name: name != "fold"):
+            collaborative[name] = train(name, fold_model)
+            if name == "fold" and warm_start and "cf_items" in collaborative[name].paths:
+                fold_model = load_collaborative_model(
+                    histories[name].features_dir, force_cpu=config.embeddings.force_cpu
+                )
+        collaborative = {name: collaborative[name] for name in histories}
     inputs = {
         name: side_inputs(dataset, items, collaborative[name], histories[name].profiles) for name in histories
     }
     summary = {**items.summary(), **{name: result.summary() for name, result in collaborative.items()}}
     return StageEmbeddings(items, collaborative, inputs, summary)
+
+
+def _trains_side_by_side(config: RunConfig, histories: int) -> bool:
+    """Whether the histories' two-tower models train at the same time, one per core: each trains on one
+    CPU thread (``two_tower.cpu_threads`` 1, where extra threads of one training only spin-wait), none
+    starts from another's (no ``warm_start``) and there are as many cores. Their weights do not depend
+    on it: a training draws from its own seeded generators only."""
+    settings = config.embeddings.two_tower
+    return (
+        histories > 1
+        and "cf" in config.embeddings.modalities
+        and not settings.warm_start
+        and settings.cpu_threads == 1
+        and resolve_device(config.embeddings.force_cpu).name == "cpu"
+        and (os.cpu_count() or 1) >= histories
+    )
 
 
 def _folded_in_collaborative(dataset, items, history: History, config: RunConfig, trained_model_dir: Path):

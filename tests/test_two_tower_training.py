@@ -372,28 +372,35 @@ def test_a_new_user_alone_rewrites_only_the_user_file(demo_dataset, trained, tmp
     assert "user-new" in set(read_embeddings(folded.paths["cf_users"]).keys)
 
 
-@pytest.mark.parametrize("warm_start", [False, True])
-def test_the_stage_trains_the_fold_model_first_and_warm_starts_the_full_one_only_when_asked(
-    demo_dataset, tmp_path, warm_start
-):
+def stage_embeddings(dataset: Dataset, features: Path, **two_tower):
+    """The training stage's embeddings of two histories: all interactions and a fold of each user's
+    first five, with ``two_tower`` settings over :data:`EMBEDDING_CONFIG`'s."""
     from m6rec.config import RunConfig
     from pipelines.stages import History, compute_stage_embeddings
 
-    frame = demo_dataset.interactions
+    frame = dataset.interactions
     fold_frame = frame.groupby("user_id").head(5)
     histories = {
-        "collaborative": History(frame, _matrix(demo_dataset, frame), tmp_path / "features"),
-        "fold": History(fold_frame, _matrix(demo_dataset, fold_frame), tmp_path / "features" / "fold"),
+        "collaborative": History(frame, _matrix(dataset, frame), features),
+        "fold": History(fold_frame, _matrix(dataset, fold_frame), features / "fold"),
     }
     settings = EMBEDDING_CONFIG.model_dump()
-    settings["two_tower"] = {
-        **settings["two_tower"],
-        "warm_start": warm_start,
-        "warm_start_epochs_share": 1.0,
-        "validation_share": 0.5,
-    }
+    settings["two_tower"] = {**settings["two_tower"], **two_tower}
     config = RunConfig(embeddings=EmbeddingConfig(**settings))
-    embeddings = compute_stage_embeddings(demo_dataset, tmp_path / "features", config, histories)
+    return compute_stage_embeddings(dataset, features, config, histories)
+
+
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_the_stage_warm_starts_the_full_model_from_the_fold_model_only_when_asked(
+    demo_dataset, tmp_path, warm_start
+):
+    embeddings = stage_embeddings(
+        demo_dataset,
+        tmp_path / "features",
+        warm_start=warm_start,
+        warm_start_epochs_share=1.0,
+        validation_share=0.5,
+    )
 
     assert list(embeddings.collaborative) == ["collaborative", "fold"]
     fold_model = load_collaborative_model(tmp_path / "features" / "fold")
@@ -401,3 +408,31 @@ def test_the_stage_trains_the_fold_model_first_and_warm_starts_the_full_one_only
     assert (held_out_ids(full_model) == held_out_ids(fold_model)) is warm_start
     if warm_start:
         assert len(full_model.loss_history) <= fold_model.best_epoch
+
+
+def test_the_histories_models_trained_side_by_side_are_those_trained_one_after_the_other(
+    demo_dataset, tmp_path, monkeypatch
+):
+    import torch
+
+    import pipelines.stages
+
+    threads_before = torch.get_num_threads()
+    vectors = {}
+    for side_by_side in (False, True):
+        monkeypatch.setattr(pipelines.stages, "_trains_side_by_side", lambda *_, flag=side_by_side: flag)
+        features = tmp_path / f"side-by-side-{side_by_side}"
+        embeddings = stage_embeddings(demo_dataset, features)
+        vectors[side_by_side] = {
+            (name, file): read_embeddings(result.paths[file])
+            for name, result in embeddings.collaborative.items()
+            for file in FILES
+            if file in result.paths
+        }
+        assert torch.get_num_threads() == threads_before
+
+    assert set(vectors[True]) == set(vectors[False]) and len(vectors[False]) == 4
+    for key, one_after_the_other in vectors[False].items():
+        side_by_side = vectors[True][key]
+        assert list(side_by_side.keys) == list(one_after_the_other.keys), key
+        np.testing.assert_allclose(side_by_side.vectors, one_after_the_other.vectors, rtol=0, atol=1e-6)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ from m6rec.embeddings.store import EmbeddingTable
 from m6rec.progress import progress, step_log_level
 
 logger = logging.getLogger("m6rec")
+
+_SEEDED_INITIALISATION = threading.Lock()
+_THREADS_SETTING = threading.Lock()
+_THREADS_HELD: list[int] = []  # the setting before the first block, then each open block's threads
 
 
 def train_two_tower(
@@ -96,7 +101,6 @@ def train_two_tower(
                 input_hash[:16],
             )
             return reuse
-    torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = resolve_device(config.force_cpu)
     items = _item_catalogue(train, content)
@@ -121,14 +125,18 @@ def train_two_tower(
             config.epochs, max(1, math.ceil(warm_start.best_epoch * config.warm_start_epochs_share))
         )
     fitted = _without_pairs(train, held_out)
-    network = TwoTowerNetwork(
-        n_item_ids=train.n_items,
-        n_user_ids=train.n_users,
-        attribute_sizes=[len(vocabulary) for vocabulary in vocabularies.values()],
-        content_dimensions=[v.shape[1] for v, _ in content_arrays],
-        fusion=config.fusion,
-        dimension=config.dimension,
-    )
+    # Initialisation is the only use of torch's global generator; under the lock, two trainings that
+    # run side by side (the ranker fold's and the full data's) each start from their own seed.
+    with _SEEDED_INITIALISATION:
+        torch.manual_seed(config.seed)
+        network = TwoTowerNetwork(
+            n_item_ids=train.n_items,
+            n_user_ids=train.n_users,
+            attribute_sizes=[len(vocabulary) for vocabulary in vocabularies.values()],
+            content_dimensions=[v.shape[1] for v, _ in content_arrays],
+            fusion=config.fusion,
+            dimension=config.dimension,
+        )
     if warm_start is not None:
         _copy_weights_by_id(network, items, users_catalogue, vocabularies, warm_start)
     network.to(device.name)
@@ -217,8 +225,9 @@ def _fit(
     """Run up to ``max_epochs`` epochs over shuffled (user, item) pairs, stopping ``patience`` epochs after
     the best validation loss; the network is left with the best epoch's weights (the last without
     held-out interactions)."""
+    # The fused kernel updates every parameter in one pass: a third of a step's time on the CPU otherwise.
     optimiser = torch.optim.AdamW(
-        network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, fused=True
     )
     losses, validation_losses = [], []
     best_epoch, best_weights = 0, None
@@ -392,7 +401,7 @@ def _batch_loss(
     needed = torch.as_tensor(needed, device=device)
     item_vectors = network.items(
         data.item_id_rows[needed] * keep_item_ids,
-        [(vectors[needed], mask[needed]) for vectors, mask in data.content],
+        [(vectors.index_select(0, needed), mask[needed]) for vectors, mask in data.content],
     )
     inverse = torch.as_tensor(inverse, device=device)
     n_positives, n_negatives = len(positives), len(negatives)
@@ -418,16 +427,23 @@ def _batch_loss(
 
 @contextlib.contextmanager
 def _cpu_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` torch intra-op threads, then restore the previous setting."""
+    """Run the block with ``threads`` torch intra-op threads (a process-wide setting), then restore the
+    setting found by the first of the blocks that overlap, once the last of them ends."""
     if threads is None:
         yield
         return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    with _THREADS_SETTING:
+        if not _THREADS_HELD:
+            _THREADS_HELD.append(torch.get_num_threads())
+        _THREADS_HELD.append(threads)
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(previous)
+        with _THREADS_SETTING:
+            _THREADS_HELD.pop()
+            if len(_THREADS_HELD) == 1:
+                torch.set_num_threads(_THREADS_HELD.pop())
 
 
 def _sampled_softmax_loss(
@@ -442,7 +458,7 @@ def _sampled_softmax_loss(
     Subtracting log q(item) removes the bias of in-batch negatives being drawn by popularity. A batch item
     equal to the row's own positive is not a negative and is masked out.
     """
-    logits = users @ positives.T / temperature - log_q[positive_ids].unsqueeze(0)
+    logits = (users / temperature) @ positives.T - log_q[positive_ids].unsqueeze(0)
     same_item = positive_ids.unsqueeze(0) == positive_ids.unsqueeze(1)
     same_item.fill_diagonal_(False)
     logits = logits.masked_fill(same_item, float("-inf"))
