@@ -396,8 +396,9 @@ def _write_profiles(
         }
         if current_file_problems(path, user_ids, metadata) is not None:
             continue
-        vectors, present = profiles.aligned(space, table)
+        vectors, present = profiles.every_row(space, table)
         write_embeddings(path, USER_ID, user_ids, vectors, valid=present, metadata=metadata)
+        del vectors, present
 
 
 def _matrix(dataset: Dataset, train: pd.DataFrame) -> InteractionMatrix:

@@ -436,3 +436,17 @@ def test_the_histories_models_trained_side_by_side_are_those_trained_one_after_t
         side_by_side = vectors[True][key]
         assert list(side_by_side.keys) == list(one_after_the_other.keys), key
         np.testing.assert_allclose(side_by_side.vectors, one_after_the_other.vectors, rtol=0, atol=1e-6)
+
+
+def test_the_profile_files_are_written_without_keeping_every_users_profiles(demo_dataset, tmp_path):
+    content = content_embeddings(demo_dataset, tmp_path)
+    frame = demo_dataset.interactions
+    profiles = ProfileCache(_matrix(demo_dataset, frame), half_life_days=None)
+    result = train_collaborative(demo_dataset, frame, content, tmp_path, EMBEDDING_CONFIG, profiles)
+
+    assert profiles.computed == []
+    written = read_embeddings(result.paths["profile_text"])
+    assert list(written.keys) == list(profiles.train.users.ids.astype(str))
+    vectors, present = profiles.rows("text", content.content_tables()["text"], np.arange(len(written.keys)))
+    np.testing.assert_array_equal(np.asarray(written.valid, dtype=bool), present)
+    np.testing.assert_allclose(written.vectors[present], vectors[present], rtol=0, atol=1e-6)
