@@ -78,6 +78,15 @@ def run(
     skip_invalid_rows: Annotated[
         bool, typer.Option(help="Skip and count bad rows instead of failing.")
     ] = False,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            "--dask",
+            metavar="ADDRESS",
+            help="Score the lists on Dask: tcp://HOST:PORT of a scheduler, or local:N worker processes "
+            "(default: the config's dask.address, else $M6REC_DASK_ADDRESS, else in-process).",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Recommend for every user of DATA_DIR and, with a test set, evaluate.
@@ -97,6 +106,10 @@ def run(
     if models:
         run_config.baselines.models = [name.strip() for name in models.split(",") if name.strip()]
     run_config.skip_invalid_rows = skip_invalid_rows or run_config.skip_invalid_rows
+    if dask is not None:
+        from m6rec.cluster import check_dask_address
+
+        run_config.dask = run_config.dask.replace(address=check_dask_address(dask))
     result = run_pipeline(data_dir, out, run_config)
     _print_result(result, as_json)
 

@@ -486,6 +486,34 @@ class BatchSettings(Section):
     )
 
 
+class DaskSettings(Section):
+    """Where the partitioned stages run (:mod:`m6rec.cluster`): the final lists are scored by partitions
+    of users, each written as a part file of its own and committed when every part is there."""
+
+    address: str | None = Field(
+        None,
+        description="`tcp://HOST:PORT` of a Dask scheduler, or `local:N` for N worker processes on this "
+        "machine; empty: the environment's M6REC_DASK_ADDRESS, else everything runs in-process. "
+        "The workers must reach the output folder (a shared file system on a cluster).",
+    )
+    partition_users: PositiveInt = Field(
+        100_000,
+        description="Users per partition (one task, one part file), scored `user_chunk` at a time.",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _known_address(cls, value: str | None) -> str | None:
+        if value:
+            from m6rec.cluster import check_dask_address
+
+            try:
+                check_dask_address(value)
+            except ConfigError as error:
+                raise ValueError(str(error)) from None
+        return value or None
+
+
 class RunConfig(Section):
     """Configuration of ``m6rec run`` (and of the flows).
 
@@ -542,6 +570,10 @@ class RunConfig(Section):
     baselines: BaselineConfig = Field(default_factory=BaselineConfig, description="Baselines.")
     embeddings: EmbeddingConfig = Field(default_factory=EmbeddingConfig, description="Embeddings.")
     ranker: RankerConfig = Field(default_factory=RankerConfig, description="The ranker.")
+    dask: DaskSettings = Field(
+        default_factory=lambda: DaskSettings(),
+        description="Where the partitioned stages run: in-process, or on a Dask cluster.",
+    )
 
     FOLD_SPLITS: typing.ClassVar[tuple[str, ...]] = FOLD_SPLITS
 

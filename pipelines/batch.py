@@ -40,6 +40,7 @@ from m6rec import __version__
 from m6rec.candidates import create_source
 from m6rec.candidates.registry import source_class
 from m6rec.candidates.side_inputs import SideInputs
+from m6rec.cluster import dask_address, dask_client
 from m6rec.config import RunConfig
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset, load_dataset
@@ -53,6 +54,7 @@ from m6rec.data.interactions import (
 from m6rec.generations import EVERYTHING, Stage, link_tree
 from m6rec.io import write_parquet
 from m6rec.locking import folder_lock
+from pipelines.lists import write_lists
 from pipelines.run_folder import (
     FEATURES_DIR,
     ITEM_FEATURES_DIR,
@@ -71,16 +73,23 @@ from pipelines.stages import (
     StageClock,
     compute_stage_embeddings,
     ranker_context,
-    write_lists,
     write_outputs,
 )
 
 log = logging.getLogger("m6rec")
 
 # What a batch may set for itself; everything else comes from the configuration the model was trained with.
-SERVING_KEYS = ("top_k", "candidate_depth", "skip_invalid_rows", "user_chunk", "batch", "keep_generations")
+SERVING_KEYS = (
+    "top_k",
+    "candidate_depth",
+    "skip_invalid_rows",
+    "user_chunk",
+    "batch",
+    "keep_generations",
+    "dask",
+)
 # What a batch may set that does not shape the lists.
-_UNSHAPING_KEYS = ("batch", "keep_generations")
+_UNSHAPING_KEYS = ("batch", "keep_generations", "dask")
 SERVING_RANKER_KEYS = ("new_item_slots", "new_item_slot_spacing")
 
 
@@ -310,7 +319,8 @@ def _batch_recommend(
 
     rescored = plan.rescored_rows(matrix)
     carried = previous.lists_except(matrix.users.ids[rescored]) if previous and plan.keeps_lists else None
-    written = write_lists(scorer, folder, rescored, carried=carried)
+    with dask_client(dask_address(config.dask.address)) as client:
+        written = write_lists(scorer, folder, rescored, carried=carried, client=client)
     if not scorer.context or config.ranker.feature_table == "none":
         folder.ranker_features.unlink(missing_ok=True)
     write_parquet(plan.digests, folder.user_histories)

@@ -9,6 +9,7 @@ staged and moved into place only when complete, so a failed run leaves the previ
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from m6rec import __version__
 from m6rec.candidates import create_source
 from m6rec.candidates.merge import ITEM, USER_ROW
 from m6rec.candidates.registry import source_class
+from m6rec.cluster import dask_address, dask_client
 from m6rec.config import RunConfig
 from m6rec.data import contract
 from m6rec.data.contract import ITEM_ID, USER_ID
@@ -31,6 +33,7 @@ from m6rec.evaluation.metrics import RankingMetrics
 from m6rec.io import write_json, write_parquet
 from m6rec.locking import folder_lock
 from pipelines.checkpoints import Checkpoints, embeddings_digest, stage_digest
+from pipelines.lists import write_lists
 from pipelines.run_folder import (
     CHECKPOINTS_DIR,
     EMBEDDINGS_SUMMARY,
@@ -49,7 +52,6 @@ from pipelines.stages import (
     StageClock,
     compute_stage_embeddings,
     ranker_context,
-    write_lists,
     write_outputs,
 )
 
@@ -268,7 +270,8 @@ def _run_pipeline(data_dir: str | Path, folder: RunFolder, config: RunConfig, ex
 
     def write(staging: Path) -> None:
         staged = RunFolder(staging)
-        written = write_lists(scorer, staged, np.arange(len(users)), evaluation.add if evaluation else None)
+        with dask_client(dask_address(config.dask.address)) as client:
+            written = write_lists(scorer, staged, np.arange(len(users)), evaluation, client=client)
         if ranker_summary is not None and selected == "ranker":
             ranker_summary["new_item_places_per_user"] = written.new_item_places / max(len(users), 1)
         clock.lap("ranking")
@@ -437,6 +440,15 @@ def _train_ranker(fold, tuned, context, config, *, temporal, checkpoints: Checkp
     return "ranker", training, summary
 
 
+@dataclass(frozen=True)
+class _Counted:
+    """The accumulators of an :class:`_Evaluation`, without its test set."""
+
+    lists: dict[str, RankingMetrics]
+    candidates_found: int
+    with_candidates: bool
+
+
 class _Evaluation:
     """The test metrics of each source's lists and of the final lists, added chunk by chunk of users,
     and the share of the test items among the final candidates (``candidate_recall``)."""
@@ -461,6 +473,23 @@ class _Evaluation:
             self.with_candidates = True
             rows, items = chunk.candidates[USER_ROW].to_numpy(), chunk.candidates[ITEM].to_numpy()
             self.candidates_found += int(np.asarray(self.relevant[rows, items]).ravel().sum())
+
+    def empty(self) -> _Evaluation:
+        """The same test set and settings with nothing counted yet (a partition's, on a Dask worker)."""
+        other = copy.copy(self)
+        other.lists, other.candidates_found, other.with_candidates = {}, 0, False
+        return other
+
+    def counted(self) -> _Counted:
+        """What was counted, without the test set (what a partition sends back to :meth:`merge`)."""
+        return _Counted(self.lists, self.candidates_found, self.with_candidates)
+
+    def merge(self, counted: _Counted) -> None:
+        """Count what another copy counted (:meth:`counted`), of other users."""
+        for name, accumulator in counted.lists.items():
+            self.lists.setdefault(name, RankingMetrics(**self.settings)).merge(accumulator)
+        self.candidates_found += counted.candidates_found
+        self.with_candidates |= counted.with_candidates
 
     def result(self) -> dict[str, dict[str, float]]:
         metrics = {name: accumulator.result() for name, accumulator in self.lists.items()}

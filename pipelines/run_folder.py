@@ -19,6 +19,8 @@ dataset's tables), when, and the ranker's feature names.
       lists/        the batch lists: recommendations.parquet, ranker_features.parquet, batch.json, features/
       item_features/  a batch's item embeddings when its lists go to a folder of their own
       .checkpoints/   while a generation is staged only: its finished stages (pipelines.checkpoints)
+      .parts/         while lists are scored on a Dask cluster only: each partition's part files
+                      (pipelines.partitions), committed into the files above once all are there
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ PROBLEMS = "problems.json"
 EMBEDDINGS_SUMMARY = "embeddings.json"
 ITEM_FEATURES_DIR = "item_features"
 CHECKPOINTS_DIR = ".checkpoints"
+PARTS_DIR = ".parts"
 # Beside the generations: the nightly embedding flow's cache entry (flows.policies).
 EMBEDDINGS_CACHE = ".m6rec-embeddings-cache.json"
 FINAL = "final"
@@ -118,6 +121,7 @@ class RunFolder:
     model_manifest = property(lambda self: self.root / MODEL_MANIFEST)
     validation_report = property(lambda self: self.root / VALIDATION_REPORT)
     ranker_features = property(lambda self: self.root / RANKER_FEATURES)
+    parts_dir = property(lambda self: self.root / PARTS_DIR)
     ranker_dir = property(lambda self: self.root / RANKER_DIR)
     index_dir = property(lambda self: self.root / INDEX_DIR)
     users_index = property(lambda self: self.root / INDEX_DIR / "users.parquet")
@@ -289,8 +293,11 @@ def check_lists(folder: RunFolder, users: int, top_k: int) -> None:
 
 
 def config_digest(config: RunConfig) -> str:
-    """SHA-256 of the configuration's canonical JSON: equal digests, equal configurations."""
-    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """SHA-256 of the configuration's canonical JSON: equal digests, equal configurations. Where the
+    stages run (``dask``) is left out: it changes no result."""
+    canonical = json.dumps(
+        config.model_dump(mode="json", exclude={"dask"}), sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -2,8 +2,8 @@
 
 Embeddings for a set of training histories, loaded once; the side inputs every candidate source and the
 ranker's features take from them; the lists' depth; serving users a source cannot serve; the published
-list table; scoring the final lists chunk by chunk of users (:class:`ListScorer`, :func:`write_lists`);
-and the staged publish of a run or lists folder.
+list table; scoring the final lists for a chunk of users (:class:`ListScorer`; :mod:`pipelines.lists`
+writes them); and the staged publish of a run or lists folder.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from features.device import resolve_device
-from m6rec import __version__
 from m6rec.candidates import Candidates, CandidateSource
 from m6rec.candidates.merge import ITEM, SOURCES, USER_ROW, merge_candidates
 from m6rec.candidates.side_inputs import SideInputs
@@ -28,7 +27,7 @@ from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset
 from m6rec.data.interactions import IdIndex, InteractionMatrix
 from m6rec.embeddings.profiles import ProfileCache
-from m6rec.io import StreamedParquet, write_json, write_parquet
+from m6rec.io import write_json, write_parquet
 from pipelines.embeddings import EmbeddingResult
 from pipelines.run_folder import ModelManifest, ModelNotTrainedError, RunFolder
 
@@ -433,95 +432,6 @@ class ListScorer:
             )
         final, places = rank_final_lists(self.ranker, table, columns, user_rows, depth, self.config.ranker)
         return final, places if self.config.ranker.new_item_slots else None
-
-
-@dataclass
-class WrittenLists:
-    """What :func:`write_lists` wrote: list rows, feature-table rows, users served by the fallback and
-    list places given to new items."""
-
-    rows: int = 0
-    feature_rows: int = 0
-    served_by_fallback: int = 0
-    new_item_places: int = 0
-    carried_users: int = 0
-
-
-def write_lists(
-    scorer: ListScorer, staged: RunFolder, user_rows: np.ndarray, on_chunk=None, carried=None
-) -> WrittenLists:
-    """Score ``user_rows`` chunk by chunk (``config.user_chunk`` users) into ``staged``'s list file and,
-    with a ranker context, its feature table (``config.ranker.feature_table`` says which rows), one
-    Parquet row group per chunk; ``on_chunk(chunk)`` sees every :class:`ScoredChunk` (evaluation).
-    ``carried`` (frames of earlier list rows, of users not scored now) are appended after them."""
-    from ranker.features import FeatureTableWriter
-
-    written = WrittenLists()
-    kept = scorer.config.ranker.feature_table
-    with ListWriter(staged.recommendations) as lists, FeatureTableWriter(staged.ranker_features) as table:
-        for start in range(0, len(user_rows), scorer.config.user_chunk):
-            chunk = scorer.score(
-                np.asarray(user_rows[start : start + scorer.config.user_chunk], dtype=np.int64)
-            )
-            lists.write(chunk.recommendations)
-            if chunk.features is not None and kept != "none":
-                table.write(chunk.features if kept == "all" else _listed_rows(chunk, scorer.config.top_k))
-            written.served_by_fallback += chunk.served_by_fallback
-            written.new_item_places += chunk.new_item_places
-            if on_chunk is not None:
-                on_chunk(chunk)
-        for frame in carried or ():
-            lists.write(frame)
-            written.carried_users += int(frame[USER_ID].nunique())
-        written.rows, written.feature_rows = lists.rows, table.rows
-    if written.feature_rows == 0:
-        staged.ranker_features.unlink(missing_ok=True)
-    return written
-
-
-def _listed_rows(chunk: ScoredChunk, top_k: int) -> pd.DataFrame:
-    """The feature rows of the candidates that made the published (top-``top_k``) lists."""
-    listed = chunk.final.items[:, :top_k]
-    users = np.repeat(chunk.user_rows, listed.shape[1])
-    listed_keys = users[listed.ravel() >= 0] * (1 << 32) + listed.ravel()[listed.ravel() >= 0]
-    features = chunk.features
-    keys = features[USER_ROW].to_numpy(np.int64) * (1 << 32) + features[ITEM].to_numpy(np.int64)
-    return features[np.isin(keys, listed_keys)]
-
-
-def user_chunks(n_users: int, size: int):
-    """Consecutive user rows, ``size`` at a time."""
-    for start in range(0, n_users, size):
-        yield np.arange(start, min(start + size, n_users), dtype=np.int64)
-
-
-class ListWriter:
-    """Write the published lists chunk by chunk, one Parquet row group each (the file appears only when
-    every chunk is written: :class:`m6rec.io.StreamedParquet`)."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._file = StreamedParquet(self.path)
-        self.rows = 0
-
-    def write(self, frame: pd.DataFrame) -> None:
-        import pyarrow as pa
-
-        if self._file.is_open and list(frame.columns) != self._schema.names:
-            frame = frame.reindex(columns=self._schema.names)  # earlier rows of a source since dropped
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        if not self._file.is_open:
-            metadata = {**(table.schema.metadata or {}), b"m6rec.version": __version__.encode()}
-            self._schema = table.schema.with_metadata(metadata)
-            self._file.open(self._schema)
-        self._file.write(table.cast(self._schema))
-        self.rows += len(frame)
-
-    def __enter__(self) -> ListWriter:
-        return self
-
-    def __exit__(self, error_type, *exc) -> None:
-        self._file.close(success=error_type is None)
 
 
 def write_outputs(

@@ -177,7 +177,14 @@ def deployments() -> list[dict]:
 
 
 def test_the_stack_has_a_database_a_server_a_worker_and_the_demo_data_job(services):
-    assert set(services) == {"postgres", "prefect-server", "worker", "demo-data"}
+    assert set(services) == {
+        "postgres",
+        "prefect-server",
+        "worker",
+        "demo-data",
+        "dask-scheduler",
+        "dask-worker",
+    }
     assert services["postgres"]["image"].startswith("postgres:")
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert any(volume.endswith(":/var/lib/postgresql/data") for volume in services["postgres"]["volumes"])
@@ -294,6 +301,28 @@ def test_worker_healthcheck_asks_the_port_prefect_serves_it_on(services, monkeyp
     port = _prefect_settings(monkeypatch, {}).worker.webserver.port
     assert f"http://localhost:{port}/health" in " ".join(services["worker"]["healthcheck"]["test"])
     assert "--with-healthcheck" in ENTRYPOINT.read_text()
+
+
+def test_the_dask_profile_has_a_scheduler_the_flows_can_reach_and_two_workers_writing_their_outputs(services):
+    from m6rec.cluster import DASK_ADDRESS_VARIABLE, check_dask_address
+
+    scheduler, workers, flows = services["dask-scheduler"], services["dask-worker"], services["worker"]
+    assert scheduler["profiles"] == workers["profiles"] == ["dask"]
+    assert "profiles" not in flows, "the flows' worker runs with or without the dask profile"
+    port = scheduler["command"][scheduler["command"].index("--port") + 1]
+    address = f"tcp://dask-scheduler:{port}"
+    assert check_dask_address(address) == address
+    assert COMPOSE.read_text().count(f"{DASK_ADDRESS_VARIABLE}={address}") == 1, "the header says how"
+    assert _environment(flows)[DASK_ADDRESS_VARIABLE] == "", "in-process unless set"
+    assert workers["command"][:3] == ["dask", "worker", address]
+    assert workers["command"][workers["command"].index("--nthreads") + 1] == "1"
+    assert workers["deploy"]["replicas"] == 2
+    assert workers["image"] == scheduler["image"] == flows["image"]
+    out_dir = _environment(flows)["M6REC_OUT_DIR"]
+    assert _mounts(workers)[out_dir] == (_mounts(flows)[out_dir][0], "rw")
+    from importlib.metadata import entry_points
+
+    assert entry_points(group="console_scripts", name="dask"), "the image's dask command (from the lock)"
 
 
 def test_gpu_reservation_lives_only_in_the_opt_in_override(compose):

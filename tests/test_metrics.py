@@ -416,3 +416,29 @@ def test_metrics_added_chunk_by_chunk_equal_the_metrics_of_all_lists_at_once():
     assert got["n_users"] == whole["n_users"]
     for name, value in whole.items():
         assert got[name] == pytest.approx(value, rel=1e-12, abs=1e-15), name
+
+
+def test_metrics_counted_in_parts_and_merged_equal_the_metrics_of_all_lists_at_once():
+    """A Dask partition counts its users' lists in a copy of its own; merged, the copies give the metrics
+    of all users, coverage included (an item listed in only one part counts once)."""
+    from m6rec.evaluation.metrics import RankingMetrics
+
+    rng = np.random.default_rng(6)
+    n_users, n_items = 50, 30
+    lists = np.stack([rng.permutation(n_items)[:10] for _ in range(n_users)])
+    relevant = sp.csr_matrix((rng.random((n_users, n_items)) < 0.15).astype(np.float32))
+    popularity = rng.integers(0, 50, n_items)
+    settings = {"k_values": (5, 10), "n_catalogue_items": n_items, "item_popularity": popularity}
+    whole = ranking_metrics(lists, relevant, **settings)
+    merged = RankingMetrics(**settings)
+    for start in range(0, n_users, 16):
+        part = RankingMetrics(**settings)
+        part.add(lists[start : start + 16], relevant[start : start + 16])
+        merged.merge(part)
+    got = merged.result()
+    assert list(got) == list(whole)
+    assert got["n_users"] == whole["n_users"]
+    for name, value in whole.items():
+        assert got[name] == pytest.approx(value, rel=1e-12, abs=1e-15), name
+    with pytest.raises(ValueError, match="same k_values"):
+        merged.merge(RankingMetrics(k_values=(5,), n_catalogue_items=n_items))

@@ -143,6 +143,21 @@ class RankingMetrics:
         first_hit = np.argmax(hits, axis=1)
         self._sum("mrr", np.where(has_hit, 1.0 / (first_hit + 1.0), 0.0))
 
+    def merge(self, other: RankingMetrics) -> None:
+        """Count the users ``other`` counted (the same settings, other users): as if its chunks had been
+        added here."""
+        if other.k_values != self.k_values or other.n_catalogue_items != self.n_catalogue_items:
+            raise ValueError("only metrics with the same k_values and catalogue can be merged")
+        self.n_users += other.n_users
+        for name, value in other._sums.items():
+            self._sums[name] = self._sums.get(name, 0.0) + value
+        for k, listed in other._listed.items():
+            seen = self._listed.setdefault(k, np.zeros_like(listed))
+            seen |= listed
+        for k in self.k_values:
+            self._popularity[k] += other._popularity[k]
+            self._n_listed[k] += other._n_listed[k]
+
     def _sum(self, name: str, values: np.ndarray) -> None:
         self._sums[name] = self._sums.get(name, 0.0) + float(np.sum(values, dtype=np.float64))
 

@@ -1,0 +1,283 @@
+"""The final lists and their feature table, written chunk by chunk of users: in this process, or on a
+Dask cluster by partitions of users (:func:`write_lists` picks).
+
+On a cluster each partition is one task: on a worker it scores its users ``user_chunk`` at a time, as
+in-process, into part files of its own under a name no other attempt uses
+(``.parts/lists-00003-<token>.parquet``, written under a temporary name and moved into place when
+complete). A task whose worker died is run again by the scheduler under a new name, so a half-written or
+orphaned part is never read: the driver reads only the parts of the attempts whose results it received.
+Only once every partition's result is in are the parts copied, row group by row group and in partition
+order, into the staged list file and feature table, so those equal the in-process ones; the part files
+then go. The scorer (sources, ranker, feature context) and the test set are sent to every worker once
+(``scatter(..., broadcast=True)``): each worker holds a copy, as the in-process run holds one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from m6rec import __version__
+from m6rec.candidates.merge import ITEM, USER_ROW
+from m6rec.data.contract import USER_ID
+from m6rec.errors import M6RecError
+from m6rec.io import StreamedParquet
+from pipelines.run_folder import RunFolder
+from pipelines.stages import ListScorer, ScoredChunk
+
+log = logging.getLogger("m6rec")
+
+
+@dataclass
+class WrittenLists:
+    """What :func:`write_lists` wrote: list rows, feature-table rows, users served by the fallback and
+    list places given to new items."""
+
+    rows: int = 0
+    feature_rows: int = 0
+    served_by_fallback: int = 0
+    new_item_places: int = 0
+    carried_users: int = 0
+
+
+@dataclass(frozen=True)
+class ListRows:
+    """Rows for the list file and the feature table (either may be None) and the counts they carry."""
+
+    lists: pd.DataFrame | None = None
+    features: pd.DataFrame | None = None
+    served_by_fallback: int = 0
+    new_item_places: int = 0
+
+
+def write_lists(
+    scorer: ListScorer,
+    staged: RunFolder,
+    user_rows: np.ndarray,
+    evaluation=None,
+    carried=None,
+    client=None,
+) -> WrittenLists:
+    """Score ``user_rows`` chunk by chunk (``config.user_chunk`` users) into ``staged``'s list file and,
+    with a ranker context, its feature table (``config.ranker.feature_table`` says which rows), one
+    Parquet row group per chunk; ``evaluation.add(chunk)`` sees every :class:`ScoredChunk`.
+    ``carried`` (frames of earlier list rows, of users not scored now) are appended after them.
+
+    With a Dask ``client`` the chunks are scored by partitions of users on its workers
+    (:func:`scored_on_cluster`): the same rows in the same order."""
+    if client is None:
+        scored = scored_chunks(scorer, user_rows, evaluation)
+    else:
+        scored = scored_on_cluster(client, scorer, user_rows, staged.parts_dir, evaluation)
+    return write_rows(scored, staged.recommendations, staged.ranker_features, carried)
+
+
+def scored_chunks(scorer: ListScorer, user_rows: np.ndarray, evaluation=None) -> Iterator[ListRows]:
+    """The list and feature-table rows of ``user_rows``, ``config.user_chunk`` users at a time."""
+    kept = scorer.config.ranker.feature_table
+    for start in range(0, len(user_rows), scorer.config.user_chunk):
+        chunk = scorer.score(np.asarray(user_rows[start : start + scorer.config.user_chunk], dtype=np.int64))
+        if evaluation is not None:
+            evaluation.add(chunk)
+        features = None
+        if chunk.features is not None and kept != "none":
+            features = chunk.features if kept == "all" else _listed_rows(chunk, scorer.config.top_k)
+        yield ListRows(chunk.recommendations, features, chunk.served_by_fallback, chunk.new_item_places)
+
+
+def write_rows(
+    scored: Iterable[ListRows], lists_path: Path, features_path: Path, carried=None
+) -> WrittenLists:
+    """Write ``scored`` into the list file and the feature table (removed when it gets no row), then the
+    ``carried`` list frames; each file appears only once all of it is written."""
+    from ranker.features import FeatureTableWriter
+
+    written = WrittenLists()
+    with ListWriter(lists_path) as lists, FeatureTableWriter(features_path) as table:
+        for rows in scored:
+            if rows.lists is not None:
+                lists.write(rows.lists)
+            if rows.features is not None:
+                table.write(rows.features)
+            written.served_by_fallback += rows.served_by_fallback
+            written.new_item_places += rows.new_item_places
+        for frame in carried or ():
+            lists.write(frame)
+            written.carried_users += int(frame[USER_ID].nunique())
+        written.rows, written.feature_rows = lists.rows, table.rows
+    if written.feature_rows == 0:
+        Path(features_path).unlink(missing_ok=True)
+    return written
+
+
+def _listed_rows(chunk: ScoredChunk, top_k: int) -> pd.DataFrame:
+    """The feature rows of the candidates that made the published (top-``top_k``) lists."""
+    listed = chunk.final.items[:, :top_k]
+    users = np.repeat(chunk.user_rows, listed.shape[1])
+    listed_keys = users[listed.ravel() >= 0] * (1 << 32) + listed.ravel()[listed.ravel() >= 0]
+    features = chunk.features
+    keys = features[USER_ROW].to_numpy(np.int64) * (1 << 32) + features[ITEM].to_numpy(np.int64)
+    return features[np.isin(keys, listed_keys)]
+
+
+def user_chunks(n_users: int, size: int):
+    """Consecutive user rows, ``size`` at a time."""
+    for start in range(0, n_users, size):
+        yield np.arange(start, min(start + size, n_users), dtype=np.int64)
+
+
+class ListWriter:
+    """Write the published lists chunk by chunk, one Parquet row group each (the file appears only when
+    every chunk is written: :class:`m6rec.io.StreamedParquet`)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file = StreamedParquet(self.path)
+        self.rows = 0
+
+    def write(self, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+
+        if self._file.is_open and list(frame.columns) != self._schema.names:
+            frame = frame.reindex(columns=self._schema.names)  # earlier rows of a source since dropped
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if not self._file.is_open:
+            metadata = {**(table.schema.metadata or {}), b"m6rec.version": __version__.encode()}
+            self._schema = table.schema.with_metadata(metadata)
+            self._file.open(self._schema)
+        self._file.write(table.cast(self._schema))
+        self.rows += len(frame)
+
+    def __enter__(self) -> ListWriter:
+        return self
+
+    def __exit__(self, error_type, *exc) -> None:
+        self._file.close(success=error_type is None)
+
+
+class PartitionFailed(M6RecError):
+    """A partition could not be scored on the cluster; nothing of the run was published."""
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What every partition reads: the scorer and, when the run evaluates, the test set."""
+
+    scorer: ListScorer
+    evaluation: object | None
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One partition's part files (the feature table's None when it got no row), what it wrote and
+    what it counted for the evaluation."""
+
+    index: int
+    lists: Path
+    features: Path | None
+    written: WrittenLists
+    counted: object | None
+
+
+def scored_on_cluster(
+    client, scorer: ListScorer, user_rows: np.ndarray, parts_dir: Path, evaluation=None
+) -> Iterator[ListRows]:
+    """The rows :func:`pipelines.stages.scored_chunks` gives for ``user_rows``, scored on ``client``'s
+    workers in partitions of ``config.dask.partition_users`` users; ``evaluation`` (with ``empty``,
+    ``counted`` and ``merge``) counts every partition's chunks. Raises :class:`PartitionFailed` when a
+    partition's workers kept dying (``distributed.scheduler.allowed-failures``)."""
+    from distributed import KilledWorker
+
+    size = scorer.config.dask.partition_users
+    partitions = [user_rows[start : start + size] for start in range(0, len(user_rows), size)]
+    if not partitions:
+        return
+    parts_dir = Path(parts_dir)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    run = uuid.uuid4().hex[:12]
+    try:
+        shared = client.scatter(_Shared(scorer, evaluation), broadcast=True, hash=False)
+        futures = [
+            client.submit(
+                _score_partition,
+                shared,
+                rows,
+                parts_dir,
+                index,
+                key=f"m6rec-lists-{run}-{index:05d}",
+                pure=False,
+            )
+            for index, rows in enumerate(partitions)
+        ]
+        log.info(
+            "lists: %d users in %d partitions on %d Dask workers",
+            len(user_rows),
+            len(partitions),
+            len(client.scheduler_info()["workers"]),
+        )
+        try:
+            parts = client.gather(futures)
+        except KilledWorker as error:
+            index = next(i for i, future in enumerate(futures) if future.key == error.task)
+            deaths = error.allowed_failures + 1
+            raise PartitionFailed(
+                f"lists: partition {index + 1} of {len(partitions)} failed: {deaths} worker"
+                f"{'s' if deaths > 1 else ''} died scoring it (the last: {error.last_worker.address}; "
+                "killed, or out of memory?); nothing was published, the last good lists are kept"
+            ) from None
+        finally:
+            client.cancel([*futures, shared], force=True)
+        for part in parts:
+            missing = [
+                path for path in (part.lists, part.features) if path is not None and not path.is_file()
+            ]
+            if missing:
+                raise PartitionFailed(
+                    f"lists: partition {part.index + 1} reported {missing[0]}, which is missing"
+                )
+            if evaluation is not None:
+                evaluation.merge(part.counted)
+        for part in sorted(parts, key=lambda part: part.index):
+            yield from _row_groups(part)
+    finally:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+
+
+def _score_partition(shared: _Shared, user_rows: np.ndarray, parts_dir: Path, index: int) -> _Part:
+    """On a worker: one partition's lists and feature rows into part files of this attempt's own name."""
+    attempt = uuid.uuid4().hex[:12]
+    lists = parts_dir / f"lists-{index:05d}-{attempt}.parquet"
+    features = parts_dir / f"features-{index:05d}-{attempt}.parquet"
+    partial = None if shared.evaluation is None else shared.evaluation.empty()
+    written = write_rows(scored_chunks(shared.scorer, user_rows, partial), lists, features)
+    return _Part(
+        index,
+        lists,
+        features if written.feature_rows else None,
+        written,
+        None if partial is None else partial.counted(),
+    )
+
+
+def _row_groups(part: _Part) -> Iterator[ListRows]:
+    """A part's files back as rows, one row group at a time; its counts ride on the first."""
+    import pyarrow.parquet as pq
+
+    counts = {
+        "served_by_fallback": part.written.served_by_fallback,
+        "new_item_places": part.written.new_item_places,
+    }
+    yield ListRows(None, None, **counts)
+    for path, field in ((part.lists, "lists"), (part.features, "features")):
+        if path is None:
+            continue
+        file = pq.ParquetFile(path)
+        for group in range(file.num_row_groups):
+            yield ListRows(**{field: file.read_row_group(group).to_pandas()})

@@ -1,0 +1,148 @@
+"""The final lists scored on a local Dask cluster of two worker processes equal the in-process lists, and a
+worker killed in the middle of scoring neither corrupts nor duplicates them (pipelines.lists)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("distributed")
+
+import dask_faults  # noqa: E402
+
+import pipelines.run  # noqa: E402
+from m6rec.cluster import DASK_ADDRESS_VARIABLE, dask_address  # noqa: E402
+from m6rec.config import BaselineConfig, DaskSettings, EmbeddingConfig, RankerConfig, RunConfig  # noqa: E402
+from m6rec.errors import ConfigError  # noqa: E402
+from pipelines.lists import PartitionFailed  # noqa: E402
+from pipelines.run import run_pipeline  # noqa: E402
+from ranker.features import read_feature_table  # noqa: E402
+
+# 120 users in partitions of 25 (five tasks), each scored 10 users at a time.
+ON_CLUSTER = DaskSettings(address="local:2", partition_users=25)
+
+
+def _config() -> RunConfig:
+    return RunConfig(
+        split="random:0.25",
+        user_chunk=10,
+        baselines=BaselineConfig(models=["popularity", "itemknn", "ease"]),
+        embeddings=EmbeddingConfig(modalities=[]),
+        ranker=RankerConfig(params={"n_estimators": 20}),
+    )
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory) -> Path:
+    from m6rec.demo_catalogue import DemoCatalogueSpec, generate_demo_catalogue
+
+    spec = DemoCatalogueSpec(n_users=120, n_items=96, n_cold_items=0, interactions_per_user=(12, 30), seed=5)
+    return generate_demo_catalogue(tmp_path_factory.mktemp("dask") / "catalogue", spec)
+
+
+@pytest.fixture(scope="module")
+def in_process(catalogue, tmp_path_factory):
+    return run_pipeline(catalogue, tmp_path_factory.mktemp("in-process") / "run", _config())
+
+
+def _assert_same_outputs(result, expected) -> None:
+    lists, wanted = (pd.read_parquet(r.recommendations_path) for r in (result, expected))
+    pd.testing.assert_frame_equal(lists.drop(columns="score"), wanted.drop(columns="score"), check_dtype=True)
+    np.testing.assert_allclose(lists["score"], wanted["score"], rtol=1e-6, atol=1e-9)
+    pd.testing.assert_frame_equal(
+        read_feature_table(result.out_dir / "ranker_features.parquet"),
+        read_feature_table(expected.out_dir / "ranker_features.parquet"),
+        check_exact=False,
+        atol=1e-6,
+    )
+    assert result.metrics.keys() == expected.metrics.keys()
+    for name, metrics in expected.metrics.items():
+        assert result.metrics[name] == pytest.approx(metrics, rel=1e-9), name
+
+
+def test_the_lists_scored_on_a_two_worker_cluster_equal_the_in_process_lists(catalogue, in_process, tmp_path):
+    assert in_process.selected_model == "ranker"
+    on_cluster = run_pipeline(catalogue, tmp_path / "run", _config().replace(dask=ON_CLUSTER))
+    _assert_same_outputs(on_cluster, in_process)
+    assert not (tmp_path / "run" / ".parts").exists()
+    assert not list((tmp_path / "run").glob("generations/*/.parts"))
+
+
+def test_a_worker_killed_in_the_middle_of_a_partition_leaves_the_lists_as_they_would_be(
+    catalogue, in_process, tmp_path, monkeypatch
+):
+    """User row 37 is in the second chunk of the second partition: the attempt that dies has already
+    written a chunk into its part file; the scheduler runs the partition again on a live worker."""
+    kills = tmp_path / "kills.log"
+    monkeypatch.setenv(dask_faults.KILL_USER_ROW, "37")
+    monkeypatch.setenv(dask_faults.KILLS, "1")
+    monkeypatch.setenv(dask_faults.KILL_LOG, str(kills))
+    monkeypatch.setattr(pipelines.run, "ListScorer", dask_faults.KillingListScorer)
+    on_cluster = run_pipeline(catalogue, tmp_path / "run", _config().replace(dask=ON_CLUSTER))
+    assert len(kills.read_text().splitlines()) == 1
+    _assert_same_outputs(on_cluster, in_process)
+    lists = pd.read_parquet(on_cluster.recommendations_path)
+    assert not lists.duplicated(["user_id", "rank"]).any()
+
+
+def test_when_the_workers_of_a_partition_keep_dying_the_run_fails_in_one_line_and_keeps_the_last_lists(
+    catalogue, tmp_path, monkeypatch
+):
+    import dask
+
+    out = tmp_path / "run"
+    last_good = run_pipeline(catalogue, out, _config())
+    published = Path(last_good.recommendations_path).resolve()
+    before = published.read_bytes()
+    monkeypatch.setenv(dask_faults.KILL_USER_ROW, "37")
+    monkeypatch.setenv(dask_faults.KILLS, "1000")
+    monkeypatch.setenv(dask_faults.KILL_LOG, str(tmp_path / "kills.log"))
+    monkeypatch.setattr(pipelines.run, "ListScorer", dask_faults.KillingListScorer)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        with pytest.raises(PartitionFailed) as failure:
+            run_pipeline(catalogue, out, _config().replace(dask=ON_CLUSTER))
+    message = str(failure.value)
+    assert "\n" not in message
+    # Row 37's partition, or another one that was on the dying worker: each counts as a death.
+    assert re.fullmatch(
+        r"lists: partition [1-5] of 5 failed: 1 worker died scoring it .*the last good lists are kept",
+        message,
+    ), message
+    assert Path(out / "recommendations.parquet").resolve() == published
+    assert published.read_bytes() == before
+    assert not list(out.rglob(".parts"))
+
+
+def test_the_dask_address_comes_from_the_option_or_configuration_then_the_environment(monkeypatch):
+    monkeypatch.delenv(DASK_ADDRESS_VARIABLE, raising=False)
+    assert dask_address(None) is None
+    monkeypatch.setenv(DASK_ADDRESS_VARIABLE, "tcp://scheduler:8786")
+    assert dask_address(None) == "tcp://scheduler:8786"
+    assert dask_address("local:2") == "local:2"
+    monkeypatch.setenv(DASK_ADDRESS_VARIABLE, "scheduler:8786")
+    with pytest.raises(ConfigError, match="expected local:N"):
+        dask_address(None)
+
+
+@pytest.mark.parametrize("address", ["local:0", "local", "scheduler:8786"])
+def test_a_bad_dask_address_in_the_configuration_is_one_error_naming_it(address):
+    from m6rec.config import load_config
+
+    with pytest.raises(ConfigError, match="dask"):
+        load_config({"dask": {"address": address}}, "run.yaml")
+
+
+def test_m6rec_run_refuses_a_bad_dask_address_in_one_line(m6rec_main, catalogue, tmp_path):
+    code, _, err = m6rec_main(
+        "run", str(catalogue), "--out", str(tmp_path / "run"), "--dask", "scheduler:8786"
+    )
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "error: dask address 'scheduler:8786': expected local:N (N workers on this machine) or a scheduler "
+        "address such as tcp://HOST:8786"
+    ]
+    assert not (tmp_path / "run").exists()
