@@ -107,12 +107,24 @@ def encode_items(
     dataset_dir: Path,
     out_path: Path,
     limits: MediaLimits | None = None,
+    *,
+    client=None,
+    partition_items: int = 10_000,
 ) -> IncrementalReport:
     """Embed ``items`` with ``encoder`` into ``out_path``, recomputing only new or changed items.
 
     The encoder's ``encode`` (and so its model load) runs only when some item is new or changed; when
     ``out_path`` already holds exactly these items, fingerprints and encoder identity, it is not rewritten.
+    With a Dask ``client`` the items to encode go to its workers ``partition_items`` at a time (each
+    worker loads the model once; this process does not load it): the same vectors, within float
+    tolerance, since a batch's padding can differ.
     """
+
+    def encode(inputs: list) -> EncodeResult:
+        if client is None:
+            return _encode_accepted(encoder, inputs)
+        return _encode_on_cluster(client, encoder, inputs, partition_items)
+
     prepared = encoder.prepare(items, Path(dataset_dir), limits)
     return embed_incrementally(
         out_path,
@@ -123,8 +135,35 @@ def encode_items(
         inputs=prepared.inputs,
         identity=encoder.identity(),
         metadata=encoder.metadata(),
-        encode=lambda inputs: _encode_accepted(encoder, inputs),
+        encode=encode,
     )
+
+
+def _encode_on_cluster(client, encoder: ItemEncoder, inputs: list, size: int) -> EncodeResult:
+    """:func:`_encode_accepted` by partitions of ``size`` inputs on ``client``'s workers, put back in
+    order (a partition of rejected inputs only comes back without columns)."""
+    from m6rec.cluster import gather_partitions
+
+    if not inputs:
+        return EncodeResult(np.zeros((0, 0), dtype=np.float32))
+    shared = client.scatter(encoder, broadcast=True, hash=False)
+    try:
+        futures = [
+            client.submit(_encode_accepted, shared, inputs[start : start + size], pure=False)
+            for start in range(0, len(inputs), size)
+        ]
+        parts = gather_partitions(client, futures, f"{encoder.modality} embeddings")
+    finally:
+        client.cancel(shared, force=True)
+    width = max(part.vectors.shape[1] for part in parts)
+    vectors = np.zeros((len(inputs), width), dtype=np.float32)
+    failures = {}
+    for index, part in enumerate(parts):
+        offset = index * size
+        if part.vectors.shape[1]:
+            vectors[offset : offset + len(part.vectors)] = part.vectors
+        failures.update({offset + position: reason for position, reason in part.failures.items()})
+    return EncodeResult(vectors, failures)
 
 
 def _encode_accepted(encoder: ItemEncoder, inputs: list) -> EncodeResult:

@@ -23,6 +23,7 @@ from flows.policies import (
     read_cached_embeddings,
     write_cached_embeddings,
 )
+from m6rec.cluster import dask_address, dask_client
 from m6rec.config import EmbeddingConfig
 from m6rec.data.dataset import Dataset
 from pipelines.embeddings import compute_embeddings
@@ -31,15 +32,19 @@ PROBLEM_EXAMPLES = 20
 
 
 @task(**NO_PERSISTED_RESULT)
-def encode_item_embeddings(dataset: Dataset, out_dir: str, config: EmbeddingConfig, keep: int) -> dict:
+def encode_item_embeddings(
+    dataset: Dataset, out_dir: str, config: EmbeddingConfig, keep: int, dask: str | None = None
+) -> dict:
     """Compute (incrementally) the item embedding files of ``dataset`` into ``out_dir/features``, in a
-    new generation of ``out_dir`` (``keep`` kept) when anything changed.
+    new generation of ``out_dir`` (``keep`` kept) when anything changed; the encoders run on the Dask
+    workers at ``dask`` (or ``M6REC_DASK_ADDRESS``) when there are any.
 
     Returns a small summary: ``features_dir``, ``files`` (modality → path), ``counts``
     (modality → total, computed, reused, failed), ``problems`` (number of items without an embedding),
     ``problem_examples`` (the first few) and ``timings_seconds``.
     """
-    result = compute_embeddings(dataset, Path(out_dir), config, items_only=True, keep=keep)
+    with dask_client(dask_address(dask)) as client:
+        result = compute_embeddings(dataset, Path(out_dir), config, items_only=True, keep=keep, client=client)
     return {
         "features_dir": str(result.features_dir),
         **result.summary(),
@@ -66,7 +71,9 @@ def nightly_embeddings(
         logger.info("dataset and configuration unchanged since the last run: embeddings taken from the cache")
         embeddings = {**cached, "cached": True}
     else:
-        embeddings = encode_item_embeddings(dataset, out_dir, config.embeddings, config.keep_generations)
+        embeddings = encode_item_embeddings(
+            dataset, out_dir, config.embeddings, config.keep_generations, config.dask.address
+        )
         write_cached_embeddings(out_dir, key, embeddings)
         embeddings = {**embeddings, "cached": False}
     logger.info(

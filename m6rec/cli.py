@@ -34,6 +34,15 @@ flows_app = typer.Typer(
 app.add_typer(flows_app, name="flows")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of text.")]
+DaskOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dask",
+        metavar="ADDRESS",
+        help="Run the partitioned stages on Dask: tcp://HOST:PORT of a scheduler, or local:N worker "
+        "processes (default: the config's dask.address, else $M6REC_DASK_ADDRESS, else in-process).",
+    ),
+]
 
 
 def _show_version(value: bool) -> None:
@@ -78,15 +87,7 @@ def run(
     skip_invalid_rows: Annotated[
         bool, typer.Option(help="Skip and count bad rows instead of failing.")
     ] = False,
-    dask: Annotated[
-        str | None,
-        typer.Option(
-            "--dask",
-            metavar="ADDRESS",
-            help="Score the lists on Dask: tcp://HOST:PORT of a scheduler, or local:N worker processes "
-            "(default: the config's dask.address, else $M6REC_DASK_ADDRESS, else in-process).",
-        ),
-    ] = None,
+    dask: DaskOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Recommend for every user of DATA_DIR and, with a test set, evaluate.
@@ -106,12 +107,17 @@ def run(
     if models:
         run_config.baselines.models = [name.strip() for name in models.split(",") if name.strip()]
     run_config.skip_invalid_rows = skip_invalid_rows or run_config.skip_invalid_rows
-    if dask is not None:
-        from m6rec.cluster import check_dask_address
-
-        run_config.dask = run_config.dask.replace(address=check_dask_address(dask))
+    _use_dask(run_config, dask)
     result = run_pipeline(data_dir, out, run_config)
     _print_result(result, as_json)
+
+
+def _use_dask(run_config, address: str | None) -> None:
+    """``--dask``, checked, into ``run_config`` (it beats the configuration's ``dask.address``)."""
+    if address is not None:
+        from m6rec.cluster import check_dask_address
+
+        run_config.dask = run_config.dask.replace(address=check_dask_address(address))
 
 
 @app.command(short_help="The nightly embedding stage alone (incremental).")
@@ -131,6 +137,7 @@ def embed(
     skip_invalid_rows: Annotated[
         bool, typer.Option(help="Skip and count bad rows instead of failing.")
     ] = False,
+    dask: DaskOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Compute frozen item embeddings (text, image, audio, KG), the two-tower vectors, the fused vectors and
@@ -138,6 +145,7 @@ def embed(
 
     Example: m6rec embed demo-out/catalogue --out demo-out/run
     """
+    from m6rec.cluster import dask_address, dask_client
     from m6rec.config import RunConfig
     from m6rec.data.dataset import load_dataset
     from pipelines.embeddings import compute_embeddings
@@ -150,7 +158,11 @@ def embed(
     reading = run_config.reading()
     reading["skip_invalid_rows"] = skip_invalid_rows or run_config.skip_invalid_rows
     dataset = load_dataset(data_dir, **reading)
-    result = compute_embeddings(dataset, out, embedding_config, keep=run_config.keep_generations)
+    _use_dask(run_config, dask)
+    with dask_client(dask_address(run_config.dask.address)) as client:
+        result = compute_embeddings(
+            dataset, out, embedding_config, keep=run_config.keep_generations, client=client
+        )
     if as_json:
         typer.echo(json.dumps(result.summary(), indent=2, default=str))
         return

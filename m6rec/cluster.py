@@ -15,11 +15,17 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from m6rec.errors import ConfigError
+from m6rec.errors import ConfigError, M6RecError
 
 logger = logging.getLogger("m6rec")
 
 DASK_ADDRESS_VARIABLE = "M6REC_DASK_ADDRESS"
+
+
+class PartitionFailed(M6RecError):
+    """A partition of a stage could not be computed on the cluster; nothing of the run was published."""
+
+
 _LOCAL = re.compile(r"local:(\d+)")
 
 
@@ -74,3 +80,23 @@ def dask_client(address: str | None) -> Iterator[object | None]:
     ):
         logger.info("dask: local cluster of %d worker processes (%s)", workers, cluster.scheduler_address)
         yield client
+
+
+def gather_partitions(client, futures: list, stage: str) -> list:
+    """The results of ``futures`` (one per partition of ``stage``, in order); a
+    :class:`PartitionFailed` line naming the partition when its workers kept dying
+    (``distributed.scheduler.allowed-failures``). The futures are released either way."""
+    from distributed import KilledWorker
+
+    try:
+        return client.gather(futures)
+    except KilledWorker as error:
+        index = next(i for i, future in enumerate(futures) if future.key == error.task)
+        deaths = error.allowed_failures + 1
+        raise PartitionFailed(
+            f"{stage}: partition {index + 1} of {len(futures)} failed: {deaths} worker"
+            f"{'s' if deaths > 1 else ''} died computing it (the last: {error.last_worker.address}; "
+            "killed, or out of memory?); nothing was published, the last good outputs are kept"
+        ) from None
+    finally:
+        client.cancel(futures, force=True)

@@ -268,7 +268,23 @@ def _batch_recommend(
         else:
             _copy_lists(previous.folder, folder, summary)
         return BatchResult(stage.public.root, summary)
+    with dask_client(dask_address(config.dask.address)) as client:
+        return _score_batch(data_dir, model, folder, config, stage, clock, fingerprint, previous, client)
 
+
+def _score_batch(
+    data_dir,
+    model: TrainedModel,
+    folder: RunFolder,
+    config: RunConfig,
+    stage: _ListsStage,
+    clock: StageClock,
+    fingerprint: str,
+    previous: PreviousLists | None,
+    client,
+) -> BatchResult:
+    """The batch when the lists must be built: the current data loaded, the sources folded in (or
+    refitted), the changed users scored (on the workers of a Dask ``client`` when there is one)."""
     dataset = load_dataset(data_dir, **config.reading())
     matrix = _interactions(dataset)
     plan = batch_plan(model, config, dataset, matrix, previous)
@@ -288,6 +304,7 @@ def _batch_recommend(
         {"collaborative": history},
         needed=model.needs_embeddings,
         trained_model_dir=None if plan.refit else model.folder.features_dir,
+        client=client,
     )
     inputs = embeddings.inputs["collaborative"]
     # From here on the matrix is the history: the frame (a gigabyte at 20M interactions) goes.
@@ -319,8 +336,7 @@ def _batch_recommend(
 
     rescored = plan.rescored_rows(matrix)
     carried = previous.lists_except(matrix.users.ids[rescored]) if previous and plan.keeps_lists else None
-    with dask_client(dask_address(config.dask.address)) as client:
-        written = write_lists(scorer, folder, rescored, carried=carried, client=client)
+    written = write_lists(scorer, folder, rescored, carried=carried, client=client)
     if not scorer.context or config.ranker.feature_table == "none":
         folder.ranker_features.unlink(missing_ok=True)
     write_parquet(plan.digests, folder.user_histories)

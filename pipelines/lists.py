@@ -26,8 +26,8 @@ import pandas as pd
 
 from m6rec import __version__
 from m6rec.candidates.merge import ITEM, USER_ROW
+from m6rec.cluster import PartitionFailed, gather_partitions
 from m6rec.data.contract import USER_ID
-from m6rec.errors import M6RecError
 from m6rec.io import StreamedParquet
 from pipelines.run_folder import RunFolder
 from pipelines.stages import ListScorer, ScoredChunk
@@ -162,10 +162,6 @@ class ListWriter:
         self._file.close(success=error_type is None)
 
 
-class PartitionFailed(M6RecError):
-    """A partition could not be scored on the cluster; nothing of the run was published."""
-
-
 @dataclass(frozen=True)
 class _Shared:
     """What every partition reads: the scorer and, when the run evaluates, the test set."""
@@ -191,17 +187,17 @@ def scored_on_cluster(
 ) -> Iterator[ListRows]:
     """The rows :func:`pipelines.stages.scored_chunks` gives for ``user_rows``, scored on ``client``'s
     workers in partitions of ``config.dask.partition_users`` users; ``evaluation`` (with ``empty``,
-    ``counted`` and ``merge``) counts every partition's chunks. Raises :class:`PartitionFailed` when a
-    partition's workers kept dying (``distributed.scheduler.allowed-failures``)."""
-    from distributed import KilledWorker
-
+    ``counted`` and ``merge``) counts every partition's chunks. Raises :class:`m6rec.cluster.PartitionFailed` when
+    a partition's workers kept dying (``distributed.scheduler.allowed-failures``)."""
     size = scorer.config.dask.partition_users
     partitions = [user_rows[start : start + size] for start in range(0, len(user_rows), size)]
     if not partitions:
         return
-    parts_dir = Path(parts_dir)
-    parts_dir.mkdir(parents=True, exist_ok=True)
     run = uuid.uuid4().hex[:12]
+    parts_dir = Path(parts_dir)
+    shutil.rmtree(parts_dir, ignore_errors=True)  # an earlier attempt's, in a resumed generation
+    run_dir = parts_dir / run
+    run_dir.mkdir(parents=True)
     try:
         shared = client.scatter(_Shared(scorer, evaluation), broadcast=True, hash=False)
         futures = [
@@ -209,7 +205,7 @@ def scored_on_cluster(
                 _score_partition,
                 shared,
                 rows,
-                parts_dir,
+                run_dir,
                 index,
                 key=f"m6rec-lists-{run}-{index:05d}",
                 pure=False,
@@ -223,17 +219,9 @@ def scored_on_cluster(
             len(client.scheduler_info()["workers"]),
         )
         try:
-            parts = client.gather(futures)
-        except KilledWorker as error:
-            index = next(i for i, future in enumerate(futures) if future.key == error.task)
-            deaths = error.allowed_failures + 1
-            raise PartitionFailed(
-                f"lists: partition {index + 1} of {len(partitions)} failed: {deaths} worker"
-                f"{'s' if deaths > 1 else ''} died scoring it (the last: {error.last_worker.address}; "
-                "killed, or out of memory?); nothing was published, the last good lists are kept"
-            ) from None
+            parts = gather_partitions(client, futures, "lists")
         finally:
-            client.cancel([*futures, shared], force=True)
+            client.cancel(shared, force=True)
         for part in parts:
             missing = [
                 path for path in (part.lists, part.features) if path is not None and not path.is_file()
@@ -251,7 +239,11 @@ def scored_on_cluster(
 
 
 def _score_partition(shared: _Shared, user_rows: np.ndarray, parts_dir: Path, index: int) -> _Part:
-    """On a worker: one partition's lists and feature rows into part files of this attempt's own name."""
+    """On a worker: one partition's lists and feature rows into part files of this attempt's own name
+    in the run's ``parts_dir``; nothing when that is gone (the run ended: a task the scheduler had
+    cancelled, or an orphan of a lost worker)."""
+    if not parts_dir.is_dir():
+        raise RuntimeError(f"{parts_dir}: the run that asked for partition {index + 1} has ended")
     attempt = uuid.uuid4().hex[:12]
     lists = parts_dir / f"lists-{index:05d}-{attempt}.parquet"
     features = parts_dir / f"features-{index:05d}-{attempt}.parquet"

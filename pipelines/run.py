@@ -111,6 +111,7 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
 
     with (
         folder_lock(out_dir),
+        dask_client(dask_address(config.dask.address)) as client,
         generations(out_dir).staged(
             kind="training",
             carry=(FEATURES_DIR,),
@@ -119,11 +120,13 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
             validate=validate,
         ) as stage,
     ):
-        result = _run_pipeline(data_dir, RunFolder(stage.path), config, expected)
+        result = _run_pipeline(data_dir, RunFolder(stage.path), config, expected, client)
     return dataclasses.replace(result, out_dir=out_dir)
 
 
-def _run_pipeline(data_dir: str | Path, folder: RunFolder, config: RunConfig, expected: dict) -> RunResult:
+def _run_pipeline(
+    data_dir: str | Path, folder: RunFolder, config: RunConfig, expected: dict, client=None
+) -> RunResult:
     """The run, written into ``folder`` (the staged generation); ``expected["users"]`` is set to the
     number of users whose lists the folder must hold."""
     clock = StageClock()
@@ -154,7 +157,7 @@ def _run_pipeline(data_dir: str | Path, folder: RunFolder, config: RunConfig, ex
         "fold": History(fold.history_frame, fold.history, folder.fold_features_dir, half_life_days=half_life),
         "collaborative": History(fold.full_frame, fold.full, folder.features_dir, half_life_days=half_life),
     }
-    embeddings = compute_stage_embeddings(dataset, folder.features_dir, config, histories)
+    embeddings = compute_stage_embeddings(dataset, folder.features_dir, config, histories, client=client)
     if embeddings.items is not None:
         write_json(embeddings.items.problems, folder.features_dir / PROBLEMS)
         write_json(embeddings.summary, folder.features_dir / EMBEDDINGS_SUMMARY)
@@ -270,8 +273,7 @@ def _run_pipeline(data_dir: str | Path, folder: RunFolder, config: RunConfig, ex
 
     def write(staging: Path) -> None:
         staged = RunFolder(staging)
-        with dask_client(dask_address(config.dask.address)) as client:
-            written = write_lists(scorer, staged, np.arange(len(users)), evaluation, client=client)
+        written = write_lists(scorer, staged, np.arange(len(users)), evaluation, client=client)
         if ranker_summary is not None and selected == "ranker":
             ranker_summary["new_item_places_per_user"] = written.new_item_places / max(len(users), 1)
         clock.lap("ranking")

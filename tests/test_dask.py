@@ -1,5 +1,6 @@
-"""The final lists scored on a local Dask cluster of two worker processes equal the in-process lists, and a
-worker killed in the middle of scoring neither corrupts nor duplicates them (pipelines.lists)."""
+"""On a local Dask cluster of two worker processes: the final lists equal the in-process lists, and a worker
+killed in the middle of scoring neither corrupts nor duplicates them (pipelines.lists); the text encoder's
+vectors equal the in-process ones (features.base.encode_items)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,9 @@ pytest.importorskip("distributed")
 import dask_faults  # noqa: E402
 
 import pipelines.run  # noqa: E402
-from m6rec.cluster import DASK_ADDRESS_VARIABLE, dask_address  # noqa: E402
+from m6rec.cluster import DASK_ADDRESS_VARIABLE, PartitionFailed, dask_address  # noqa: E402
 from m6rec.config import BaselineConfig, DaskSettings, EmbeddingConfig, RankerConfig, RunConfig  # noqa: E402
 from m6rec.errors import ConfigError  # noqa: E402
-from pipelines.lists import PartitionFailed  # noqa: E402
 from pipelines.run import run_pipeline  # noqa: E402
 from ranker.features import read_feature_table  # noqa: E402
 
@@ -109,12 +109,12 @@ def test_when_the_workers_of_a_partition_keep_dying_the_run_fails_in_one_line_an
     assert "\n" not in message
     # Row 37's partition, or another one that was on the dying worker: each counts as a death.
     assert re.fullmatch(
-        r"lists: partition [1-5] of 5 failed: 1 worker died scoring it .*the last good lists are kept",
+        r"lists: partition [1-5] of 5 failed: 1 worker died computing it .*the last good outputs are kept",
         message,
     ), message
     assert Path(out / "recommendations.parquet").resolve() == published
     assert published.read_bytes() == before
-    assert not list(out.rglob(".parts"))
+    assert not (published.parent / ".parts").exists()
 
 
 def test_the_dask_address_comes_from_the_option_or_configuration_then_the_environment(monkeypatch):
@@ -146,3 +146,34 @@ def test_m6rec_run_refuses_a_bad_dask_address_in_one_line(m6rec_main, catalogue,
         "address such as tcp://HOST:8786"
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_item_texts_encoded_on_a_two_worker_cluster_are_the_in_process_vectors(catalogue, tmp_path):
+    """Three partitions of 40 texts; the driver never loads the model, each worker loads it once."""
+    from features.base import encode_items
+    from features.encoders import create_encoder
+    from m6rec.cluster import dask_client
+    from m6rec.data.dataset import load_dataset
+    from m6rec.embeddings.store import read_embeddings
+
+    dataset = load_dataset(catalogue)
+    items = dataset.items
+    here = encode_items(
+        create_encoder("text", item_columns=dataset.item_columns), items, catalogue, tmp_path / "here.parquet"
+    )
+    encoder = create_encoder("text", item_columns=dataset.item_columns)
+    with dask_client("local:2") as client:
+        there = encode_items(
+            encoder, items, catalogue, tmp_path / "there.parquet", client=client, partition_items=40
+        )
+    assert encoder._model is None
+    assert (
+        (there.total, there.computed, there.failed) == (here.total, here.computed, here.failed) == (96, 96, 0)
+    )
+    there_table, here_table = (
+        read_embeddings(tmp_path / "there.parquet"),
+        read_embeddings(tmp_path / "here.parquet"),
+    )
+    assert list(there_table.keys) == list(here_table.keys)
+    assert there_table.valid.all()
+    np.testing.assert_allclose(there_table.vectors, here_table.vectors, atol=1e-5)
