@@ -200,6 +200,12 @@ def _run_pipeline(
     )
     clock.lap("candidates")
 
+    if client is not None and config.ranker.enabled:
+        log.info(
+            "dask: the sources and the ranker train in this process (the ranker on at most %d fold users, "
+            "ranker.max_training_users); the item encoders and the final lists run on the workers",
+            config.ranker.max_training_users,
+        )
     selected, training, ranker_summary = _train_ranker(
         fold,
         tuned,
