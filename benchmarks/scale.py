@@ -21,8 +21,13 @@ the trees set the batch's cost per user.
 Each step's report is kept beside its outputs under ``--work``; ``--resume`` reuses the steps already
 completed there (same code and data), so a long size can be finished in parts.
 
+``--dask local:1 local:2`` (or scheduler addresses) adds, per address, the all-users batch again with
+``dask.address`` set (the item encoders and the lists' partitions on those workers), reported as its
+wall time against the first address's in the section ``scale-dask`` of ``--out``.
+
 Usage: .venv/bin/python benchmarks/scale.py [--users 100000 300000 1000000] [--work /tmp/m6rec-scale]
        [--resume] [--out docs/benchmarks.md] [--json benchmarks/results/scale.json]
+       [--dask local:1 local:2]
 """
 
 from __future__ import annotations
@@ -81,6 +86,9 @@ def main() -> None:
         action="store_true",
         help="reuse the report (and outputs) of every step already completed under --work",
     )
+    parser.add_argument(
+        "--dask", nargs="+", default=[], metavar="ADDRESS", help="the all-users batch on these Dask addresses"
+    )
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -89,7 +97,9 @@ def main() -> None:
         return
     results = []
     for users in args.users:
-        results.append(_one_size(users, args.work / f"u{users}", args.steps, resume=args.resume))
+        results.append(
+            _one_size(users, args.work / f"u{users}", args.steps, resume=args.resume, dask=args.dask)
+        )
         print(json.dumps(results[-1]), flush=True)
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
@@ -97,9 +107,16 @@ def main() -> None:
     print(body)
     if args.out:
         update_section(args.out, "scale", body)
+    if args.dask:
+        body = _dask_table(results, args.dask)
+        print(body)
+        if args.out:
+            update_section(args.out, "scale-dask", body)
 
 
-def _one_size(users: int, work: Path, steps_to_run: list[str], *, resume: bool = False) -> dict:
+def _one_size(
+    users: int, work: Path, steps_to_run: list[str], *, resume: bool = False, dask: list[str] = ()
+) -> dict:
     from m6rec.data.synth import SyntheticSpec, generate_synthetic_dataset
 
     started = time.perf_counter()
@@ -120,6 +137,14 @@ def _one_size(users: int, work: Path, steps_to_run: list[str], *, resume: bool =
         "new": ("batch", full, model, model / "lists", config),
         "all": ("batch", full, model, work / "lists-all", all_config),
     }
+    for address in dask:
+        name = _dask_step(address)
+        dask_config = work / f"scale-{name}.yaml"
+        dask_config.write_text(
+            json.dumps({**SCALE_CONFIG, "batch": {"rescore_all_share": 0.0}, "dask": {"address": address}})
+        )
+        plan[name] = ("batch", full, model, work / f"lists-{name}", dask_config)
+        steps_to_run = [*steps_to_run, name]
     steps = {}
     for name, (kind, *paths) in plan.items():
         report = work / f"{name}.json"
@@ -201,6 +226,32 @@ def _run_step(kind: str, *args: str) -> None:
         }
     report["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(report))
+
+
+def _dask_step(address: str) -> str:
+    """The step (and report) name of the all-users batch on ``address``."""
+    return "all-dask-" + "".join(char if char.isalnum() else "-" for char in address)
+
+
+def _dask_table(results: list[dict], addresses: list[str]) -> str:
+    lines = [
+        "## Scale: the all-users batch on Dask workers",
+        "",
+        f"Command: `.venv/bin/python benchmarks/scale.py --users {' '.join(str(r['users']) for r in results)} "
+        f"--steps all --dask {' '.join(addresses)} --resume --out docs/benchmarks.md`",
+        "",
+        f"Measured on {platform.machine()} with {os.cpu_count()} cores; the same batch as the all-users "
+        "step, with `dask.address` set, one process per run.",
+        "",
+        "| users | " + " | ".join(addresses) + " | speed-up |",
+        "|---|" + "---|" * (len(addresses) + 1),
+    ]
+    for result in results:
+        walls = [result.get(_dask_step(address), {}).get("wall_s") for address in addresses]
+        cells = [f"{wall:.0f} s" if wall else "not run" for wall in walls]
+        speed = f"{walls[0] / walls[-1]:.2f}×" if walls[0] and walls[-1] and len(walls) > 1 else "-"
+        lines.append(f"| {result['users']:,} | " + " | ".join(cells) + f" | {speed} |")
+    return "\n".join(lines) + "\n"
 
 
 def _encoders_loaded(summary: dict) -> list[str]:

@@ -498,7 +498,8 @@ class DaskSettings(Section):
     )
     partition_users: PositiveInt = Field(
         100_000,
-        description="Users per partition (one task, one part file), scored `user_chunk` at a time.",
+        description="Users per partition at most (one task, one part file), scored `user_chunk` at a "
+        "time; smaller where that gives each worker two partitions.",
     )
 
     @field_validator("address")

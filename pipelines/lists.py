@@ -186,10 +186,13 @@ def scored_on_cluster(
     client, scorer: ListScorer, user_rows: np.ndarray, parts_dir: Path, evaluation=None
 ) -> Iterator[ListRows]:
     """The rows :func:`pipelines.stages.scored_chunks` gives for ``user_rows``, scored on ``client``'s
-    workers in partitions of ``config.dask.partition_users`` users; ``evaluation`` (with ``empty``,
+    workers in partitions of at most ``config.dask.partition_users`` users (two per worker at least,
+    where there are users enough); ``evaluation`` (with ``empty``,
     ``counted`` and ``merge``) counts every partition's chunks. Raises :class:`m6rec.cluster.PartitionFailed` when
     a partition's workers kept dying (``distributed.scheduler.allowed-failures``)."""
-    size = scorer.config.dask.partition_users
+    workers = max(len(client.scheduler_info()["workers"]), 1)
+    # At least two partitions per worker where the users allow it, so no worker idles at the end.
+    size = max(min(scorer.config.dask.partition_users, -(-len(user_rows) // (2 * workers))), 1)
     partitions = [user_rows[start : start + size] for start in range(0, len(user_rows), size)]
     if not partitions:
         return
@@ -213,10 +216,7 @@ def scored_on_cluster(
             for index, rows in enumerate(partitions)
         ]
         log.info(
-            "lists: %d users in %d partitions on %d Dask workers",
-            len(user_rows),
-            len(partitions),
-            len(client.scheduler_info()["workers"]),
+            "lists: %d users in %d partitions on %d Dask workers", len(user_rows), len(partitions), workers
         )
         try:
             parts = gather_partitions(client, futures, "lists")
