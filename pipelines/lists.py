@@ -127,12 +127,6 @@ def _listed_rows(chunk: ScoredChunk, top_k: int) -> pd.DataFrame:
     return features[np.isin(keys, listed_keys)]
 
 
-def user_chunks(n_users: int, size: int):
-    """Consecutive user rows, ``size`` at a time."""
-    for start in range(0, n_users, size):
-        yield np.arange(start, min(start + size, n_users), dtype=np.int64)
-
-
 class ListWriter:
     """Write the published lists chunk by chunk, one Parquet row group each (the file appears only when
     every chunk is written: :class:`m6rec.io.StreamedParquet`)."""
