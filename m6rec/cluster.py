@@ -65,6 +65,10 @@ def dask_client(address: str | None) -> Iterator[object | None]:
         return
     from distributed import Client, LocalCluster
 
+    from m6rec.log import quiet_third_party_loggers
+
+    quiet_third_party_loggers()  # distributed sets its logger to INFO when imported
+
     local = _LOCAL.fullmatch(check_dask_address(address))
     if local is None:
         with Client(address, set_as_default=False) as client:
@@ -74,7 +78,11 @@ def dask_client(address: str | None) -> Iterator[object | None]:
     workers = int(local.group(1))
     with (
         LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard": False},
         ) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
@@ -85,12 +93,13 @@ def dask_client(address: str | None) -> Iterator[object | None]:
 def gather_partitions(client, futures: list, stage: str) -> list:
     """The results of ``futures`` (one per partition of ``stage``, in order); a
     :class:`PartitionFailed` line naming the partition when its workers kept dying
-    (``distributed.scheduler.allowed-failures``). The futures are released either way."""
+    (``distributed.scheduler.allowed-failures``). On any failure the other partitions are cancelled."""
     from distributed import KilledWorker
 
     try:
         return client.gather(futures)
     except KilledWorker as error:
+        client.cancel(futures, force=True)
         index = next(i for i, future in enumerate(futures) if future.key == error.task)
         deaths = error.allowed_failures + 1
         raise PartitionFailed(
@@ -98,5 +107,6 @@ def gather_partitions(client, futures: list, stage: str) -> list:
             f"{'s' if deaths > 1 else ''} died computing it (the last: {error.last_worker.address}; "
             "killed, or out of memory?); nothing was published, the last good outputs are kept"
         ) from None
-    finally:
+    except BaseException:
         client.cancel(futures, force=True)
+        raise

@@ -23,6 +23,7 @@ LOGGER_NAME = "m6rec"
 # pykeen's "Inferred unique=False for Embedding()", the Prefect client's one line per HTTP request).
 QUIET_LIBRARIES = (
     "class_resolver",
+    "distributed",
     "faiss",
     "filelock",
     "fsspec",

@@ -215,6 +215,7 @@ def scored_on_cluster(
         try:
             parts = gather_partitions(client, futures, "lists")
         finally:
+            del futures
             client.cancel(shared, force=True)
         for part in parts:
             missing = [
