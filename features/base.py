@@ -9,6 +9,7 @@ loads no model and rewrites no file.
 
 from __future__ import annotations
 
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,19 +143,18 @@ def encode_items(
 def _encode_on_cluster(client, encoder: ItemEncoder, inputs: list, size: int) -> EncodeResult:
     """:func:`_encode_accepted` by partitions of ``size`` inputs on ``client``'s workers, put back in
     order (a partition of rejected inputs only comes back without columns)."""
-    from m6rec.cluster import gather_partitions
+    from m6rec.cluster import map_partitions
 
     if not inputs:
         return EncodeResult(np.zeros((0, 0), dtype=np.float32))
-    shared = client.scatter(encoder, broadcast=True, hash=False)
-    try:
-        futures = [
-            client.submit(_encode_accepted, shared, inputs[start : start + size], pure=False)
-            for start in range(0, len(inputs), size)
-        ]
-        parts = gather_partitions(client, futures, f"{encoder.modality} embeddings")
-    finally:
-        client.cancel(shared, force=True)
+    parts = map_partitions(
+        client,
+        _encode_accepted,
+        encoder,
+        [(inputs[start : start + size],) for start in range(0, len(inputs), size)],
+        f"{encoder.modality} embeddings",
+        key=f"m6rec-{encoder.modality}-{uuid.uuid4().hex[:12]}",
+    )
     width = max(part.vectors.shape[1] for part in parts)
     vectors = np.zeros((len(inputs), width), dtype=np.float32)
     failures = {}

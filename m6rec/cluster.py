@@ -90,6 +90,21 @@ def dask_client(address: str | None) -> Iterator[object | None]:
         yield client
 
 
+def map_partitions(client, function, shared, partitions: list, stage: str, *, key: str) -> list:
+    """``function(shared_copy, *arguments)`` for each tuple of ``partitions`` on ``client``'s workers, the
+    results in partition order. ``shared`` goes to every worker once (``scatter(broadcast=True)``) and
+    is released afterwards; each task's key is ``key-NNNNN``. Fails as :func:`gather_partitions` does."""
+    scattered = client.scatter(shared, broadcast=True, hash=False)
+    try:
+        futures = [
+            client.submit(function, scattered, *arguments, key=f"{key}-{index:05d}", pure=False)
+            for index, arguments in enumerate(partitions)
+        ]
+        return gather_partitions(client, futures, stage)
+    finally:
+        client.cancel(scattered, force=True)
+
+
 def gather_partitions(client, futures: list, stage: str) -> list:
     """The results of ``futures`` (one per partition of ``stage``, in order); a
     :class:`PartitionFailed` line naming the partition when its workers kept dying

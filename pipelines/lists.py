@@ -26,7 +26,7 @@ import pandas as pd
 
 from m6rec import __version__
 from m6rec.candidates.merge import ITEM, USER_ROW
-from m6rec.cluster import PartitionFailed, gather_partitions
+from m6rec.cluster import PartitionFailed, map_partitions
 from m6rec.data.contract import USER_ID
 from m6rec.io import StreamedParquet
 from pipelines.run_folder import RunFolder
@@ -196,27 +196,17 @@ def scored_on_cluster(
     run_dir = parts_dir / run
     run_dir.mkdir(parents=True)
     try:
-        shared = client.scatter(_Shared(scorer, evaluation), broadcast=True, hash=False)
-        futures = [
-            client.submit(
-                _score_partition,
-                shared,
-                rows,
-                run_dir,
-                index,
-                key=f"m6rec-lists-{run}-{index:05d}",
-                pure=False,
-            )
-            for index, rows in enumerate(partitions)
-        ]
         log.info(
             "lists: %d users in %d partitions on %d Dask workers", len(user_rows), len(partitions), workers
         )
-        try:
-            parts = gather_partitions(client, futures, "lists")
-        finally:
-            del futures
-            client.cancel(shared, force=True)
+        parts = map_partitions(
+            client,
+            _score_partition,
+            _Shared(scorer, evaluation),
+            [(rows, run_dir, index) for index, rows in enumerate(partitions)],
+            "lists",
+            key=f"m6rec-lists-{run}",
+        )
         for part in parts:
             missing = [
                 path for path in (part.lists, part.features) if path is not None and not path.is_file()
@@ -227,7 +217,7 @@ def scored_on_cluster(
                 )
             if evaluation is not None:
                 evaluation.merge(part.counted)
-        for part in sorted(parts, key=lambda part: part.index):
+        for part in parts:
             yield from _row_groups(part)
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
