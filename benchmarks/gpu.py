@@ -186,20 +186,20 @@ def _faiss_seconds(device: str) -> dict | None:
 def _dask_seconds(dataset, args, device: str, scratch: Path) -> dict:
     from features.base import encode_items
     from features.encoders import create_encoder
-    from m6rec.cluster import dask_client
+    from m6rec.cluster import cluster_at
 
     scratch.mkdir(parents=True)
     runs = iter(range(1_000))
 
-    def encode(client=None) -> None:
+    def encode(cluster=None) -> None:
         encoder = create_encoder("text", item_columns=dataset.item_columns, force_cpu=device == "cpu")
         encode_items(
-            encoder, dataset.items, dataset.directory, scratch / f"text-{next(runs)}.parquet", client=client
+            encoder, dataset.items, dataset.directory, scratch / f"text-{next(runs)}.parquet", cluster=cluster
         )
 
     in_process = _best(args.repeats, encode)
-    with dask_client("local:1") as client:
-        on_worker = _best(args.repeats, lambda: encode(client))
+    with cluster_at("local:1") as cluster:
+        on_worker = _best(args.repeats, lambda: encode(cluster))
     return {"seconds": on_worker, "in_process_seconds": in_process, "items": len(dataset.items)}
 
 

@@ -109,22 +109,22 @@ def encode_items(
     out_path: Path,
     limits: MediaLimits | None = None,
     *,
-    client=None,
+    cluster=None,
     partition_items: int = 10_000,
 ) -> IncrementalReport:
     """Embed ``items`` with ``encoder`` into ``out_path``, recomputing only new or changed items.
 
     The encoder's ``encode`` (and so its model load) runs only when some item is new or changed; when
     ``out_path`` already holds exactly these items, fingerprints and encoder identity, it is not rewritten.
-    With a Dask ``client`` the items to encode go to its workers ``partition_items`` at a time (each
-    worker loads the model once; this process does not load it): the same vectors, within float
-    tolerance, since a batch's padding can differ.
+    On a Dask ``cluster`` (:class:`m6rec.cluster.Cluster`) the items to encode go to its workers
+    ``partition_items`` at a time (each worker loads the model once; this process does not load it): the
+    same vectors, within float tolerance, since a batch's padding can differ.
     """
 
     def encode(inputs: list) -> EncodeResult:
-        if client is None:
+        if cluster is None:
             return _encode_accepted(encoder, inputs)
-        return _encode_on_cluster(client, encoder, inputs, partition_items)
+        return _encode_on_cluster(cluster, encoder, inputs, partition_items)
 
     prepared = encoder.prepare(items, Path(dataset_dir), limits)
     return embed_incrementally(
@@ -140,15 +140,12 @@ def encode_items(
     )
 
 
-def _encode_on_cluster(client, encoder: ItemEncoder, inputs: list, size: int) -> EncodeResult:
-    """:func:`_encode_accepted` by partitions of ``size`` inputs on ``client``'s workers, put back in
+def _encode_on_cluster(cluster, encoder: ItemEncoder, inputs: list, size: int) -> EncodeResult:
+    """:func:`_encode_accepted` by partitions of ``size`` inputs on ``cluster``'s workers, put back in
     order (a partition of rejected inputs only comes back without columns)."""
-    from m6rec.cluster import map_partitions
-
     if not inputs:
         return EncodeResult(np.zeros((0, 0), dtype=np.float32))
-    parts = map_partitions(
-        client,
+    parts = cluster.map(
         _encode_accepted,
         encoder,
         [(inputs[start : start + size],) for start in range(0, len(inputs), size)],

@@ -14,6 +14,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from flows.artifacts import batch_artifacts, publish_artifacts
+from flows.cluster import flow_cluster
 from flows.inputs import read_run_config
 from flows.policies import NO_PERSISTED_RESULT
 from m6rec.config import RunConfig
@@ -27,7 +28,13 @@ def recommend_for_every_user(data_dir: str, model_dir: str, lists_dir: str, conf
     """Write every user's list with the model in ``model_dir`` into ``lists_dir``; returns the lists' path,
     the model that ranked them, the candidate sources, the counts (users, items, interactions, list rows)
     and stage timings."""
-    result = recommend_all_users(data_dir, model_dir=Path(model_dir), out_dir=Path(lists_dir), config=config)
+    result = recommend_all_users(
+        data_dir,
+        model_dir=Path(model_dir),
+        out_dir=Path(lists_dir),
+        config=config,
+        cluster_opener=flow_cluster,
+    )
     return _lists_summary(result)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from flows.artifacts import embedding_artifacts, publish_artifacts
+from flows.cluster import flow_cluster
 from flows.inputs import load_catalogue, read_run_config
 from flows.policies import (
     NO_PERSISTED_RESULT,
@@ -23,8 +24,7 @@ from flows.policies import (
     read_cached_embeddings,
     write_cached_embeddings,
 )
-from m6rec.cluster import dask_address, dask_client
-from m6rec.config import EmbeddingConfig
+from m6rec.config import DaskSettings, EmbeddingConfig
 from m6rec.data.dataset import Dataset
 from pipelines.embeddings import compute_embeddings
 
@@ -33,18 +33,21 @@ PROBLEM_EXAMPLES = 20
 
 @task(**NO_PERSISTED_RESULT)
 def encode_item_embeddings(
-    dataset: Dataset, out_dir: str, config: EmbeddingConfig, keep: int, dask: str | None = None
+    dataset: Dataset, out_dir: str, config: EmbeddingConfig, keep: int, dask: DaskSettings | None = None
 ) -> dict:
     """Compute (incrementally) the item embedding files of ``dataset`` into ``out_dir/features``, in a
     new generation of ``out_dir`` (``keep`` kept) when anything changed; the encoders run on the Dask
-    workers at ``dask`` (or ``M6REC_DASK_ADDRESS``) when there are any.
+    workers of ``dask.address`` (or ``M6REC_DASK_ADDRESS``) when there are any, a Prefect task per
+    partition of items (:func:`flows.cluster.flow_cluster`).
 
     Returns a small summary: ``features_dir``, ``files`` (modality → path), ``counts``
     (modality → total, computed, reused, failed), ``problems`` (number of items without an embedding),
     ``problem_examples`` (the first few) and ``timings_seconds``.
     """
-    with dask_client(dask_address(dask)) as client:
-        result = compute_embeddings(dataset, Path(out_dir), config, items_only=True, keep=keep, client=client)
+    with flow_cluster(dask or DaskSettings()) as cluster:
+        result = compute_embeddings(
+            dataset, Path(out_dir), config, items_only=True, keep=keep, cluster=cluster
+        )
     return {
         "features_dir": str(result.features_dir),
         **result.summary(),
@@ -72,7 +75,7 @@ def nightly_embeddings(
         embeddings = {**cached, "cached": True}
     else:
         embeddings = encode_item_embeddings(
-            dataset, out_dir, config.embeddings, config.keep_generations, config.dask.address
+            dataset, out_dir, config.embeddings, config.keep_generations, config.dask
         )
         write_cached_embeddings(out_dir, key, embeddings)
         embeddings = {**embeddings, "cached": False}

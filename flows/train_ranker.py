@@ -14,6 +14,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from flows.artifacts import publish_artifacts, ranker_artifacts
+from flows.cluster import flow_cluster
 from flows.inputs import read_run_config
 from flows.policies import NO_PERSISTED_RESULT
 from m6rec.config import RunConfig
@@ -27,7 +28,7 @@ def fit_two_stage_model(data_dir: str, out_dir: str, config: RunConfig) -> dict:
     """Run the main job; returns its output folder, the evaluation lists' path, the selected model, the
     metrics per candidate source and of the final list, counts, each source's validation NDCG, whether the
     ranker was used, and stage timings."""
-    result = run_pipeline(data_dir, out_dir, config)
+    result = run_pipeline(data_dir, out_dir, config, cluster_opener=flow_cluster)
     summary = result.summary
     ranker = summary.get("ranker") or {}
     return {

@@ -145,7 +145,7 @@ def embed(
 
     Example: m6rec embed demo-out/catalogue --out demo-out/run
     """
-    from m6rec.cluster import dask_address, dask_client
+    from m6rec.cluster import cluster_for
     from m6rec.config import RunConfig
     from m6rec.data.dataset import load_dataset
     from pipelines.embeddings import compute_embeddings
@@ -159,9 +159,9 @@ def embed(
     reading["skip_invalid_rows"] = skip_invalid_rows or run_config.skip_invalid_rows
     dataset = load_dataset(data_dir, **reading)
     _use_dask(run_config, dask)
-    with dask_client(dask_address(run_config.dask.address)) as client:
+    with cluster_for(run_config.dask) as cluster:
         result = compute_embeddings(
-            dataset, out, embedding_config, keep=run_config.keep_generations, client=client
+            dataset, out, embedding_config, keep=run_config.keep_generations, cluster=cluster
         )
     if as_json:
         typer.echo(json.dumps(result.summary(), indent=2, default=str))

@@ -5,6 +5,9 @@ variable ``M6REC_DASK_ADDRESS``: ``tcp://HOST:PORT`` (or any address a ``distrib
 joins an existing scheduler; ``local:N`` starts a ``distributed.LocalCluster`` of N single-threaded
 worker processes on this machine for the run and stops it afterwards. Without an address everything
 runs in-process.
+
+A stage's partitions are tasks of a :class:`Cluster`; the flows' cluster (``flows/cluster.py``) makes each
+one a Prefect task run.
 """
 
 from __future__ import annotations
@@ -12,10 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING
 
 from m6rec.errors import ConfigError, M6RecError
+
+if TYPE_CHECKING:
+    from m6rec.config import DaskSettings
 
 logger = logging.getLogger("m6rec")
 
@@ -54,12 +61,69 @@ def check_dask_address(address: str) -> str:
     return address
 
 
-@contextmanager
-def dask_client(address: str | None) -> Iterator[object | None]:
-    """A ``distributed.Client`` on ``address`` for the length of the block (``None`` without one).
+def local_workers(address: str) -> int | None:
+    """N of a ``local:N`` address; ``None`` for a scheduler's address."""
+    local = _LOCAL.fullmatch(check_dask_address(address))
+    return None if local is None else int(local.group(1))
 
-    ``local:N`` starts N worker processes of one thread each (the stages' own libraries use one thread
-    per worker, as on a cluster) without a dashboard, and shuts them down after the block."""
+
+def local_cluster_options(workers: int) -> dict:
+    """``distributed.LocalCluster`` arguments for ``local:N``: N worker processes of one thread each
+    (the stages' own libraries use one thread per worker, as on a cluster), no dashboard."""
+    return {
+        "n_workers": workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": ":0",  # its HTTP server (health, metrics) on a free port, not 8787
+        "scheduler_kwargs": {"dashboard": False},
+    }
+
+
+class Cluster:
+    """The Dask workers a run's partitioned stages go to, through ``client``: one task per partition,
+    run again alone up to ``retries`` times when it raises (a task whose worker died is rerun by the
+    scheduler, up to ``distributed.scheduler.allowed-failures`` deaths)."""
+
+    def __init__(self, client, retries: int = 0):
+        self.client = client
+        self.retries = retries
+
+    @property
+    def workers(self) -> int:
+        return max(len(self.client.scheduler_info()["workers"]), 1)
+
+    def map(self, function, shared, partitions: list, stage: str, *, key: str) -> list:
+        """``function(shared_copy, *arguments)`` for each tuple of ``partitions`` on the workers, the
+        results in partition order. ``shared`` goes to every worker once (``scatter(broadcast=True)``)
+        and is released afterwards; each task's key is ``key-NNNNN``. Fails as
+        :func:`gather_partitions` does."""
+        scattered = self.client.scatter(shared, broadcast=True, hash=False)
+        try:
+            futures = [
+                self.submit(
+                    function,
+                    scattered,
+                    arguments,
+                    key=f"{key}-{index:05d}",
+                    stage=stage,
+                    name=f"{stage} partition {index + 1} of {len(partitions)}",
+                )
+                for index, arguments in enumerate(partitions)
+            ]
+            return gather_partitions(self.client, futures, stage)
+        finally:
+            self.client.cancel(scattered, force=True)
+
+    def submit(self, function, scattered, arguments: tuple, *, key: str, stage: str, name: str):
+        """The future of one partition's task of ``stage``, ``function(scattered, *arguments)`` (``name``
+        says which partition: ``lists partition 3 of 8``)."""
+        return self.client.submit(function, scattered, *arguments, key=key, pure=False, retries=self.retries)
+
+
+@contextmanager
+def cluster_at(address: str | None, retries: int = 0) -> Iterator[Cluster | None]:
+    """The :class:`Cluster` on ``address`` for the length of the block (``None`` without an address):
+    ``local:N`` starts N worker processes (:func:`local_cluster_options`) and shuts them down after it."""
     if address is None:
         yield None
         return
@@ -68,41 +132,30 @@ def dask_client(address: str | None) -> Iterator[object | None]:
     from m6rec.log import quiet_third_party_loggers
 
     quiet_third_party_loggers()  # distributed sets its logger to INFO when imported
-
-    local = _LOCAL.fullmatch(check_dask_address(address))
-    if local is None:
+    workers = local_workers(address)
+    if workers is None:
         with Client(address, set_as_default=False) as client:
             logger.info("dask: scheduler %s, %d workers", address, len(client.scheduler_info()["workers"]))
-            yield client
+            yield Cluster(client, retries)
         return
-    workers = int(local.group(1))
     with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard": False},
-        ) as cluster,
+        LocalCluster(**local_cluster_options(workers)) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
         logger.info("dask: local cluster of %d worker processes (%s)", workers, cluster.scheduler_address)
-        yield client
+        yield Cluster(client, retries)
 
 
-def map_partitions(client, function, shared, partitions: list, stage: str, *, key: str) -> list:
-    """``function(shared_copy, *arguments)`` for each tuple of ``partitions`` on ``client``'s workers, the
-    results in partition order. ``shared`` goes to every worker once (``scatter(broadcast=True)``) and
-    is released afterwards; each task's key is ``key-NNNNN``. Fails as :func:`gather_partitions` does."""
-    scattered = client.scatter(shared, broadcast=True, hash=False)
-    try:
-        futures = [
-            client.submit(function, scattered, *arguments, key=f"{key}-{index:05d}", pure=False)
-            for index, arguments in enumerate(partitions)
-        ]
-        return gather_partitions(client, futures, stage)
-    finally:
-        client.cancel(scattered, force=True)
+@contextmanager
+def cluster_for(settings: DaskSettings) -> Iterator[Cluster | None]:
+    """The cluster a run's partitions go to for the block: on the address in force (:func:`dask_address`
+    of ``settings.address``), else ``None``. The pipelines take any function like this one as their
+    ``cluster_opener`` (the flows' opens a cluster whose partitions are Prefect tasks)."""
+    with cluster_at(dask_address(settings.address), settings.partition_retries) as cluster:
+        yield cluster
+
+
+ClusterOpener = Callable[["DaskSettings"], AbstractContextManager[Cluster | None]]
 
 
 def gather_partitions(client, futures: list, stage: str) -> list:

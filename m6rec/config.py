@@ -501,6 +501,12 @@ class DaskSettings(Section):
         description="Users per partition at most (one task, one part file), scored `user_chunk` at a "
         "time; smaller where that gives each worker two partitions.",
     )
+    partition_retries: NonNegativeInt = Field(
+        1,
+        description="Times a partition task that raised runs again, alone, before the run fails (from the "
+        "flows, a Prefect task retry). A task whose worker died is rerun by the scheduler instead, up to "
+        "distributed's `scheduler.allowed-failures`.",
+    )
 
     @field_validator("address")
     @classmethod

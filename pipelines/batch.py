@@ -40,7 +40,7 @@ from m6rec import __version__
 from m6rec.candidates import create_source
 from m6rec.candidates.registry import source_class
 from m6rec.candidates.side_inputs import SideInputs
-from m6rec.cluster import dask_address, dask_client
+from m6rec.cluster import Cluster, ClusterOpener, cluster_for
 from m6rec.config import RunConfig
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset, load_dataset
@@ -174,6 +174,7 @@ def batch_recommend(
     model_dir: str | Path,
     out_dir: str | Path | None = None,
     config: RunConfig | None = None,
+    cluster_opener: ClusterOpener = cluster_for,
 ) -> BatchResult:
     """Write every user's top-``config.top_k`` list for ``data_dir`` with the model in ``model_dir``.
 
@@ -188,10 +189,12 @@ def batch_recommend(
     scored again; the others keep their lists. The item embeddings are brought up to date incrementally
     from the model's.
 
-    One run at a time writes the folder of the lists (:func:`m6rec.locking.folder_lock`).
+    One run at a time writes the folder of the lists (:func:`m6rec.locking.folder_lock`). When the lists
+    are built, the item encoders and the lists run on the cluster ``cluster_opener`` opens for
+    ``config.dask`` when there is one (:func:`m6rec.cluster.cluster_for`: the one of ``dask.address``).
     """
     with _lists_generation(model_dir, out_dir, config) as (model, folder, stage):
-        return _batch_recommend(data_dir, model, folder, model.serving_config(config), stage)
+        return _batch_recommend(data_dir, model, folder, model.serving_config(config), stage, cluster_opener)
 
 
 @dataclass
@@ -249,7 +252,12 @@ def _same_path(a: Path, b: Path) -> bool:
 
 
 def _batch_recommend(
-    data_dir, model: TrainedModel, folder: RunFolder, config: RunConfig, stage: _ListsStage
+    data_dir,
+    model: TrainedModel,
+    folder: RunFolder,
+    config: RunConfig,
+    stage: _ListsStage,
+    cluster_opener: ClusterOpener,
 ) -> BatchResult:
     clock = StageClock()
     fingerprint = data_fingerprint(Path(data_dir))
@@ -268,8 +276,8 @@ def _batch_recommend(
         else:
             _copy_lists(previous.folder, folder, summary)
         return BatchResult(stage.public.root, summary)
-    with dask_client(dask_address(config.dask.address)) as client:
-        return _score_batch(data_dir, model, folder, config, stage, clock, fingerprint, previous, client)
+    with cluster_opener(config.dask) as cluster:
+        return _score_batch(data_dir, model, folder, config, stage, clock, fingerprint, previous, cluster)
 
 
 def _score_batch(
@@ -281,10 +289,10 @@ def _score_batch(
     clock: StageClock,
     fingerprint: str,
     previous: PreviousLists | None,
-    client,
+    cluster: Cluster | None,
 ) -> BatchResult:
     """The batch when the lists must be built: the current data loaded, the sources folded in (or
-    refitted), the changed users scored (on the workers of a Dask ``client`` when there is one)."""
+    refitted), the changed users scored (on the workers of a Dask ``cluster`` when there is one)."""
     dataset = load_dataset(data_dir, **config.reading())
     matrix = _interactions(dataset)
     plan = batch_plan(model, config, dataset, matrix, previous)
@@ -304,7 +312,7 @@ def _score_batch(
         {"collaborative": history},
         needed=model.needs_embeddings,
         trained_model_dir=None if plan.refit else model.folder.features_dir,
-        client=client,
+        cluster=cluster,
     )
     inputs = embeddings.inputs["collaborative"]
     # From here on the matrix is the history: the frame (a gigabyte at 20M interactions) goes.
@@ -336,7 +344,7 @@ def _score_batch(
 
     rescored = plan.rescored_rows(matrix)
     carried = previous.lists_except(matrix.users.ids[rescored]) if previous and plan.keeps_lists else None
-    written = write_lists(scorer, folder, rescored, carried=carried, client=client)
+    written = write_lists(scorer, folder, rescored, carried=carried, cluster=cluster)
     if not scorer.context or config.ranker.feature_table == "none":
         folder.ranker_features.unlink(missing_ok=True)
     write_parquet(plan.digests, folder.user_histories)

@@ -99,7 +99,7 @@ def compute_embeddings(
     train: pd.DataFrame | None = None,
     items_only: bool = False,
     keep: int = DEFAULT_KEEP,
-    client=None,
+    cluster=None,
 ) -> EmbeddingResult:
     """Bring every configured embedding of ``dataset`` up to date in ``out_dir/features``: the item
     embeddings, then (unless ``items_only``) the collaborative model and user profiles learned from
@@ -109,7 +109,7 @@ def compute_embeddings(
     (:mod:`m6rec.generations`; ``keep`` generations are kept) and is published when all are written; when
     nothing changed, no generation is added. Holds ``out_dir``'s lock (:func:`m6rec.locking.folder_lock`).
     The paths in the result are ``out_dir``'s (``out_dir/features/...``, which follow the published
-    generation). With a Dask ``client`` the frozen encoders run on its workers
+    generation). On a Dask ``cluster`` the frozen encoders run on its workers
     (:func:`features.base.encode_items`)."""
     config = config or EmbeddingConfig()
     train = dataset.interactions if train is None else train
@@ -125,7 +125,7 @@ def compute_embeddings(
         ) as stage,
     ):
         features_dir = RunFolder(stage.path).features_dir
-        result = compute_item_embeddings(dataset, features_dir, config, client=client)
+        result = compute_item_embeddings(dataset, features_dir, config, cluster=cluster)
         if not items_only:
             profiles = ProfileCache(_matrix(dataset, train), half_life_days=config.profile_half_life_days)
             result.merge(train_collaborative(dataset, train, result, features_dir, config, profiles))
@@ -136,17 +136,17 @@ def compute_embeddings(
 
 
 def compute_item_embeddings(
-    dataset: Dataset, features_dir: Path, config: EmbeddingConfig, *, client=None
+    dataset: Dataset, features_dir: Path, config: EmbeddingConfig, *, cluster=None
 ) -> EmbeddingResult:
     """Frozen item embeddings that do not depend on interactions: text, image, audio and KG, and their
     weighted concatenation ``fused.parquet`` (unless fusion is learned by the two-tower model), brought
     up to date in ``features_dir`` (a folder of the generation the caller stages); the frozen encoders
-    on the workers of a Dask ``client`` when there is one."""
-    return _item_embeddings(dataset, Path(features_dir), config, client)
+    on the workers of a Dask ``cluster`` when there is one."""
+    return _item_embeddings(dataset, Path(features_dir), config, cluster)
 
 
 def _item_embeddings(
-    dataset: Dataset, features_dir: Path, config: EmbeddingConfig, client
+    dataset: Dataset, features_dir: Path, config: EmbeddingConfig, cluster
 ) -> EmbeddingResult:
     result = EmbeddingResult(features_dir)
     for modality in ENCODED_MODALITIES:
@@ -154,7 +154,7 @@ def _item_embeddings(
             _timed(
                 result,
                 modality,
-                lambda m=modality: _encode_content(dataset, m, features_dir, config, result, client),
+                lambda m=modality: _encode_content(dataset, m, features_dir, config, result, cluster),
             )
     if "kg" in config.modalities:
         _timed(result, "kg", lambda: _train_kg(dataset, features_dir, config, result))
@@ -239,7 +239,7 @@ def load_collaborative_model(out_dir: Path, *, force_cpu: bool = False) -> TwoTo
 
 
 def _encode_content(
-    dataset: Dataset, modality: str, features_dir: Path, config: EmbeddingConfig, result, client=None
+    dataset: Dataset, modality: str, features_dir: Path, config: EmbeddingConfig, result, cluster=None
 ) -> None:
     from features.base import encode_items
     from features.encoders import create_encoder
@@ -258,7 +258,7 @@ def _encode_content(
         read_timeout_seconds=config.media_read_timeout_seconds,
     )
     report = encode_items(
-        encoder, _encoder_items(dataset, modality), dataset.directory, path, limits, client=client
+        encoder, _encoder_items(dataset, modality), dataset.directory, path, limits, cluster=cluster
     )
     _record(result, modality, path, report)
 

@@ -26,7 +26,7 @@ import pandas as pd
 
 from m6rec import __version__
 from m6rec.candidates.merge import ITEM, USER_ROW
-from m6rec.cluster import PartitionFailed, map_partitions
+from m6rec.cluster import Cluster, PartitionFailed
 from m6rec.data.contract import USER_ID
 from m6rec.io import StreamedParquet
 from pipelines.run_folder import RunFolder
@@ -63,19 +63,19 @@ def write_lists(
     user_rows: np.ndarray,
     evaluation=None,
     carried=None,
-    client=None,
+    cluster: Cluster | None = None,
 ) -> WrittenLists:
     """Score ``user_rows`` chunk by chunk (``config.user_chunk`` users) into ``staged``'s list file and,
     with a ranker context, its feature table (``config.ranker.feature_table`` says which rows), one
     Parquet row group per chunk; ``evaluation.add(chunk)`` sees every :class:`ScoredChunk`.
     ``carried`` (frames of earlier list rows, of users not scored now) are appended after them.
 
-    With a Dask ``client`` the chunks are scored by partitions of users on its workers
+    On a Dask ``cluster`` the chunks are scored by partitions of users on its workers
     (:func:`scored_on_cluster`): the same rows in the same order."""
-    if client is None:
+    if cluster is None:
         scored = scored_chunks(scorer, user_rows, evaluation)
     else:
-        scored = scored_on_cluster(client, scorer, user_rows, staged.parts_dir, evaluation)
+        scored = scored_on_cluster(cluster, scorer, user_rows, staged.parts_dir, evaluation)
     return write_rows(scored, staged.recommendations, staged.ranker_features, carried)
 
 
@@ -177,14 +177,14 @@ class _Part:
 
 
 def scored_on_cluster(
-    client, scorer: ListScorer, user_rows: np.ndarray, parts_dir: Path, evaluation=None
+    cluster: Cluster, scorer: ListScorer, user_rows: np.ndarray, parts_dir: Path, evaluation=None
 ) -> Iterator[ListRows]:
-    """The rows :func:`pipelines.stages.scored_chunks` gives for ``user_rows``, scored on ``client``'s
+    """The rows :func:`pipelines.stages.scored_chunks` gives for ``user_rows``, scored on ``cluster``'s
     workers in partitions of at most ``config.dask.partition_users`` users (two per worker at least,
     where there are users enough); ``evaluation`` (with ``empty``,
     ``counted`` and ``merge``) counts every partition's chunks. Raises :class:`m6rec.cluster.PartitionFailed` when
     a partition's workers kept dying (``distributed.scheduler.allowed-failures``)."""
-    workers = max(len(client.scheduler_info()["workers"]), 1)
+    workers = cluster.workers
     # At least two partitions per worker where the users allow it, so no worker idles at the end.
     size = max(min(scorer.config.dask.partition_users, -(-len(user_rows) // (2 * workers))), 1)
     partitions = [user_rows[start : start + size] for start in range(0, len(user_rows), size)]
@@ -199,8 +199,7 @@ def scored_on_cluster(
         log.info(
             "lists: %d users in %d partitions on %d Dask workers", len(user_rows), len(partitions), workers
         )
-        parts = map_partitions(
-            client,
+        parts = cluster.map(
             _score_partition,
             _Shared(scorer, evaluation),
             [(rows, run_dir, index) for index, rows in enumerate(partitions)],

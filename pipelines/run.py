@@ -22,7 +22,7 @@ from m6rec import __version__
 from m6rec.candidates import create_source
 from m6rec.candidates.merge import ITEM, USER_ROW
 from m6rec.candidates.registry import source_class
-from m6rec.cluster import dask_address, dask_client
+from m6rec.cluster import ClusterOpener, cluster_for
 from m6rec.config import RunConfig
 from m6rec.data import contract
 from m6rec.data.contract import ITEM_ID, USER_ID
@@ -88,7 +88,12 @@ class _Protocol:
     temporal: bool
 
 
-def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | None = None) -> RunResult:
+def run_pipeline(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: RunConfig | None = None,
+    cluster_opener: ClusterOpener = cluster_for,
+) -> RunResult:
     """Run the job on ``data_dir`` and write its outputs into ``out_dir``.
 
     Writes ``recommendations.parquet`` (user_id, item_id, rank, score, source, sources and each candidate
@@ -99,7 +104,9 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
     The run writes a new generation of ``out_dir`` and publishes it whole once every output is written
     and the lists cover every user (:mod:`m6rec.generations`); it starts from the published embeddings,
     and after a run that did not finish, from that run's. One run at a time writes ``out_dir``
-    (:func:`m6rec.locking.folder_lock`): a second one fails at once, naming the first.
+    (:func:`m6rec.locking.folder_lock`): a second one fails at once, naming the first. The item encoders
+    and the final lists run on the cluster ``cluster_opener`` opens for ``config.dask`` when there is one
+    (:func:`m6rec.cluster.cluster_for`: the one of ``dask.address``).
     """
     config = config or RunConfig()
     out_dir = Path(out_dir)
@@ -111,7 +118,7 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
 
     with (
         folder_lock(out_dir),
-        dask_client(dask_address(config.dask.address)) as client,
+        cluster_opener(config.dask) as cluster,
         generations(out_dir).staged(
             kind="training",
             carry=(FEATURES_DIR,),
@@ -120,12 +127,12 @@ def run_pipeline(data_dir: str | Path, out_dir: str | Path, config: RunConfig | 
             validate=validate,
         ) as stage,
     ):
-        result = _run_pipeline(data_dir, RunFolder(stage.path), config, expected, client)
+        result = _run_pipeline(data_dir, RunFolder(stage.path), config, expected, cluster)
     return dataclasses.replace(result, out_dir=out_dir)
 
 
 def _run_pipeline(
-    data_dir: str | Path, folder: RunFolder, config: RunConfig, expected: dict, client=None
+    data_dir: str | Path, folder: RunFolder, config: RunConfig, expected: dict, cluster=None
 ) -> RunResult:
     """The run, written into ``folder`` (the staged generation); ``expected["users"]`` is set to the
     number of users whose lists the folder must hold."""
@@ -157,7 +164,7 @@ def _run_pipeline(
         "fold": History(fold.history_frame, fold.history, folder.fold_features_dir, half_life_days=half_life),
         "collaborative": History(fold.full_frame, fold.full, folder.features_dir, half_life_days=half_life),
     }
-    embeddings = compute_stage_embeddings(dataset, folder.features_dir, config, histories, client=client)
+    embeddings = compute_stage_embeddings(dataset, folder.features_dir, config, histories, cluster=cluster)
     if embeddings.items is not None:
         write_json(embeddings.items.problems, folder.features_dir / PROBLEMS)
         write_json(embeddings.summary, folder.features_dir / EMBEDDINGS_SUMMARY)
@@ -200,7 +207,7 @@ def _run_pipeline(
     )
     clock.lap("candidates")
 
-    if client is not None and config.ranker.enabled:
+    if cluster is not None and config.ranker.enabled:
         log.info(
             "dask: the sources and the ranker train in this process (the ranker on at most %d fold users, "
             "ranker.max_training_users); the item encoders and the final lists run on the workers",
@@ -279,7 +286,7 @@ def _run_pipeline(
 
     def write(staging: Path) -> None:
         staged = RunFolder(staging)
-        written = write_lists(scorer, staged, np.arange(len(users)), evaluation, client=client)
+        written = write_lists(scorer, staged, np.arange(len(users)), evaluation, cluster=cluster)
         if ranker_summary is not None and selected == "ranker":
             ranker_summary["new_item_places_per_user"] = written.new_item_places / max(len(users), 1)
         clock.lap("ranking")

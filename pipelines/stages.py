@@ -124,7 +124,7 @@ def compute_stage_embeddings(
     *,
     needed: bool = True,
     trained_model_dir: Path | None = None,
-    client=None,
+    cluster=None,
 ) -> StageEmbeddings:
     """Item embeddings into ``features_dir`` (incrementally), then for each history the collaborative
     model over them and its side inputs; no embeddings when they are not ``needed`` or the ranker or
@@ -133,7 +133,7 @@ def compute_stage_embeddings(
 
     With ``trained_model_dir`` (a batch: the features folder of the training run) the two-tower model
     saved there folds in each history instead of being trained again (trained only when none was saved
-    or its content modalities no longer match). With a Dask ``client`` the frozen encoders run on its
+    or its content modalities no longer match). On a Dask ``cluster`` the frozen encoders run on its
     workers."""
     if not needed or not config.ranker.enabled or not config.embeddings.modalities:
         bare = {
@@ -142,7 +142,7 @@ def compute_stage_embeddings(
         return StageEmbeddings(None, {}, bare, None)
     from pipelines.embeddings import compute_item_embeddings, load_collaborative_model, train_collaborative
 
-    items = compute_item_embeddings(dataset, features_dir, config.embeddings, client=client)
+    items = compute_item_embeddings(dataset, features_dir, config.embeddings, cluster=cluster)
     if trained_model_dir is not None:
         collaborative = {
             name: _folded_in_collaborative(dataset, items, history, config, trained_model_dir)

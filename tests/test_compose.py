@@ -281,7 +281,9 @@ def test_the_api_asks_for_a_login_checks_csrf_and_admits_only_the_ui_origin(serv
     server, worker = _environment(services["prefect-server"]), _environment(services["worker"])
     assert server["PREFECT_SERVER_API_AUTH_STRING"] == worker["PREFECT_API_AUTH_STRING"]
     required = "${PREFECT_AUTH_STRING:?set PREFECT_AUTH_STRING=user:password in .env}"
-    assert COMPOSE.read_text().count(required) == 2, "the server and the worker share the one login"
+    assert COMPOSE.read_text().count(required) == 3, (
+        "the server, the worker and the Dask workers share one login"
+    )
     assert server["PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED"] == "true"
     assert worker["PREFECT_CLIENT_CSRF_SUPPORT_ENABLED"] == "true"
     assert server["PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"] == "http://localhost:4200"
@@ -320,6 +322,10 @@ def test_the_dask_profile_has_a_scheduler_the_flows_can_reach_and_two_workers_wr
     assert workers["image"] == scheduler["image"] == flows["image"]
     out_dir = _environment(flows)["M6REC_OUT_DIR"]
     assert _mounts(workers)[out_dir] == (_mounts(flows)[out_dir][0], "rw")
+    prefect = {key: value for key, value in _environment(flows).items() if key.startswith("PREFECT_")}
+    assert prefect and {key: _environment(workers).get(key) for key in prefect} == prefect, (
+        "the partitions' Prefect task runs report to the flows' API"
+    )
     from importlib.metadata import entry_points
 
     assert entry_points(group="console_scripts", name="dask"), "the image's dask command (from the lock)"

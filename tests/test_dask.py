@@ -117,6 +117,76 @@ def test_when_the_workers_of_a_partition_keep_dying_the_run_fails_in_one_line_an
     assert not (published.parent / ".parts").exists()
 
 
+def test_from_a_flow_each_partition_is_a_prefect_task_and_one_that_raised_is_retried_alone(
+    prefect_test_api, catalogue, in_process, tmp_path, monkeypatch
+):
+    """The train-ranker flow on ``local:2``: the lists' five partitions are Prefect task runs of the flow
+    run; the second raises once (row 37, in its second chunk) and only it runs a second time."""
+    import yaml
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.train_ranker import train_ranker
+    from pipelines.run import RunResult
+
+    faults = tmp_path / "faults.log"
+    monkeypatch.setenv(dask_faults.KILL_USER_ROW, "37")
+    monkeypatch.setenv(dask_faults.KILLS, "1")
+    monkeypatch.setenv(dask_faults.KILL_LOG, str(faults))
+    monkeypatch.setattr(pipelines.run, "ListScorer", dask_faults.RaisingListScorer)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(_config().replace(dask=ON_CLUSTER).model_dump(mode="json")))
+    out = tmp_path / "run"
+
+    state = train_ranker(str(catalogue), str(out), str(config), report=False, return_state=True)
+
+    assert state.is_completed()
+    assert len(faults.read_text().splitlines()) == 1
+    trained = state.result()
+    _assert_same_outputs(RunResult(out, trained["metrics"], trained["selected_model"], {}), in_process)
+    runs = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=runs)
+    partitions = {run.name: run for run in task_runs if run.name.startswith("lists partition")}
+    assert sorted(partitions) == [f"lists partition {index} of 5" for index in range(1, 6)]
+    assert {name: run.state_name for name, run in partitions.items()} == dict.fromkeys(
+        partitions, "Completed"
+    )
+    assert {name: run.run_count for name, run in partitions.items()} == {
+        name: 2 if name == "lists partition 2 of 5" else 1 for name in partitions
+    }
+
+
+def test_the_embeddings_flow_encodes_the_item_texts_in_prefect_tasks_on_the_workers(
+    prefect_test_api, catalogue, tmp_path
+):
+    import yaml
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.nightly_embeddings import nightly_embeddings
+    from m6rec.embeddings.store import read_embeddings
+
+    config = tmp_path / "config.yaml"
+    settings = RunConfig(embeddings=EmbeddingConfig(modalities=["text"]), dask=ON_CLUSTER)
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+
+    state = nightly_embeddings(str(catalogue), str(tmp_path / "out"), str(config), return_state=True)
+
+    assert state.is_completed()
+    embeddings = state.result()
+    assert {key: embeddings["counts"]["text"][key] for key in ("total", "computed", "failed")} == {
+        "total": 96,
+        "computed": 96,
+        "failed": 0,
+    }
+    assert read_embeddings(embeddings["files"]["text"]).valid.all()
+    runs = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        names = {run.name: run.state_name for run in client.read_task_runs(flow_run_filter=runs)}
+    assert names["text embeddings partition 1 of 1"] == "Completed"
+
+
 def test_the_dask_address_comes_from_the_option_or_configuration_then_the_environment(monkeypatch):
     monkeypatch.delenv(DASK_ADDRESS_VARIABLE, raising=False)
     assert dask_address(None) is None
@@ -152,7 +222,7 @@ def test_item_texts_encoded_on_a_two_worker_cluster_are_the_in_process_vectors(c
     """Three partitions of 40 texts; the driver never loads the model, each worker loads it once."""
     from features.base import encode_items
     from features.encoders import create_encoder
-    from m6rec.cluster import dask_client
+    from m6rec.cluster import cluster_at
     from m6rec.data.dataset import load_dataset
     from m6rec.embeddings.store import read_embeddings
 
@@ -162,9 +232,9 @@ def test_item_texts_encoded_on_a_two_worker_cluster_are_the_in_process_vectors(c
         create_encoder("text", item_columns=dataset.item_columns), items, catalogue, tmp_path / "here.parquet"
     )
     encoder = create_encoder("text", item_columns=dataset.item_columns)
-    with dask_client("local:2") as client:
+    with cluster_at("local:2") as cluster:
         there = encode_items(
-            encoder, items, catalogue, tmp_path / "there.parquet", client=client, partition_items=40
+            encoder, items, catalogue, tmp_path / "there.parquet", cluster=cluster, partition_items=40
         )
     assert encoder._model is None
     assert (
