@@ -52,8 +52,20 @@ def flow_cluster(settings: DaskSettings) -> Iterator[Cluster | None]:
     if workers is None:
         runner = DaskTaskRunner(address=address)
     else:
-        runner = DaskTaskRunner(
-            cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_options(workers)
-        )
+        options = {**local_cluster_options(workers), "env": _this_flows_api()}
+        runner = DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=options)
     with runner:
         yield PrefectTaskCluster(runner.client, settings.partition_retries)
+
+
+def _this_flows_api() -> dict[str, str]:
+    """The environment that points local workers at the Prefect API of this flow run: its
+    ``PREFECT_API_URL``, or without one the temporary server this process started (else every worker
+    starts a server of its own on the same database, and one killed leaves its server behind)."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return {"PREFECT_API_URL": PREFECT_API_URL.value()}
+    server = SubprocessASGIServer()
+    return {"PREFECT_API_URL": server.api_url} if server.running else {}

@@ -4,6 +4,7 @@ vectors equal the in-process ones (features.base.encode_items)."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -185,6 +186,34 @@ def test_the_embeddings_flow_encodes_the_item_texts_in_prefect_tasks_on_the_work
     with get_client(sync_client=True) as client:
         names = {run.name: run.state_name for run in client.read_task_runs(flow_run_filter=runs)}
     assert names["text embeddings partition 1 of 1"] == "Completed"
+
+
+def test_a_flow_without_a_prefect_server_gives_its_local_workers_its_own_temporary_api(catalogue, tmp_path):
+    """Run as a script with no Prefect API configured, the flow starts one temporary server; the local
+    workers report their partitions' task runs to it instead of each starting one of its own."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "config.yaml"
+    settings = RunConfig(embeddings=EmbeddingConfig(modalities=["text"]), dask=ON_CLUSTER)
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API")}
+    environment |= {"PREFECT_HOME": str(tmp_path / "prefect"), "HF_HUB_OFFLINE": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "flows.nightly_embeddings",
+        str(catalogue),
+        str(tmp_path / "out"),
+        str(config),
+    ]
+    completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-3000:]
+    assert "text embeddings partition 1 of 1" in output
+    assert len(re.findall(r"Starting temporary server on", output)) == 1, output[-3000:]
 
 
 def test_the_dask_address_comes_from_the_option_or_configuration_then_the_environment(monkeypatch):
