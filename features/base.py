@@ -13,13 +13,16 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from m6rec.data.contained import MediaLimits
 from m6rec.embeddings.store import EncodeResult, IncrementalReport, embed_incrementally
+
+if TYPE_CHECKING:
+    from m6rec.cluster import Executor
 
 _ENCODERS: dict[str, type[ItemEncoder]] = {}
 
@@ -81,7 +84,7 @@ def media_inputs(
     paths as inputs and the files' streamed hashes as fingerprints. A path that lands outside the dataset
     folder (and ``limits.extra_roots``), is not a regular file, is missing, too large or too slow to read
     becomes a :class:`RejectedInput` (:mod:`m6rec.data.contained`); nothing else opens it."""
-    from m6rec.data.contained import RejectedPath, contained_path, streamed_fingerprint
+    from m6rec.data.contained import RejectedPath, contained_path
     from m6rec.data.contract import ITEM_ID
 
     limits = limits or MediaLimits()
@@ -94,7 +97,7 @@ def media_inputs(
         keys.append(key)
         try:
             path = contained_path(Path(dataset_dir), str(raw), limits.extra_roots)
-            fingerprints.append(streamed_fingerprint(path, limits))
+            fingerprints.append(limits.fingerprint(path))
             inputs.append(str(path))
         except RejectedPath as rejected:
             inputs.append(RejectedInput(str(rejected)))
@@ -109,22 +112,21 @@ def encode_items(
     out_path: Path,
     limits: MediaLimits | None = None,
     *,
-    cluster=None,
-    partition_items: int = 10_000,
+    executor: Executor | None = None,
 ) -> IncrementalReport:
     """Embed ``items`` with ``encoder`` into ``out_path``, recomputing only new or changed items.
 
     The encoder's ``encode`` (and so its model load) runs only when some item is new or changed; when
     ``out_path`` already holds exactly these items, fingerprints and encoder identity, it is not rewritten.
-    On a Dask ``cluster`` (:class:`m6rec.cluster.Cluster`) the items to encode go to its workers
-    ``partition_items`` at a time (each worker loads the model once; this process does not load it): the
-    same vectors, within float tolerance, since a batch's padding can differ.
+    On a remote ``executor`` (:mod:`m6rec.cluster`) the items to encode go to its workers
+    ``executor.partition_items`` at a time (each worker loads the model once; this process does not load
+    it): the same vectors, within float tolerance, since a batch's padding can differ.
     """
 
     def encode(inputs: list) -> EncodeResult:
-        if cluster is None:
+        if executor is None or not executor.remote:
             return _encode_accepted(encoder, inputs)
-        return _encode_on_cluster(cluster, encoder, inputs, partition_items)
+        return _encode_on_cluster(executor, encoder, inputs, executor.partition_items)
 
     prepared = encoder.prepare(items, Path(dataset_dir), limits)
     return embed_incrementally(
@@ -140,12 +142,12 @@ def encode_items(
     )
 
 
-def _encode_on_cluster(cluster, encoder: ItemEncoder, inputs: list, size: int) -> EncodeResult:
-    """:func:`_encode_accepted` by partitions of ``size`` inputs on ``cluster``'s workers, put back in
+def _encode_on_cluster(executor: Executor, encoder: ItemEncoder, inputs: list, size: int) -> EncodeResult:
+    """:func:`_encode_accepted` by partitions of ``size`` inputs on ``executor``'s workers, put back in
     order (a partition of rejected inputs only comes back without columns)."""
     if not inputs:
         return EncodeResult(np.zeros((0, 0), dtype=np.float32))
-    parts = cluster.map(
+    parts = executor.map(
         _encode_accepted,
         encoder,
         [(inputs[start : start + size],) for start in range(0, len(inputs), size)],

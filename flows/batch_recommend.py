@@ -14,35 +14,46 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from flows.artifacts import batch_artifacts, publish_artifacts
-from flows.cluster import flow_cluster
+from flows.cluster import flow_executor
 from flows.inputs import read_run_config
-from flows.policies import NO_PERSISTED_RESULT
+from flows.policies import NO_PERSISTED_RESULT, NOT_CACHED
+from m6rec.cluster import Executor
 from m6rec.config import RunConfig
 from pipelines.batch import batch_recommend as recommend_all_users
 from pipelines.batch import lists_from_training
-from pipelines.run_folder import RunFolder
+from pipelines.run_folder import RunFolder, StagedGeneration
 
 
-@task(**NO_PERSISTED_RESULT)
-def recommend_for_every_user(data_dir: str, model_dir: str, lists_dir: str, config: RunConfig) -> dict:
-    """Write every user's list with the model in ``model_dir`` into ``lists_dir``; returns the lists' path,
-    the model that ranked them, the candidate sources, the counts (users, items, interactions, list rows)
-    and stage timings."""
-    result = recommend_all_users(
-        data_dir,
-        model_dir=Path(model_dir),
-        out_dir=Path(lists_dir),
-        config=config,
-        cluster_opener=flow_cluster,
-    )
+@task(**NO_PERSISTED_RESULT, **NOT_CACHED)
+def recommend_for_every_user(
+    data_dir: str,
+    model_dir: str,
+    lists_dir: str,
+    config: RunConfig,
+    *,
+    executor: Executor | None = None,
+    stage: StagedGeneration | None = None,
+) -> dict:
+    """Write every user's list with the model in ``model_dir`` into ``lists_dir`` (into ``stage``, the
+    night's generation of ``model_dir``, when given); returns the lists' path, the model that ranked
+    them, the candidate sources, the counts (users, items, interactions, list rows) and stage timings."""
+    with flow_executor(config.dask) as own:
+        result = recommend_all_users(
+            data_dir,
+            model_dir=Path(model_dir),
+            out_dir=Path(lists_dir),
+            config=config,
+            executor=executor or own,
+            stage=stage,
+        )
     return _lists_summary(result)
 
 
-@task(**NO_PERSISTED_RESULT)
-def publish_training_lists(model_dir: str) -> dict:
+@task(**NO_PERSISTED_RESULT, **NOT_CACHED)
+def publish_training_lists(model_dir: str, *, stage: StagedGeneration | None = None) -> dict:
     """The training run's lists as the batch lists (same data, so a batch would build the same ones);
     returns what :func:`recommend_for_every_user` returns."""
-    return _lists_summary(lists_from_training(model_dir))
+    return _lists_summary(lists_from_training(model_dir, stage=stage))
 
 
 def _lists_summary(result) -> dict:

@@ -2,9 +2,9 @@
 fusion) up to date in ``OUT_DIR/features``.
 
 Only new or changed items are encoded. When neither the dataset's files nor the configuration changed
-since the last run, the cache (``flows.policies``: a plain JSON file, no Prefect result storage) answers
-without loading a single model. Deployed, every completed run
-triggers the ``batch-recommend`` deployment (``flows/deployments.py``).
+since the last run, the embedding stage's cache (:mod:`pipelines.embeddings`) answers without loading a
+single model. Deployed, every completed run triggers the ``batch-recommend`` deployment
+(``flows/deployments.py``).
 
 Local run: python -m flows.nightly_embeddings DATA_DIR OUT_DIR [CONFIG_YAML]
 """
@@ -16,43 +16,58 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from flows.artifacts import embedding_artifacts, publish_artifacts
-from flows.cluster import flow_cluster
+from flows.cluster import flow_executor
 from flows.inputs import load_catalogue, read_run_config
-from flows.policies import (
-    NO_PERSISTED_RESULT,
-    item_embeddings_key,
-    read_cached_embeddings,
-    write_cached_embeddings,
-)
+from flows.policies import NO_PERSISTED_RESULT, NOT_CACHED
+from m6rec.cluster import Executor
 from m6rec.config import DaskSettings, EmbeddingConfig
 from m6rec.data.dataset import Dataset
 from pipelines.embeddings import compute_embeddings
+from pipelines.run_folder import StagedGeneration
 
 PROBLEM_EXAMPLES = 20
 
 
-@task(**NO_PERSISTED_RESULT)
+@task(**NO_PERSISTED_RESULT, **NOT_CACHED)
 def encode_item_embeddings(
-    dataset: Dataset, out_dir: str, config: EmbeddingConfig, keep: int, dask: DaskSettings | None = None
+    dataset: Dataset,
+    out_dir: str,
+    config: EmbeddingConfig,
+    keep: int,
+    dask: DaskSettings | None = None,
+    *,
+    executor: Executor | None = None,
+    stage: StagedGeneration | None = None,
 ) -> dict:
     """Compute (incrementally) the item embedding files of ``dataset`` into ``out_dir/features``, in a
-    new generation of ``out_dir`` (``keep`` kept) when anything changed; the encoders run on the Dask
-    workers of ``dask.address`` (or ``M6REC_DASK_ADDRESS``) when there are any, a Prefect task per
-    partition of items (:func:`flows.cluster.flow_cluster`).
+    new generation of ``out_dir`` (``keep`` kept) when anything changed, or in ``stage`` (the night's);
+    the encoders run on ``executor``, by default the Dask workers of ``dask.address`` (or
+    ``M6REC_DASK_ADDRESS``) when there are any, a Prefect task per partition of items.
 
     Returns a small summary: ``features_dir``, ``files`` (modality → path), ``counts``
     (modality → total, computed, reused, failed), ``problems`` (number of items without an embedding),
-    ``problem_examples`` (the first few) and ``timings_seconds``.
+    ``problem_examples`` (the first few), ``timings_seconds`` and ``cached`` (whether the cache answered).
     """
-    with flow_cluster(dask or DaskSettings()) as cluster:
+    with flow_executor(dask or DaskSettings()) as own:
         result = compute_embeddings(
-            dataset, Path(out_dir), config, items_only=True, keep=keep, cluster=cluster
+            dataset, Path(out_dir), config, items_only=True, keep=keep, executor=executor or own, stage=stage
         )
     return {
         "features_dir": str(result.features_dir),
         **result.summary(),
         "problem_examples": result.problems[:PROBLEM_EXAMPLES],
+        "cached": result.cached,
     }
+
+
+def log_embedding_counts(logger, embeddings: dict) -> None:
+    logger.info(
+        "embeddings: %s",
+        "; ".join(
+            f"{modality} {counts['computed']} computed, {counts['reused']} reused, {counts['failed']} failed"
+            for modality, counts in embeddings["counts"].items()
+        ),
+    )
 
 
 @flow(name="nightly-embeddings", **NO_PERSISTED_RESULT)
@@ -61,31 +76,16 @@ def nightly_embeddings(
 ) -> dict:
     """Item embeddings of the dataset in ``data_dir`` into ``out_dir/features``; ``cpu`` ignores any GPU.
 
-    Returns the summary of :func:`encode_item_embeddings` with ``cached`` (whether the cache answered:
-    the dataset's files and the configuration are those of the last run, and its files are all there)
-    and publishes it as the ``embeddings-summary`` and ``embedding-counts`` artifacts.
+    Returns the summary of :func:`encode_item_embeddings` and publishes it as the ``embeddings-summary``
+    and ``embedding-counts`` artifacts.
     """
     logger = get_run_logger()
     config = read_run_config(config_path, cpu)
     dataset = load_catalogue(data_dir, config)
-    key = item_embeddings_key(dataset, out_dir, config.embeddings)
-    cached = read_cached_embeddings(out_dir, key)
-    if cached is not None:
-        logger.info("dataset and configuration unchanged since the last run: embeddings taken from the cache")
-        embeddings = {**cached, "cached": True}
-    else:
-        embeddings = encode_item_embeddings(
-            dataset, out_dir, config.embeddings, config.keep_generations, config.dask
-        )
-        write_cached_embeddings(out_dir, key, embeddings)
-        embeddings = {**embeddings, "cached": False}
-    logger.info(
-        "embeddings: %s",
-        "; ".join(
-            f"{modality} {counts['computed']} computed, {counts['reused']} reused, {counts['failed']} failed"
-            for modality, counts in embeddings["counts"].items()
-        ),
+    embeddings = encode_item_embeddings(
+        dataset, out_dir, config.embeddings, config.keep_generations, config.dask
     )
+    log_embedding_counts(logger, embeddings)
     publish_artifacts(embedding_artifacts(embeddings))
     return embeddings
 

@@ -14,21 +14,30 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from flows.artifacts import publish_artifacts, ranker_artifacts
-from flows.cluster import flow_cluster
+from flows.cluster import flow_executor
 from flows.inputs import read_run_config
-from flows.policies import NO_PERSISTED_RESULT
+from flows.policies import NO_PERSISTED_RESULT, NOT_CACHED
+from m6rec.cluster import Executor
 from m6rec.config import RunConfig
 from pipelines.report import publish_report
 from pipelines.run import run_pipeline
-from pipelines.run_folder import RunFolder
+from pipelines.run_folder import RunFolder, StagedGeneration
 
 
-@task(**NO_PERSISTED_RESULT)
-def fit_two_stage_model(data_dir: str, out_dir: str, config: RunConfig) -> dict:
-    """Run the main job; returns its output folder, the evaluation lists' path, the selected model, the
-    metrics per candidate source and of the final list, counts, each source's validation NDCG, whether the
-    ranker was used, and stage timings."""
-    result = run_pipeline(data_dir, out_dir, config, cluster_opener=flow_cluster)
+@task(**NO_PERSISTED_RESULT, **NOT_CACHED)
+def fit_two_stage_model(
+    data_dir: str,
+    out_dir: str,
+    config: RunConfig,
+    *,
+    executor: Executor | None = None,
+    stage: StagedGeneration | None = None,
+) -> dict:
+    """Run the main job (into ``stage``, the night's generation, when given); returns its output folder,
+    the evaluation lists' path, the selected model, the metrics per candidate source and of the final
+    list, counts, each source's validation NDCG, whether the ranker was used, and stage timings."""
+    with flow_executor(config.dask) as own:
+        result = run_pipeline(data_dir, out_dir, config, executor=executor or own, stage=stage)
     summary = result.summary
     ranker = summary.get("ranker") or {}
     return {
@@ -46,11 +55,11 @@ def fit_two_stage_model(data_dir: str, out_dir: str, config: RunConfig) -> dict:
     }
 
 
-@task(**NO_PERSISTED_RESULT)
-def write_run_report(out_dir: str) -> str:
+@task(**NO_PERSISTED_RESULT, **NOT_CACHED)
+def write_run_report(out_dir: str, keep: int, *, stage: StagedGeneration | None = None) -> str:
     """Write ``out_dir/report.html`` (metrics, ranker, embeddings and timing charts) in a new generation
-    of ``out_dir``; returns its path."""
-    return str(publish_report(Path(out_dir)))
+    of ``out_dir`` (``keep`` kept), or in ``stage`` (the night's); returns its path."""
+    return str(publish_report(Path(out_dir), keep=keep, stage=stage))
 
 
 @flow(name="train-ranker", **NO_PERSISTED_RESULT)
@@ -69,7 +78,11 @@ def train_ranker(data_dir: str, out_dir: str, config_path: str | None = None, re
     )
     publish_artifacts(ranker_artifacts(trained))
     page = RunFolder(out_dir).report_page  # the training run writes it
-    trained["report"] = (str(page) if page.exists() else write_run_report(out_dir)) if report else None
+    trained["report"] = (
+        (str(page) if page.exists() else write_run_report(out_dir, config.keep_generations))
+        if report
+        else None
+    )
     return trained
 
 

@@ -115,7 +115,7 @@ def run(
 def _use_dask(run_config, address: str | None) -> None:
     """``--dask``, checked, into ``run_config`` (it beats the configuration's ``dask.address``)."""
     if address is not None:
-        from m6rec.cluster import check_dask_address
+        from m6rec.config import check_dask_address
 
         run_config.dask = run_config.dask.replace(address=check_dask_address(address))
 
@@ -145,7 +145,7 @@ def embed(
 
     Example: m6rec embed demo-out/catalogue --out demo-out/run
     """
-    from m6rec.cluster import cluster_for
+    from m6rec.cluster import open_executor
     from m6rec.config import RunConfig
     from m6rec.data.dataset import load_dataset
     from pipelines.embeddings import compute_embeddings
@@ -159,9 +159,9 @@ def embed(
     reading["skip_invalid_rows"] = skip_invalid_rows or run_config.skip_invalid_rows
     dataset = load_dataset(data_dir, **reading)
     _use_dask(run_config, dask)
-    with cluster_for(run_config.dask) as cluster:
+    with open_executor(run_config.dask) as executor:
         result = compute_embeddings(
-            dataset, out, embedding_config, keep=run_config.keep_generations, cluster=cluster
+            dataset, out, embedding_config, keep=run_config.keep_generations, executor=executor
         )
     if as_json:
         typer.echo(json.dumps(result.summary(), indent=2, default=str))

@@ -1,28 +1,28 @@
-"""Where the partitioned stages run: in this process, or on a Dask cluster.
+"""Where the partitioned stages run: the one executor of a run, in this process or on a Dask cluster.
 
-The address comes from ``--dask``, else the configuration's ``dask.address``, else the environment
-variable ``M6REC_DASK_ADDRESS``: ``tcp://HOST:PORT`` (or any address a ``distributed.Client`` takes)
-joins an existing scheduler; ``local:N`` starts a ``distributed.LocalCluster`` of N single-threaded
-worker processes on this machine for the run and stops it afterwards. Without an address everything
-runs in-process.
+Every pipeline entry (the run, the batch, the embeddings) takes an :class:`Executor` and defaults to
+:func:`open_executor` of its configuration's ``dask`` section, the only place that chooses between local
+and a scheduler. The address comes from ``--dask``, else the configuration's ``dask.address``, else the
+environment variable ``M6REC_DASK_ADDRESS``: ``tcp://HOST:PORT`` (or any address a ``distributed.Client``
+takes) joins an existing scheduler; ``local:N`` starts a ``distributed.LocalCluster`` of N single-threaded
+worker processes on this machine and stops it afterwards. Without an address it is a
+:class:`LocalExecutor`: everything runs in-process.
 
-A stage's partitions are tasks of a :class:`Cluster`; the flows' cluster (``flows/cluster.py``) makes each
-one a Prefect task run.
+Both executors have the same :meth:`~Executor.map`. A Dask executor connects on its first use, so a
+batch that finds nothing to do starts no cluster. The flows pass the client of Prefect's
+``DaskTaskRunner`` in (``flows/cluster.py``), which makes every partition a Prefect task run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
-from typing import TYPE_CHECKING
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from typing import Protocol
 
-from m6rec.errors import ConfigError, M6RecError
-
-if TYPE_CHECKING:
-    from m6rec.config import DaskSettings
+from m6rec.config import DaskSettings, check_dask_address, local_workers
+from m6rec.errors import M6RecError
 
 logger = logging.getLogger("m6rec")
 
@@ -33,9 +33,6 @@ class PartitionFailed(M6RecError):
     """A partition of a stage could not be computed on the cluster; nothing of the run was published."""
 
 
-_LOCAL = re.compile(r"local:(\d+)")
-
-
 def dask_address(configured: str | None) -> str | None:
     """The Dask address in force: ``configured`` (the option or the configuration), else the
     environment's ``M6REC_DASK_ADDRESS``; ``None`` (or an empty value) runs in-process."""
@@ -43,28 +40,6 @@ def dask_address(configured: str | None) -> str | None:
     if address is not None:
         check_dask_address(address)
     return address
-
-
-def check_dask_address(address: str) -> str:
-    """``address`` when it names a local cluster (``local:N``, N ≥ 1) or a scheduler (``tcp://HOST:PORT``
-    and the other protocols ``distributed`` knows); a :class:`ConfigError` otherwise."""
-    local = _LOCAL.fullmatch(address)
-    if local is not None:
-        if int(local.group(1)) < 1:
-            raise ConfigError(f"dask address {address!r}: a local cluster needs at least one worker")
-        return address
-    if "://" not in address or address.startswith("local"):
-        raise ConfigError(
-            f"dask address {address!r}: expected local:N (N workers on this machine) or a scheduler "
-            "address such as tcp://HOST:8786"
-        )
-    return address
-
-
-def local_workers(address: str) -> int | None:
-    """N of a ``local:N`` address; ``None`` for a scheduler's address."""
-    local = _LOCAL.fullmatch(check_dask_address(address))
-    return None if local is None else int(local.group(1))
 
 
 def local_cluster_options(workers: int) -> dict:
@@ -79,83 +54,141 @@ def local_cluster_options(workers: int) -> dict:
     }
 
 
-class Cluster:
-    """The Dask workers a run's partitioned stages go to, through ``client``: one task per partition,
-    run again alone up to ``retries`` times when it raises (a task whose worker died is rerun by the
-    scheduler, up to ``distributed.scheduler.allowed-failures`` deaths)."""
+class Executor(Protocol):
+    """Where a stage's partitions run. ``remote``: on other processes, so results come back through
+    files or the network (an in-process stage streams instead); ``workers``: how many run at once;
+    ``partition_users`` / ``partition_items``: the most users or items one partition holds."""
 
-    def __init__(self, client, retries: int = 0):
-        self.client = client
-        self.retries = retries
+    remote: bool
+    partition_users: int
+    partition_items: int
+
+    @property
+    def workers(self) -> int: ...
+
+    def map(self, function: Callable, shared, partitions: list[tuple], stage: str, *, key: str) -> list:
+        """``function(shared, *arguments)`` for each tuple of ``partitions``, the results in order."""
+        ...
+
+
+class LocalExecutor:
+    """Every partition in this process, one after the other."""
+
+    remote = False
+    workers = 1
+
+    def __init__(self, settings: DaskSettings | None = None):
+        settings = settings or DaskSettings()
+        self.partition_users, self.partition_items = settings.partition_users, settings.partition_items
+
+    def map(self, function: Callable, shared, partitions: list[tuple], stage: str, *, key: str) -> list:
+        return [function(shared, *arguments) for arguments in partitions]
+
+
+# Opens a ``distributed.Client`` (or one like it) for an address and the workers of ``local:N`` (None
+# for a scheduler's address), for the length of a block.
+ClientOpener = Callable[[str, int | None], AbstractContextManager]
+# Turns a partition's function into what the client submits (the flows: a Prefect task of that name).
+PartitionTask = Callable[..., Callable]
+
+
+class DaskExecutor:
+    """The workers of a Dask client: one task per partition, run again alone up to ``retries`` times when
+    it raises (a task whose worker died is rerun by the scheduler, up to
+    ``distributed.scheduler.allowed-failures`` deaths). ``connect`` opens the client on first use."""
+
+    remote = True
+
+    def __init__(
+        self,
+        connect: Callable[[], object],
+        settings: DaskSettings,
+        partition_task: PartitionTask | None = None,
+    ):
+        self._connect, self._client = connect, None
+        self.retries = settings.partition_retries
+        self.partition_users, self.partition_items = settings.partition_users, settings.partition_items
+        self.partition_task = partition_task
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
 
     @property
     def workers(self) -> int:
         return max(len(self.client.scheduler_info()["workers"]), 1)
 
-    def map(self, function, shared, partitions: list, stage: str, *, key: str) -> list:
-        """``function(shared_copy, *arguments)`` for each tuple of ``partitions`` on the workers, the
-        results in partition order. ``shared`` goes to every worker once (``scatter(broadcast=True)``)
-        and is released afterwards; each task's key is ``key-NNNNN``. Fails as
-        :func:`gather_partitions` does."""
-        scattered = self.client.scatter(shared, broadcast=True, hash=False)
+    def map(self, function: Callable, shared, partitions: list[tuple], stage: str, *, key: str) -> list:
+        """``shared`` goes to every worker once (``scatter(broadcast=True)``) and is released afterwards;
+        each task's key is ``key-NNNNN``. Fails as :func:`gather_partitions` does."""
+        client = self.client
+        scattered = client.scatter(shared, broadcast=True, hash=False)
         try:
-            futures = [
-                self.submit(
-                    function,
-                    scattered,
-                    arguments,
-                    key=f"{key}-{index:05d}",
-                    stage=stage,
-                    name=f"{stage} partition {index + 1} of {len(partitions)}",
+            futures = []
+            for index, arguments in enumerate(partitions):
+                task, options = function, {"retries": self.retries}
+                if self.partition_task is not None:  # the task retries itself
+                    name = f"{stage} partition {index + 1} of {len(partitions)}"
+                    task, options = self.partition_task(function, stage, name, self.retries), {}
+                futures.append(
+                    client.submit(
+                        task, scattered, *arguments, key=f"{key}-{index:05d}", pure=False, **options
+                    )
                 )
-                for index, arguments in enumerate(partitions)
-            ]
-            return gather_partitions(self.client, futures, stage)
+            return gather_partitions(client, futures, stage)
         finally:
-            self.client.cancel(scattered, force=True)
-
-    def submit(self, function, scattered, arguments: tuple, *, key: str, stage: str, name: str):
-        """The future of one partition's task of ``stage``, ``function(scattered, *arguments)`` (``name``
-        says which partition: ``lists partition 3 of 8``)."""
-        return self.client.submit(function, scattered, *arguments, key=key, pure=False, retries=self.retries)
+            client.cancel(scattered, force=True)
 
 
 @contextmanager
-def cluster_at(address: str | None, retries: int = 0) -> Iterator[Cluster | None]:
-    """The :class:`Cluster` on ``address`` for the length of the block (``None`` without an address):
-    ``local:N`` starts N worker processes (:func:`local_cluster_options`) and shuts them down after it."""
-    if address is None:
-        yield None
-        return
+def distributed_client(address: str, workers: int | None) -> Iterator[object]:
+    """A ``distributed.Client`` of the scheduler at ``address``, or of a ``LocalCluster`` of ``workers``
+    processes started for the block (:func:`local_cluster_options`)."""
     from distributed import Client, LocalCluster
 
-    from m6rec.log import quiet_third_party_loggers
-
-    quiet_third_party_loggers()  # distributed sets its logger to INFO when imported
-    workers = local_workers(address)
     if workers is None:
         with Client(address, set_as_default=False) as client:
-            logger.info("dask: scheduler %s, %d workers", address, len(client.scheduler_info()["workers"]))
-            yield Cluster(client, retries)
+            yield client
         return
     with (
         LocalCluster(**local_cluster_options(workers)) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
-        logger.info("dask: local cluster of %d worker processes (%s)", workers, cluster.scheduler_address)
-        yield Cluster(client, retries)
+        yield client
 
 
 @contextmanager
-def cluster_for(settings: DaskSettings) -> Iterator[Cluster | None]:
-    """The cluster a run's partitions go to for the block: on the address in force (:func:`dask_address`
-    of ``settings.address``), else ``None``. The pipelines take any function like this one as their
-    ``cluster_opener`` (the flows' opens a cluster whose partitions are Prefect tasks)."""
-    with cluster_at(dask_address(settings.address), settings.partition_retries) as cluster:
-        yield cluster
+def open_executor(
+    settings: DaskSettings,
+    *,
+    client_opener: ClientOpener = distributed_client,
+    partition_task: PartitionTask | None = None,
+) -> Iterator[Executor]:
+    """The executor of ``settings`` for the block: a :class:`LocalExecutor` without an address in force
+    (:func:`dask_address`), else a :class:`DaskExecutor` whose client ``client_opener`` opens on first
+    use and which is closed when the block ends."""
+    address = dask_address(settings.address)
+    if address is None:
+        yield LocalExecutor(settings)
+        return
+    with ExitStack() as stack:
 
+        def connect():
+            from m6rec.log import quiet_third_party_loggers
 
-ClusterOpener = Callable[["DaskSettings"], AbstractContextManager[Cluster | None]]
+            quiet_third_party_loggers()  # distributed sets its logger to INFO when imported
+            workers = local_workers(address)
+            client = stack.enter_context(client_opener(address, workers))
+            info = client.scheduler_info()
+            if workers is None:
+                logger.info("dask: scheduler %s, %d workers", address, len(info["workers"]))
+            else:
+                logger.info("dask: local cluster of %d worker processes (%s)", workers, info["address"])
+            return client
+
+        yield DaskExecutor(connect, settings, partition_task)
 
 
 def gather_partitions(client, futures: list, stage: str) -> list:

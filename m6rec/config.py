@@ -15,6 +15,7 @@ from :class:`RankerParams`.
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -486,6 +487,31 @@ class BatchSettings(Section):
     )
 
 
+_LOCAL_DASK_ADDRESS = re.compile(r"local:(\d+)")
+
+
+def check_dask_address(address: str) -> str:
+    """``address`` when it names a local cluster (``local:N``, N ≥ 1) or a scheduler (``tcp://HOST:PORT``
+    and the other protocols ``distributed`` knows); a :class:`ConfigError` otherwise."""
+    local = _LOCAL_DASK_ADDRESS.fullmatch(address)
+    if local is not None:
+        if int(local.group(1)) < 1:
+            raise ConfigError(f"dask address {address!r}: a local cluster needs at least one worker")
+        return address
+    if "://" not in address or address.startswith("local"):
+        raise ConfigError(
+            f"dask address {address!r}: expected local:N (N workers on this machine) or a scheduler "
+            "address such as tcp://HOST:8786"
+        )
+    return address
+
+
+def local_workers(address: str) -> int | None:
+    """N of a ``local:N`` address; ``None`` for a scheduler's address."""
+    local = _LOCAL_DASK_ADDRESS.fullmatch(check_dask_address(address))
+    return None if local is None else int(local.group(1))
+
+
 class DaskSettings(Section):
     """Where the partitioned stages run (:mod:`m6rec.cluster`): the final lists are scored by partitions
     of users, each written as a part file of its own and committed when every part is there."""
@@ -501,6 +527,11 @@ class DaskSettings(Section):
         description="Users per partition at most (one task, one part file), scored `user_chunk` at a "
         "time; smaller where that gives each worker two partitions.",
     )
+    partition_items: PositiveInt = Field(
+        10_000,
+        description="Items per partition at most of a frozen encoder's work on the workers (one task each; "
+        "each worker loads the model once).",
+    )
     partition_retries: NonNegativeInt = Field(
         1,
         description="Times a partition task that raised runs again, alone, before the run fails (from the "
@@ -512,8 +543,6 @@ class DaskSettings(Section):
     @classmethod
     def _known_address(cls, value: str | None) -> str | None:
         if value:
-            from m6rec.cluster import check_dask_address
-
             try:
                 check_dask_address(value)
             except ConfigError as error:

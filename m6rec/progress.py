@@ -1,4 +1,5 @@
-"""Progress bars for the long stages: encoding, training, index building, candidate scoring.
+"""Progress of the long stages: bars for encoding, training, index building and candidate scoring, and the
+stage clock (:class:`StageClock`: seconds and peak memory per stage, what ``run.json`` records).
 
 Bars are written to stderr and shown only when stderr is a terminal. The environment variable
 ``M6REC_PROGRESS`` overrides that: ``1`` always shows them, ``0`` never does. When they are off nothing
@@ -16,8 +17,10 @@ import contextlib
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 from m6rec.errors import ConfigError
@@ -173,3 +176,52 @@ def _hide_transformers_bars() -> Callable[[], None]:
             transformers_logging.enable_progress_bar()
 
     return restore
+
+
+class StageClock:
+    """Seconds and peak resident memory per stage, lap by lap.
+
+    Where Linux lets a process reset its peak (``/proc/self/clear_refs``), ``peak_rss_mib[stage]`` is the
+    stage's own peak; elsewhere it is the process's peak so far (``getrusage``), which only grows.
+    """
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+        self.peak_rss_mib: dict[str, float] = {}
+        self.per_stage_peaks = _reset_peak_rss()
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = round(now - self._last, 3)
+        self.peak_rss_mib[stage] = round(_peak_rss_mib(), 1)
+        if self.per_stage_peaks:
+            _reset_peak_rss()
+        self._last = time.perf_counter()
+
+    def report(self) -> dict:
+        """What ``run.json`` / ``batch.json`` record: seconds and peak memory per stage."""
+        kind = "per stage" if self.per_stage_peaks else "process peak so far"
+        return {"timings_seconds": self.timings, "peak_rss_mib": self.peak_rss_mib, "peak_rss_kind": kind}
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (Linux ``clear_refs`` 5); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_mib() -> float:
+    """The peak resident set size since the last reset (``VmHWM``), else the process's peak, in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

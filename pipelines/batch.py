@@ -23,74 +23,45 @@ embeddings go to its ``item_features/``. A batch never writes into another folde
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from m6rec import __version__
 from m6rec.candidates import create_source
 from m6rec.candidates.registry import source_class
 from m6rec.candidates.side_inputs import SideInputs
-from m6rec.cluster import Cluster, ClusterOpener, cluster_for
+from m6rec.cluster import Executor, open_executor
 from m6rec.config import RunConfig
+from m6rec.data.contained import MediaHashes
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset, load_dataset
-from m6rec.data.interactions import (
-    HISTORY_DIGEST,
-    IdIndex,
-    InteractionMatrix,
-    frame_digest,
-    user_history_digests,
-)
-from m6rec.generations import EVERYTHING, Stage, link_tree
+from m6rec.data.fingerprint import data_fingerprint
+from m6rec.data.interactions import IdIndex, InteractionMatrix
+from m6rec.generations import link_tree
 from m6rec.io import write_parquet
-from m6rec.locking import folder_lock
+from m6rec.progress import StageClock
+from pipelines.batch_plan import BatchPlan, PreviousLists, batch_plan
+from pipelines.histories import History, embed_histories, ranker_context
+from pipelines.item_embeddings import item_vectors_digest, media_limits
 from pipelines.lists import write_lists
 from pipelines.run_folder import (
-    FEATURES_DIR,
-    ITEM_FEATURES_DIR,
     LISTS_DIR,
-    ModelManifest,
     ModelNotTrainedError,
     RunFolder,
-    check_lists,
-    config_digest,
-    data_fingerprint,
-    generations,
+    StagedGeneration,
 )
-from pipelines.stages import (
-    History,
-    ListScorer,
-    StageClock,
-    compute_stage_embeddings,
-    ranker_context,
-    write_outputs,
-)
+from pipelines.scoring import ListScorer, ListSettings
+from pipelines.trained_model import TrainedModel, serving_digest
 
 log = logging.getLogger("m6rec")
-
-# What a batch may set for itself; everything else comes from the configuration the model was trained with.
-SERVING_KEYS = (
-    "top_k",
-    "candidate_depth",
-    "skip_invalid_rows",
-    "user_chunk",
-    "batch",
-    "keep_generations",
-    "dask",
-)
-# What a batch may set that does not shape the lists.
-_UNSHAPING_KEYS = ("batch", "keep_generations", "dask")
-SERVING_RANKER_KEYS = ("new_item_slots", "new_item_slot_spacing")
 
 
 @dataclass
@@ -105,146 +76,107 @@ class BatchResult:
         return RunFolder(self.out_dir).recommendations
 
 
-@dataclass(frozen=True)
-class TrainedModel:
-    """A trained run folder and its manifest, as a batch serves it."""
-
-    folder: RunFolder
-    manifest: ModelManifest
-
-    @classmethod
-    def read(cls, directory: str | Path) -> TrainedModel:
-        """The model published in ``directory``; one clear error when it has none, or one this version
-        cannot read."""
-        folder = RunFolder.published(directory)
-        manifest = folder.read_manifest()
-        if manifest.ranker_used and not folder.ranker_dir.is_dir():
-            raise ModelNotTrainedError(f"{folder.ranker_dir}: the ranker model is missing")
-        return cls(folder, manifest)
-
-    @property
-    def directory(self) -> Path:
-        return self.folder.root
-
-    @property
-    def trained_at(self) -> str:
-        return self.manifest.trained_at
-
-    @property
-    def needs_embeddings(self) -> bool:
-        """Whether serving needs the embeddings: the ranker ranks, or the published source reads vectors."""
-        side = source_class(self.manifest.selected_model).side_inputs if not self.manifest.ranker_used else ()
-        return self.manifest.ranker_used or bool(set(side) - {"kg"})
-
-    def serving_config(self, config: RunConfig | None) -> RunConfig:
-        """The configuration the model was trained with; ``config`` (today's) sets only what a batch may
-        (:data:`SERVING_KEYS`, :data:`SERVING_RANKER_KEYS`: list length and depth, new-item places). A
-        ``config`` that differs elsewhere is reported, not applied."""
-        trained = self.manifest.run_config()
-        if config is None:
-            return trained
-        if config_digest(_serving_keys_from(trained, config)) != self.manifest.config_digest:
-            log.warning(
-                "the configuration differs from the one the model in %s was trained with (%s); the lists "
-                "use the trained one, retrain to apply the change",
-                self.directory,
-                self.trained_at,
-            )
-        return _serving_keys_from(config, trained)
-
-
-def serving_digest(config: RunConfig) -> str:
-    """The digest of what shapes the lists: the configuration apart from how much a batch redoes
-    (``batch``) and how many generations it keeps, so lists built under other such settings are still
-    the lists of this configuration."""
-    defaults = {
-        key: RunConfig.model_fields[key].get_default(call_default_factory=True) for key in _UNSHAPING_KEYS
-    }
-    return config_digest(config.replace(**defaults))
-
-
-def _serving_keys_from(source: RunConfig, target: RunConfig) -> RunConfig:
-    """``target`` with the serving keys of ``source``."""
-    ranker = target.ranker.replace(**{key: getattr(source.ranker, key) for key in SERVING_RANKER_KEYS})
-    return target.replace(**{key: getattr(source, key) for key in SERVING_KEYS}, ranker=ranker)
-
-
 def batch_recommend(
     data_dir: str | Path,
     model_dir: str | Path,
     out_dir: str | Path | None = None,
     config: RunConfig | None = None,
-    cluster_opener: ClusterOpener = cluster_for,
+    *,
+    executor: Executor | None = None,
+    stage: StagedGeneration | None = None,
 ) -> BatchResult:
     """Write every user's top-``config.top_k`` list for ``data_dir`` with the model in ``model_dir``.
 
     ``out_dir`` defaults to ``model_dir/lists``. The configuration is the one the model was trained with
-    (``model.json``); ``config`` sets only the serving keys (``SERVING_KEYS``) and ``batch`` (how much is
-    redone, :class:`m6rec.config.BatchSettings`).
+    (``model.json``); ``config`` sets only what a batch may (:meth:`TrainedModel.serving_config`).
 
-    Work follows what changed. With the same data as the last lists of this model, nothing is redone
-    (and no generation is added). Else the sources the training run saved are loaded and fold in the
-    current interactions (a refit on all of them only on the schedule or past the drift threshold, see
-    :func:`batch_plan`), and only users whose history changed since those lists, or who are new, are
-    scored again; the others keep their lists. The item embeddings are brought up to date incrementally
-    from the model's.
+    Work follows what changed. With the same data (:func:`m6rec.data.fingerprint.data_fingerprint`:
+    tables and media files) as the last lists of this model, nothing is redone (and no generation is
+    added). Else the sources the training run saved are loaded and fold in the current interactions (a
+    refit on all of them only on the schedule or past the drift threshold, see
+    :func:`pipelines.batch_plan.batch_plan`), and only users whose history changed since those lists, or
+    who are new, are scored again; the others keep their lists. The item embeddings are brought up to
+    date incrementally from the model's.
 
-    One run at a time writes the folder of the lists (:func:`m6rec.locking.folder_lock`). When the lists
-    are built, the item encoders and the lists run on the cluster ``cluster_opener`` opens for
-    ``config.dask`` when there is one (:func:`m6rec.cluster.cluster_for`: the one of ``dask.address``).
+    The lists go into a new generation of their folder (:meth:`RunFolder.stage`), or with ``stage`` (the
+    nightly flow's generation of ``model_dir``) into that one. The item encoders and the lists run on
+    ``executor`` (default: :func:`m6rec.cluster.open_executor` of the serving ``dask`` settings; a Dask
+    cluster is started only when the lists are built).
     """
-    with _lists_generation(model_dir, out_dir, config) as (model, folder, stage):
-        return _batch_recommend(data_dir, model, folder, model.serving_config(config), stage, cluster_opener)
+    with ExitStack() as stack:
+        place = stack.enter_context(_lists_place(model_dir, out_dir, config, stage))
+        settings = place.model.serving_config(config)
+        if executor is None:
+            executor = stack.enter_context(open_executor(settings.dask))
+        return _batch_recommend(Path(data_dir), place, settings, executor)
 
 
 @dataclass
-class _ListsStage:
-    """Where a batch writes: the staged generation, the lists folder in it, where its item embeddings go,
-    the lists folder as readers see it, and what the published lists must cover (``users``)."""
+class _ListsPlace:
+    """Where a batch writes: the model it serves (read from the generation being written when the lists
+    live in the model's folder), the staged generation, the lists folder in it, where its item
+    embeddings go, the lists folder as readers see it, the output folder's store of media hashes, and
+    whether the generation is shared with other writers (the nightly flow's)."""
 
-    stage: Stage
+    model: TrainedModel
+    stage: StagedGeneration
     lists: RunFolder
     item_features: Path
     public: RunFolder
-    expected: dict = field(default_factory=dict)
+    media_hashes: Path
+    shared: bool
 
 
 @contextmanager
-def _lists_generation(
-    model_dir: str | Path, out_dir: str | Path | None, config: RunConfig | None
-) -> Iterator[tuple[TrainedModel, RunFolder, _ListsStage]]:
-    """Lock the lists' folder and stage its next generation: the model's folder when the lists are its
-    ``lists/`` (the default), else ``out_dir``; yield the model (read under the lock), the staged lists
-    folder and the stage. Published when the block returns and the lists cover ``expected["users"]``."""
+def _lists_place(
+    model_dir: str | Path,
+    out_dir: str | Path | None,
+    config: RunConfig | None,
+    shared: StagedGeneration | None,
+) -> Iterator[_ListsPlace]:
+    """Stage the lists' next generation: the model's folder when the lists are its ``lists/`` (the
+    default), else ``out_dir``'s; or join the ``shared`` one. Published when the block returns and the
+    lists cover every user."""
     model_root = Path(model_dir)
     own_folder = out_dir is not None and not _same_path(Path(out_dir), model_root / LISTS_DIR)
+    if shared is not None:
+        if own_folder:
+            raise ValueError("a batch inside another writer's generation writes the model's own lists/")
+        shared.join("batch")
+        model = TrainedModel.at(shared.folder)
+        yield _ListsPlace(
+            model,
+            shared,
+            shared.folder.lists,
+            shared.folder.features_dir,
+            shared.public.lists,
+            shared.public.media_hashes,
+            True,
+        )
+        return
     root = Path(out_dir) if own_folder else model_root
-    expected: dict = {}
-    with folder_lock(root):
-        model = TrainedModel.read(model_root)
-        settings = model.serving_config(config)
-
-        def validate(staged: Path) -> None:
-            lists = RunFolder(staged) if own_folder else RunFolder(staged).lists
-            if "users" in expected:
-                check_lists(lists, expected["users"], settings.top_k)
-
-        with generations(root).staged(
-            kind="batch",
-            carry=EVERYTHING,
-            resume=(ITEM_FEATURES_DIR,) if own_folder else (FEATURES_DIR,),
-            keep=settings.keep_generations,
-            validate=validate,
-        ) as stage:
-            staged = RunFolder(stage.path)
-            if own_folder:
-                item_features = staged.item_features_dir
-                if not item_features.exists() and model.folder.features_dir.is_dir():
-                    link_tree(model.folder.features_dir, item_features)
-                lists, public = staged, RunFolder(root)
-            else:
-                item_features, lists, public = staged.features_dir, staged.lists, RunFolder(root).lists
-            yield model, lists, _ListsStage(stage, lists, item_features, public, expected)
+    model = TrainedModel.read(model_root)
+    keep = model.serving_config(config).keep_generations
+    with RunFolder(root).stage("lists" if own_folder else "batch", keep=keep) as stage:
+        staged = stage.folder
+        if own_folder:
+            item_features = staged.item_features_dir
+            if not item_features.exists() and model.folder.features_dir.is_dir():
+                link_tree(model.folder.features_dir, item_features)
+            yield _ListsPlace(
+                model, stage, staged, item_features, stage.public, stage.public.media_hashes, False
+            )
+        else:
+            model = TrainedModel.at(staged)  # the model this generation carries, read under the lock
+            yield _ListsPlace(
+                model,
+                stage,
+                staged.lists,
+                staged.features_dir,
+                stage.public.lists,
+                stage.public.media_hashes,
+                False,
+            )
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -252,48 +184,42 @@ def _same_path(a: Path, b: Path) -> bool:
 
 
 def _batch_recommend(
-    data_dir,
-    model: TrainedModel,
-    folder: RunFolder,
-    config: RunConfig,
-    stage: _ListsStage,
-    cluster_opener: ClusterOpener,
+    data_dir: Path, place: _ListsPlace, config: RunConfig, executor: Executor
 ) -> BatchResult:
-    clock = StageClock()
-    fingerprint = data_fingerprint(Path(data_dir))
-    previous = PreviousLists.find(model, folder, config) if config.batch.incremental else None
-    if previous is not None and previous.data_fingerprint == fingerprint:
-        log.info(
-            "batch lists for %s users kept: the data and the model are those of the lists in %s, so "
-            "nothing is redone",
-            previous.summary.get("counts", {}).get("users", "all"),
-            stage.public.root if previous.folder == folder else previous.folder.root,
-        )
-        reused = stage.public if previous.folder == folder else previous.folder
-        summary = {**previous.summary, "reused_lists": str(reused.root.absolute())}
-        if previous.folder == folder:
-            stage.stage.discard()
-        else:
-            _copy_lists(previous.folder, folder, summary)
-        return BatchResult(stage.public.root, summary)
-    with cluster_opener(config.dask) as cluster:
-        return _score_batch(data_dir, model, folder, config, stage, clock, fingerprint, previous, cluster)
+    hashes = MediaHashes(place.media_hashes)
+    fingerprint = data_fingerprint(data_dir, hashes, media_limits(config.embeddings))
+    folder = place.lists
+    previous = PreviousLists.find(place.model, folder, config) if config.batch.incremental else None
+    if previous is None or previous.data_fingerprint != fingerprint:
+        return _score_batch(data_dir, place, config, fingerprint, previous, hashes, executor)
+    log.info(
+        "batch lists for %s users kept: the data and the model are those of the lists in %s, so "
+        "nothing is redone",
+        previous.summary.get("counts", {}).get("users", "all"),
+        place.public.root if previous.folder == folder else previous.folder.root,
+    )
+    reused = place.public if previous.folder == folder else previous.folder
+    summary = {**previous.summary, "reused_lists": str(reused.root.absolute())}
+    if previous.folder != folder:
+        _copy_lists(previous.folder, folder, summary)
+    elif not place.shared:
+        place.stage.discard()
+    return BatchResult(place.public.root, summary)
 
 
 def _score_batch(
-    data_dir,
-    model: TrainedModel,
-    folder: RunFolder,
+    data_dir: Path,
+    place: _ListsPlace,
     config: RunConfig,
-    stage: _ListsStage,
-    clock: StageClock,
     fingerprint: str,
     previous: PreviousLists | None,
-    cluster: Cluster | None,
+    hashes: MediaHashes,
+    executor: Executor,
 ) -> BatchResult:
     """The batch when the lists must be built: the current data loaded, the sources folded in (or
-    refitted), the changed users scored (on the workers of a Dask ``cluster`` when there is one)."""
-    dataset = load_dataset(data_dir, **config.reading())
+    refitted), the changed users scored (on the workers of a remote ``executor``)."""
+    clock, model, folder = StageClock(), place.model, place.lists
+    dataset = replace(load_dataset(data_dir, **config.reading()), media_hashes=hashes)
     matrix = _interactions(dataset)
     plan = batch_plan(model, config, dataset, matrix, previous)
     log.info("batch: %s", plan.reason)
@@ -305,29 +231,71 @@ def _score_batch(
         folder.features_dir,
         half_life_days=config.embeddings.profile_half_life_days,
     )
-    embeddings = compute_stage_embeddings(
+    embeddings = embed_histories(
         dataset,
-        stage.item_features,
+        place.item_features,
         config,
         {"collaborative": history},
         needed=model.needs_embeddings,
         trained_model_dir=None if plan.refit else model.folder.features_dir,
-        cluster=cluster,
+        executor=executor,
     )
+    hashes.save()
     inputs = embeddings.inputs["collaborative"]
     # From here on the matrix is the history: the frame (a gigabyte at 20M interactions) goes.
     dataset = replace(dataset, interactions=dataset.interactions.iloc[:0])
     del history
     clock.lap("embeddings")
 
+    vectors = item_vectors_digest(place.item_features)
+    if previous is not None and previous.item_vectors_digest != vectors:
+        plan = plan.rescoring_everyone("the item embeddings changed since those lists", matrix.n_users)
+        log.info("batch: %s", plan.reason)
     sources = _current_sources(matrix, model, inputs, refit=plan.refit)
     clock.lap("candidates")
 
     scorer = _scorer(model, sources, dataset, matrix, inputs, config)
-    summary = {
+    rescored = plan.rescored_rows(matrix)
+    carried = previous.lists_except(matrix.users.ids[rescored]) if previous and plan.keeps_lists else None
+    written = write_lists(scorer, folder, rescored, carried=carried, executor=executor)
+    if not scorer.context or config.ranker.feature_table == "none":
+        folder.ranker_features.unlink(missing_ok=True)
+    write_parquet(plan.digests, folder.user_histories)
+    matrix.users.save(folder.users_index, USER_ID)
+    matrix.items.save(folder.items_index, ITEM_ID)
+    clock.lap("ranking")
+    summary = _batch_summary(data_dir, model, plan, config, fingerprint, scorer, sources, embeddings.summary)
+    summary["item_vectors_digest"] = vectors
+    summary["counts"] = _batch_counts(matrix, rescored, written)
+    summary.update(clock.report())
+    folder.write_reports(batch_report=summary)
+    place.stage.expect_lists(
+        folder, users=int((np.diff(matrix.matrix.indptr) < matrix.n_items).sum()), top_k=config.top_k
+    )
+    log.info(
+        "batch lists for %d users (%d scored, the others kept): %s",
+        matrix.n_users,
+        summary["counts"]["users_scored"],
+        place.public.recommendations,
+    )
+    return BatchResult(place.public.root, summary)
+
+
+def _batch_summary(
+    data_dir: Path,
+    model: TrainedModel,
+    plan: BatchPlan,
+    config: RunConfig,
+    fingerprint: str,
+    scorer: ListScorer,
+    sources: dict,
+    embeddings: dict | None,
+) -> dict:
+    """``batch.json`` without its counts and timings."""
+    return {
         "m6rec_version": __version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "data_dir": str(Path(data_dir).resolve()),
+        "data_dir": str(data_dir.resolve()),
         "data_fingerprint": fingerprint,
         "catalogue_digest": plan.catalogue_digest,
         "serving_digest": serving_digest(config),
@@ -339,19 +307,12 @@ def _score_batch(
         "sources_mode": "refit" if plan.refit else "fold-in",
         "plan": plan.reason,
         "user_chunk": config.user_chunk,
-        "embeddings": embeddings.summary,
+        "embeddings": embeddings,
     }
 
-    rescored = plan.rescored_rows(matrix)
-    carried = previous.lists_except(matrix.users.ids[rescored]) if previous and plan.keeps_lists else None
-    written = write_lists(scorer, folder, rescored, carried=carried, cluster=cluster)
-    if not scorer.context or config.ranker.feature_table == "none":
-        folder.ranker_features.unlink(missing_ok=True)
-    write_parquet(plan.digests, folder.user_histories)
-    matrix.users.save(folder.users_index, USER_ID)
-    matrix.items.save(folder.items_index, ITEM_ID)
-    clock.lap("ranking")
-    summary["counts"] = {
+
+def _batch_counts(matrix: InteractionMatrix, rescored: np.ndarray, written) -> dict:
+    return {
         "users": matrix.n_users,
         "items": matrix.n_items,
         "interactions": int(matrix.matrix.nnz),
@@ -361,188 +322,6 @@ def _score_batch(
         "list_rows": written.rows,
         "feature_rows": written.feature_rows,
         "users_served_by_fallback": written.served_by_fallback,
-    }
-    summary.update(clock.report())
-    write_outputs(folder, batch_report=summary)
-    stage.expected["users"] = int((np.diff(matrix.matrix.indptr) < matrix.n_items).sum())
-    log.info(
-        "batch lists for %d users (%d scored, the others kept): %s",
-        matrix.n_users,
-        summary["counts"]["users_scored"],
-        stage.public.recommendations,
-    )
-    return BatchResult(stage.public.root, summary)
-
-
-@dataclass(frozen=True)
-class PreviousLists:
-    """The last lists of the same model served the same way: a batch's lists folder (or the training
-    run's own lists when they came from every interaction), the data they were built from and each
-    user's history digest then."""
-
-    folder: RunFolder
-    summary: dict
-    data_fingerprint: str
-    catalogue_digest: str
-    digests: pd.DataFrame
-
-    @classmethod
-    def find(cls, model: TrainedModel, folder: RunFolder, config: RunConfig) -> PreviousLists | None:
-        report = folder.batch_report
-        if report.is_file() and folder.recommendations.is_file() and folder.user_histories.is_file():
-            summary = json.loads(report.read_text())
-            same_model = summary.get("model_trained_at") == model.trained_at and (
-                summary.get("model_config_digest") == model.manifest.config_digest
-            )
-            if same_model and summary.get("serving_digest") == serving_digest(config):
-                return cls(
-                    folder,
-                    summary,
-                    summary.get("data_fingerprint", ""),
-                    summary.get("catalogue_digest", ""),
-                    pd.read_parquet(folder.user_histories),
-                )
-        if model.manifest.lists_from_all_interactions and model.folder.user_histories.is_file():
-            if serving_digest(model.manifest.run_config()) == serving_digest(config):
-                return cls.of_training_run(model)
-        return None
-
-    @classmethod
-    def of_training_run(cls, model: TrainedModel) -> PreviousLists:
-        """The training run's own lists (built from every interaction: ``lists_from_all_interactions``)."""
-        manifest = model.manifest
-        summary = {
-            "m6rec_version": __version__,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "model_dir": str(model.directory.resolve()),
-            "model_trained_at": model.trained_at,
-            "model_config_digest": manifest.config_digest,
-            "data_fingerprint": manifest.data_fingerprint,
-            "catalogue_digest": manifest.catalogue_digest,
-            "serving_digest": serving_digest(manifest.run_config()),
-            "selected_model": manifest.selected_model,
-            "sources": sorted(manifest.source_params),
-            "from_training_run": True,
-            "counts": _list_counts(model.folder),
-        }
-        digests = (
-            pd.read_parquet(model.folder.user_histories) if model.folder.user_histories.is_file() else None
-        )
-        return cls(model.folder, summary, manifest.data_fingerprint, manifest.catalogue_digest, digests)
-
-    def lists_except(self, user_ids: np.ndarray):
-        """The previous list rows of every user not in ``user_ids``, one row group at a time."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
-        rescored = pa.array(pd.Series(user_ids).astype(str).to_numpy(dtype=object), type=pa.string())
-        parquet = pq.ParquetFile(self.folder.recommendations)
-        for group in range(parquet.num_row_groups):
-            rows = parquet.read_row_group(group)
-            users = rows.column(USER_ID).cast(pa.string())
-            yield rows.filter(pc.invert(pc.is_in(users, value_set=rescored))).to_pandas()
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """What tonight's batch redoes: refit the sources or fold in, and which users are scored again."""
-
-    refit: bool
-    keeps_lists: bool
-    changed_users: np.ndarray
-    digests: pd.DataFrame
-    catalogue_digest: str
-    reason: str
-
-    def rescored_rows(self, matrix: InteractionMatrix) -> np.ndarray:
-        if not self.keeps_lists:
-            return np.arange(matrix.n_users, dtype=np.int64)
-        return np.sort(matrix.users.positions(self.changed_users)).astype(np.int64)
-
-
-def batch_plan(
-    model: TrainedModel,
-    config: RunConfig,
-    dataset: Dataset,
-    matrix: InteractionMatrix,
-    previous: PreviousLists | None,
-) -> BatchPlan:
-    """Refit or fold in, and whom to score: see :class:`m6rec.config.BatchSettings`."""
-    settings = config.batch
-    digests = user_history_digests(dataset.interactions, matrix.users)
-    catalogue = frame_digest(dataset.items)
-    trained = model.manifest
-    age_days = (datetime.now(UTC) - datetime.fromisoformat(trained.trained_at)).total_seconds() / 86_400
-    growth = (len(dataset.interactions) - trained.interactions) / max(trained.interactions, 1)
-    refit_reasons = []
-    if not settings.incremental:
-        refit_reasons.append("incremental batches are off")
-    if not trained.saved_sources:
-        refit_reasons.append("the model has no saved sources (trained by an older m6rec)")
-    if settings.refit_after_days is not None and age_days > settings.refit_after_days:
-        refit_reasons.append(
-            f"the model is {age_days:.1f} days old (refit_after_days {settings.refit_after_days:g})"
-        )
-    if growth > settings.refit_drift_share:
-        refit_reasons.append(
-            f"the interactions grew by {growth:.1%} since training (refit_drift_share {settings.refit_drift_share:g})"
-        )
-    if refit_reasons:
-        log.warning(
-            "batch: refitting every source on all interactions: %s; retrain to stop this",
-            "; ".join(refit_reasons),
-        )
-    refit = bool(refit_reasons)
-    changed, why_all = _changed_or_why_all(settings, previous, refit, catalogue, digests)
-    if why_all is not None:
-        reason = f"{_mode(refit)}; {why_all}: all {matrix.n_users} users scored"
-    else:
-        reason = (
-            f"{_mode(refit)}; {len(changed)} of {matrix.n_users} users new or with a changed history are "
-            "scored, the others keep their lists"
-        )
-    return BatchPlan(refit, why_all is None, changed, digests, catalogue, reason)
-
-
-def _changed_or_why_all(settings, previous, refit, catalogue, digests) -> tuple[np.ndarray, str | None]:
-    """The users to score again, or why every user is scored (then the users are not listed)."""
-    nobody = np.array([], dtype=object)
-    if previous is None:
-        return nobody, "no earlier lists of this model"
-    if refit:
-        return nobody, "the sources were refitted"
-    if previous.catalogue_digest != catalogue:
-        return nobody, "the catalogue changed, so new items can reach every list"
-    changed = _changed_users(previous.digests, digests)
-    share = len(changed) / max(len(digests), 1)
-    if share > settings.rescore_all_share:
-        return changed, f"{share:.0%} of the users changed (rescore_all_share {settings.rescore_all_share:g})"
-    return changed, None
-
-
-def _mode(refit: bool) -> str:
-    return "sources refitted" if refit else "saved sources fold in the new interactions"
-
-
-def _changed_users(before: pd.DataFrame, now: pd.DataFrame) -> np.ndarray:
-    """Users of ``now`` whose history digest differs from ``before``, or whom ``before`` did not know."""
-    then = pd.Series(before[HISTORY_DIGEST].to_numpy(np.uint64), index=before[USER_ID].astype(str))
-    then = then.reindex(now[USER_ID].astype(str))
-    differs = then.isna().to_numpy() | (
-        then.fillna(0).to_numpy(np.uint64) != now[HISTORY_DIGEST].to_numpy(np.uint64)
-    )
-    return now[USER_ID].astype(str).to_numpy(dtype=object)[differs]
-
-
-def _list_counts(folder: RunFolder) -> dict:
-    """Users and list rows of a training run's lists, from its report and the Parquet footer (every
-    batch looks at the training lists, so their rows are not read for this)."""
-    import pyarrow.parquet as pq
-
-    return {
-        "users": folder.read_run_report()["counts"]["users"],
-        "list_rows": pq.ParquetFile(folder.recommendations).metadata.num_rows,
     }
 
 
@@ -558,7 +337,7 @@ def _copy_lists(source: RunFolder, target: RunFolder, summary: dict) -> None:
     if source.index_dir.is_dir():
         shutil.rmtree(target.index_dir, ignore_errors=True)
         link_tree(source.index_dir, target.index_dir)
-    write_outputs(target, batch_report=summary)
+    target.write_reports(batch_report=summary)
 
 
 def _scorer(model, sources, dataset, matrix, inputs, config) -> ListScorer:
@@ -572,7 +351,7 @@ def _scorer(model, sources, dataset, matrix, inputs, config) -> ListScorer:
     return ListScorer(
         sources=sources,
         matrix=matrix,
-        config=config,
+        settings=ListSettings.of(config),
         selected=selected,
         fallback=fallback,
         context=context,
@@ -618,19 +397,23 @@ def _current_sources(
     return sources
 
 
-def lists_from_training(model_dir: str | Path, out_dir: str | Path | None = None) -> BatchResult:
-    """Publish the training run's own lists as the batch lists, without building them again.
+def lists_from_training(
+    model_dir: str | Path, out_dir: str | Path | None = None, *, stage: StagedGeneration | None = None
+) -> BatchResult:
+    """Publish the training run's own lists as the batch lists, without building them again (into
+    ``stage``, the nightly flow's generation of ``model_dir``, when given).
 
     Only for a model whose lists came from every interaction (``ModelManifest.lists_from_all_interactions``):
     right after training on today's data, a batch would rebuild exactly those lists.
     """
-    with _lists_generation(model_dir, out_dir, None) as (model, folder, stage):
+    with _lists_place(model_dir, out_dir, None, stage) as place:
+        model = place.model
         if not model.manifest.lists_from_all_interactions:
             raise ModelNotTrainedError(
                 f"{model.directory}: the training run held a test share out of its lists; build the batch "
                 "lists"
             )
         summary = PreviousLists.of_training_run(model).summary
-        _copy_lists(model.folder, folder, summary)
-    log.info("batch lists from the training run (same data): %s", stage.public.recommendations)
-    return BatchResult(stage.public.root, summary)
+        _copy_lists(model.folder, place.lists, summary)
+    log.info("batch lists from the training run (same data): %s", place.public.recommendations)
+    return BatchResult(place.public.root, summary)

@@ -26,11 +26,12 @@ import pandas as pd
 
 from m6rec import __version__
 from m6rec.candidates.merge import ITEM, USER_ROW
-from m6rec.cluster import Cluster, PartitionFailed
+from m6rec.cluster import Executor, PartitionFailed
 from m6rec.data.contract import USER_ID
+from m6rec.evaluation.streamed import CountedMetrics, StreamedEvaluation
 from m6rec.io import StreamedParquet
 from pipelines.run_folder import RunFolder
-from pipelines.stages import ListScorer, ScoredChunk
+from pipelines.scoring import ListScorer, ScoredChunk
 
 log = logging.getLogger("m6rec")
 
@@ -61,34 +62,39 @@ def write_lists(
     scorer: ListScorer,
     staged: RunFolder,
     user_rows: np.ndarray,
-    evaluation=None,
+    evaluation: StreamedEvaluation | None = None,
     carried=None,
-    cluster: Cluster | None = None,
+    *,
+    executor: Executor | None = None,
 ) -> WrittenLists:
     """Score ``user_rows`` chunk by chunk (``config.user_chunk`` users) into ``staged``'s list file and,
     with a ranker context, its feature table (``config.ranker.feature_table`` says which rows), one
     Parquet row group per chunk; ``evaluation.add(chunk)`` sees every :class:`ScoredChunk`.
     ``carried`` (frames of earlier list rows, of users not scored now) are appended after them.
 
-    On a Dask ``cluster`` the chunks are scored by partitions of users on its workers
-    (:func:`scored_on_cluster`): the same rows in the same order."""
-    if cluster is None:
+    On a remote ``executor`` the chunks are scored by partitions of users on its workers
+    (:func:`scored_on_cluster`): the same rows in the same order. In-process they stream straight into
+    the files, without part files."""
+    if executor is None or not executor.remote:
         scored = scored_chunks(scorer, user_rows, evaluation)
     else:
-        scored = scored_on_cluster(cluster, scorer, user_rows, staged.parts_dir, evaluation)
+        scored = scored_on_cluster(executor, scorer, user_rows, staged.parts_dir, evaluation)
     return write_rows(scored, staged.recommendations, staged.ranker_features, carried)
 
 
-def scored_chunks(scorer: ListScorer, user_rows: np.ndarray, evaluation=None) -> Iterator[ListRows]:
-    """The list and feature-table rows of ``user_rows``, ``config.user_chunk`` users at a time."""
-    kept = scorer.config.ranker.feature_table
-    for start in range(0, len(user_rows), scorer.config.user_chunk):
-        chunk = scorer.score(np.asarray(user_rows[start : start + scorer.config.user_chunk], dtype=np.int64))
+def scored_chunks(
+    scorer: ListScorer, user_rows: np.ndarray, evaluation: StreamedEvaluation | None = None
+) -> Iterator[ListRows]:
+    """The list and feature-table rows of ``user_rows``, ``settings.user_chunk`` users at a time."""
+    settings = scorer.settings
+    kept = settings.feature_table
+    for start in range(0, len(user_rows), settings.user_chunk):
+        chunk = scorer.score(np.asarray(user_rows[start : start + settings.user_chunk], dtype=np.int64))
         if evaluation is not None:
             evaluation.add(chunk)
         features = None
         if chunk.features is not None and kept != "none":
-            features = chunk.features if kept == "all" else _listed_rows(chunk, scorer.config.top_k)
+            features = chunk.features if kept == "all" else _listed_rows(chunk, settings.top_k)
         yield ListRows(chunk.recommendations, features, chunk.served_by_fallback, chunk.new_item_places)
 
 
@@ -161,7 +167,7 @@ class _Shared:
     """What every partition reads: the scorer and, when the run evaluates, the test set."""
 
     scorer: ListScorer
-    evaluation: object | None
+    evaluation: StreamedEvaluation | None
 
 
 @dataclass(frozen=True)
@@ -173,20 +179,24 @@ class _Part:
     lists: Path
     features: Path | None
     written: WrittenLists
-    counted: object | None
+    counted: CountedMetrics | None
 
 
 def scored_on_cluster(
-    cluster: Cluster, scorer: ListScorer, user_rows: np.ndarray, parts_dir: Path, evaluation=None
+    executor: Executor,
+    scorer: ListScorer,
+    user_rows: np.ndarray,
+    parts_dir: Path,
+    evaluation: StreamedEvaluation | None = None,
 ) -> Iterator[ListRows]:
-    """The rows :func:`pipelines.stages.scored_chunks` gives for ``user_rows``, scored on ``cluster``'s
-    workers in partitions of at most ``config.dask.partition_users`` users (two per worker at least,
-    where there are users enough); ``evaluation`` (with ``empty``,
-    ``counted`` and ``merge``) counts every partition's chunks. Raises :class:`m6rec.cluster.PartitionFailed` when
-    a partition's workers kept dying (``distributed.scheduler.allowed-failures``)."""
-    workers = cluster.workers
+    """The rows :func:`scored_chunks` gives for ``user_rows``, scored on ``executor``'s workers in
+    partitions of at most ``executor.partition_users`` users (two per worker at least, where there are
+    users enough); ``evaluation`` counts every partition's chunks. Raises
+    :class:`m6rec.cluster.PartitionFailed` when a partition's workers kept dying
+    (``distributed.scheduler.allowed-failures``)."""
+    workers = executor.workers
     # At least two partitions per worker where the users allow it, so no worker idles at the end.
-    size = max(min(scorer.config.dask.partition_users, -(-len(user_rows) // (2 * workers))), 1)
+    size = max(min(executor.partition_users, -(-len(user_rows) // (2 * workers))), 1)
     partitions = [user_rows[start : start + size] for start in range(0, len(user_rows), size)]
     if not partitions:
         return
@@ -199,7 +209,7 @@ def scored_on_cluster(
         log.info(
             "lists: %d users in %d partitions on %d Dask workers", len(user_rows), len(partitions), workers
         )
-        parts = cluster.map(
+        parts = executor.map(
             _score_partition,
             _Shared(scorer, evaluation),
             [(rows, run_dir, index) for index, rows in enumerate(partitions)],

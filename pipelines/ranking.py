@@ -60,6 +60,37 @@ class RankerTraining:
         sources = [value for name, value in self.validation.items() if name != "ranker"]
         return self.validation["ranker"] > max(sources, default=-np.inf)
 
+    def record(self) -> dict:
+        """What the training found, JSON-ready (:meth:`from_record` reads it back with the model)."""
+        return {
+            "validation": self.validation,
+            "candidate_recall": self.candidate_recall,
+            "columns": self.columns,
+            "cold_candidate_recall": self.cold_candidate_recall,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict, ranker: LightGBMRanker) -> RankerTraining:
+        """The training :meth:`record` described, with its saved ``ranker`` (no training table)."""
+        return cls(
+            ranker=ranker,
+            validation=record["validation"],
+            candidate_recall=record["candidate_recall"],
+            features=None,
+            columns=record["columns"],
+            cold_candidate_recall=record["cold_candidate_recall"],
+        )
+
+    def summary(self) -> dict:
+        """What ``run.json`` says of the ranker."""
+        return {
+            "validation_ndcg@10": self.validation,
+            "fold_candidate_recall": self.candidate_recall,
+            "used": self.beats_sources,
+            "features": self.columns,
+            "best_iteration": self.ranker.best_iteration_,
+        }
+
 
 def candidate_table(
     sources: dict[str, CandidateSource], user_rows: np.ndarray, depth: int, seen

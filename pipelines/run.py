@@ -1,17 +1,18 @@
 """The main job: dataset directory in, recommendation lists, features and metrics out.
 
 ``run_pipeline`` reads like the pipeline diagram: load → split → fold → item embeddings → collaborative
-embeddings (on the fold and on all training data) → candidate sources (tuned on the fold) → ranker
-(trained on the fold) → final lists, streamed chunk by chunk of users with the test metrics added per
-chunk → the model the batch loads (sources, ranker, indexes) → publish. The stages it shares with serving
-live in :mod:`pipelines.stages`; the folder it writes is :mod:`pipelines.run_folder`'s. Everything is
-staged and moved into place only when complete, so a failed run leaves the previous outputs untouched."""
+embeddings (on the fold and on all training data) → the fold phase (candidate sources tuned on the fold,
+the ranker trained on it) → final lists, streamed chunk by chunk of users with the test metrics added per
+chunk → the model the batch loads (sources, ranker, indexes) → publish. The histories and their
+embeddings are :mod:`pipelines.histories`', list scoring :mod:`pipelines.scoring`', the folder it writes
+:mod:`pipelines.run_folder`'s. Everything is staged and published only when complete, so a failed run
+leaves the previous outputs untouched."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,41 +20,36 @@ import numpy as np
 import pandas as pd
 
 from m6rec import __version__
-from m6rec.candidates import create_source
-from m6rec.candidates.merge import ITEM, USER_ROW
+from m6rec.candidates import CandidateSource, create_source
 from m6rec.candidates.registry import source_class
-from m6rec.cluster import ClusterOpener, cluster_for
+from m6rec.candidates.side_inputs import SideInputs
+from m6rec.cluster import Executor, open_executor
 from m6rec.config import RunConfig
-from m6rec.data import contract
+from m6rec.data.contained import MediaHashes
 from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset, load_dataset
-from m6rec.data.interactions import IdIndex, InteractionMatrix, frame_digest, user_history_digests
-from m6rec.data.splits import SplitSpec
-from m6rec.evaluation.metrics import RankingMetrics
-from m6rec.io import write_json, write_parquet
-from m6rec.locking import folder_lock
+from m6rec.data.fingerprint import data_fingerprint
+from m6rec.data.interactions import frame_digest, user_history_digests
+from m6rec.evaluation.streamed import FINAL, StreamedEvaluation
+from m6rec.io import write_json
+from m6rec.progress import StageClock
 from pipelines.checkpoints import Checkpoints, embeddings_digest, stage_digest
+from pipelines.histories import History, HistoryEmbeddings, embed_histories, ranker_context
+from pipelines.item_embeddings import item_vectors_digest, media_limits
 from pipelines.lists import write_lists
+from pipelines.protocol import Protocol, evaluation_protocol, is_cut_in_time, run_indexes
+from pipelines.ranking import RankerTraining
 from pipelines.run_folder import (
-    CHECKPOINTS_DIR,
     EMBEDDINGS_SUMMARY,
-    FEATURES_DIR,
-    FINAL,
     PROBLEMS,
-    ModelManifest,
     RunFolder,
-    check_lists,
-    generations,
+    StagedGeneration,
 )
-from pipelines.source_tuning import make_fold, select_final, tune_and_fit
-from pipelines.stages import (
-    History,
-    ListScorer,
-    StageClock,
-    compute_stage_embeddings,
-    ranker_context,
-    write_outputs,
-)
+from pipelines.scoring import ListScorer, ListSettings
+from pipelines.source_tuning import Fold, TunedSource, make_fold, select_final, tune_and_fit
+from pipelines.trained_model import ModelManifest
+
+__all__ = ["RunResult", "is_cut_in_time", "run_pipeline"]
 
 log = logging.getLogger("m6rec")
 
@@ -80,19 +76,13 @@ class RunResult:
         return self.folder.report_page
 
 
-@dataclass
-class _Protocol:
-    train: pd.DataFrame
-    test: pd.DataFrame | None
-    description: str
-    temporal: bool
-
-
 def run_pipeline(
     data_dir: str | Path,
     out_dir: str | Path,
     config: RunConfig | None = None,
-    cluster_opener: ClusterOpener = cluster_for,
+    *,
+    executor: Executor | None = None,
+    stage: StagedGeneration | None = None,
 ) -> RunResult:
     """Run the job on ``data_dir`` and write its outputs into ``out_dir``.
 
@@ -101,46 +91,106 @@ def run_pipeline(
     ranker under ``ranker/`` with its feature table; with a test set also ``metrics.json`` and the
     held-out interactions it was computed on, ``test_interactions.parquet``.
 
-    The run writes a new generation of ``out_dir`` and publishes it whole once every output is written
-    and the lists cover every user (:mod:`m6rec.generations`); it starts from the published embeddings,
-    and after a run that did not finish, from that run's. One run at a time writes ``out_dir``
-    (:func:`m6rec.locking.folder_lock`): a second one fails at once, naming the first. The item encoders
-    and the final lists run on the cluster ``cluster_opener`` opens for ``config.dask`` when there is one
-    (:func:`m6rec.cluster.cluster_for`: the one of ``dask.address``).
+    The run writes a new generation of ``out_dir`` (:meth:`RunFolder.stage`) and publishes it whole once
+    every output is written and the lists cover every user; it starts from the published embeddings, and
+    after a run that did not finish, from that run's. One run at a time writes ``out_dir``: a second one
+    fails at once, naming the first. With ``stage`` (the nightly flow's generation of ``out_dir``) it
+    writes into that one instead. The item encoders and the final lists run on ``executor`` (default:
+    :func:`m6rec.cluster.open_executor` of ``config.dask``).
     """
     config = config or RunConfig()
-    out_dir = Path(out_dir)
-    expected: dict = {}
+    with ExitStack() as stack:
+        if executor is None:
+            executor = stack.enter_context(open_executor(config.dask))
+        if stage is None:
+            stage = stack.enter_context(RunFolder(out_dir).stage("training", keep=config.keep_generations))
+        else:
+            stage.join("training")
+        result = _run_pipeline(Path(data_dir), Path(out_dir), stage, config, executor)
+    return dataclasses.replace(result, out_dir=Path(out_dir))
 
-    def validate(staged: Path) -> None:
-        check_lists(RunFolder(staged), expected["users"], config.top_k)
-        RunFolder(staged).read_manifest()
 
-    with (
-        folder_lock(out_dir),
-        cluster_opener(config.dask) as cluster,
-        generations(out_dir).staged(
-            kind="training",
-            carry=(FEATURES_DIR,),
-            resume=(FEATURES_DIR, CHECKPOINTS_DIR),
-            keep=config.keep_generations,
-            validate=validate,
-        ) as stage,
-    ):
-        result = _run_pipeline(data_dir, RunFolder(stage.path), config, expected, cluster)
-    return dataclasses.replace(result, out_dir=out_dir)
+@dataclass
+class _FoldPhase:
+    """What the fold phase leaves for the final lists: each source fitted on all training data, the
+    fallback, the list that serves (``ranker`` or a source), the ranker's training (None without a
+    ranker) and what ``run.json`` says of the sources and the ranker."""
+
+    sources: dict[str, CandidateSource]
+    fallback: CandidateSource
+    selected: str
+    training: RankerTraining | None
+    models_summary: dict
+    ranker_summary: dict | None
 
 
 def _run_pipeline(
-    data_dir: str | Path, folder: RunFolder, config: RunConfig, expected: dict, cluster=None
+    data_dir: Path, out_dir: Path, stage: StagedGeneration, config: RunConfig, executor: Executor
 ) -> RunResult:
-    """The run, written into ``folder`` (the staged generation); ``expected["users"]`` is set to the
-    number of users whose lists the folder must hold."""
-    clock = StageClock()
+    """The run, written into ``stage`` (the staged generation)."""
+    folder, clock = stage.folder, StageClock()
+    hashes = MediaHashes(RunFolder(out_dir).media_hashes)
+    dataset = dataclasses.replace(load_dataset(data_dir, **config.reading()), media_hashes=hashes)
+    protocol = evaluation_protocol(dataset, config)
+    fold = _fold(dataset, protocol, config)
+    clock.lap("load")
 
-    dataset = load_dataset(data_dir, **config.reading())
-    protocol = _protocol(dataset, config)
-    users, items = _indexes(dataset, protocol)
+    embeddings = _embeddings(dataset, folder, fold, config, executor)
+    full_inputs = embeddings.inputs["collaborative"]
+    fold = dataclasses.replace(fold, history_frame=None, label_frame=None)  # a gigabyte at 20M interactions
+    clock.lap("embeddings")
+
+    phase = _fold_phase(dataset, fold, embeddings, config, protocol, Checkpoints(folder), folder, executor)
+    clock.lap("candidates")
+
+    scorer = ListScorer(
+        sources=phase.sources,
+        matrix=fold.full,
+        settings=ListSettings.of(config),
+        selected=phase.selected,
+        fallback=phase.fallback,
+        context=ranker_context(dataset, fold.full, full_inputs) if phase.training is not None else None,
+        ranker=None if phase.training is None else phase.training.ranker,
+        columns=None if phase.training is None else phase.training.columns,
+        keep_source_lists=protocol.test is not None,
+        model_name=str(folder.ranker_dir),
+    )
+    evaluation = (
+        None if protocol.test is None else StreamedEvaluation(protocol.test, fold.full, config.k_values)
+    )
+    users = fold.full.n_users
+    written = write_lists(scorer, folder, np.arange(users), evaluation, executor=executor)
+    if phase.ranker_summary is not None and phase.selected == "ranker":
+        phase.ranker_summary["new_item_places_per_user"] = written.new_item_places / max(users, 1)
+    clock.lap("ranking")
+    metrics = {} if evaluation is None else evaluation.result()
+    if metrics:
+        log.info("final list (%s): %s", phase.selected, _headline(metrics[FINAL]))
+    clock.lap("evaluate")
+    _save_model(folder, fold, phase, protocol.train)
+    clock.lap("save")
+
+    summary = _run_summary(data_dir, protocol, fold, phase, embeddings, written.rows)
+    summary.update(clock.report())
+    folder.write_reports(
+        metrics=metrics,
+        held_out=protocol.test,
+        run_report=summary,
+        validation_report=dataset.report.to_dict(),
+    )
+    _manifest(config, dataset, protocol, fold, phase, hashes, folder).write(folder.model_manifest)
+    stage.expect_lists(
+        folder, users=int((np.diff(fold.full.matrix.indptr) < fold.full.n_items).sum()), top_k=config.top_k
+    )
+    stage.expect(lambda: ModelManifest.read(folder.model_manifest))
+    _report(folder.root, full_inputs.item_vectors)
+    Checkpoints(folder).clear()
+    return RunResult(folder.root, metrics, phase.selected, summary)
+
+
+def _fold(dataset: Dataset, protocol: Protocol, config: RunConfig) -> Fold:
+    """The fold that tunes the sources and trains the ranker, over every user and item of the run."""
+    users, items = run_indexes(dataset, protocol)
     fold = make_fold(
         protocol.train,
         users,
@@ -157,29 +207,48 @@ def _run_pipeline(
         fold.full.matrix.nnz,
         protocol.description,
     )
-    clock.lap("load")
+    return fold
 
+
+def _embeddings(
+    dataset: Dataset, folder: RunFolder, fold: Fold, config: RunConfig, executor: Executor
+) -> HistoryEmbeddings:
+    """The item embeddings, and the collaborative ones of the fold's history and of all training data."""
     half_life = config.embeddings.profile_half_life_days
     histories = {
         "fold": History(fold.history_frame, fold.history, folder.fold_features_dir, half_life_days=half_life),
         "collaborative": History(fold.full_frame, fold.full, folder.features_dir, half_life_days=half_life),
     }
-    embeddings = compute_stage_embeddings(dataset, folder.features_dir, config, histories, cluster=cluster)
+    embeddings = embed_histories(dataset, folder.features_dir, config, histories, executor=executor)
     if embeddings.items is not None:
         write_json(embeddings.items.problems, folder.features_dir / PROBLEMS)
         write_json(embeddings.summary, folder.features_dir / EMBEDDINGS_SUMMARY)
-    history_inputs, full_inputs = embeddings.inputs["fold"], embeddings.inputs["collaborative"]
-    # The fold's interaction frames served the embeddings only (the sources learn from its matrices);
-    # at 20M interactions they are a gigabyte.
-    histories = None
-    fold = dataclasses.replace(fold, history_frame=None, label_frame=None)
-    clock.lap("embeddings")
+    if dataset.media_hashes is not None:
+        dataset.media_hashes.save()
+    return embeddings
 
+
+def _fold_phase(
+    dataset: Dataset,
+    fold: Fold,
+    embeddings: HistoryEmbeddings,
+    config: RunConfig,
+    protocol: Protocol,
+    checkpoints: Checkpoints,
+    folder: RunFolder,
+    executor: Executor,
+) -> _FoldPhase:
+    """Tune every source on the fold and refit it on all training data, then train the ranker on the
+    fold; a run that did not finish left what it finished of both in ``checkpoints``. Only what the final
+    lists need is returned: the fold's sources, profiles and vectors and the ranker's training table (at
+    a million users, gigabytes) go with this function."""
+    history_inputs = embeddings.inputs.pop("fold")
+    embeddings.collaborative.pop("fold", None)
+    full_inputs = embeddings.inputs["collaborative"]
     models = list(config.baselines.models)
     if config.ranker.enabled:
         has_times = fold.full.timestamps is not None
         models += [name for name in config.ranker.extra_sources if _available(name, full_inputs, has_times)]
-    checkpoints = Checkpoints(folder)
     tuning_digest = stage_digest(
         "tuning",
         fold.history,
@@ -205,217 +274,58 @@ def _run_pipeline(
     fallback = (
         tuned["popularity"].source if "popularity" in tuned else create_source("popularity").fit(fold.full)
     )
-    clock.lap("candidates")
-
-    if cluster is not None and config.ranker.enabled:
+    if executor.remote and config.ranker.enabled:
         log.info(
             "dask: the sources and the ranker train in this process (the ranker on at most %d fold users, "
             "ranker.max_training_users); the item encoders and the final lists run on the workers",
             config.ranker.max_training_users,
         )
-    selected, training, ranker_summary = _train_ranker(
+    ranker_digest = stage_digest(
+        "ranker", tuning_digest, config.ranker.model_dump(mode="json"), protocol.temporal
+    )
+    selected, training = _train_ranker(
         fold,
         tuned,
         ranker_context(dataset, fold.history, history_inputs),
         config,
-        temporal=protocol.temporal,
-        checkpoints=checkpoints,
-        digest=stage_digest(
-            "ranker", tuning_digest, config.ranker.model_dump(mode="json"), protocol.temporal
-        ),
+        protocol,
+        checkpoints,
+        ranker_digest,
     )
-    # What only the fold needed (its sources, profiles and vectors, the ranker's training table) goes
-    # before the final lists: at a million users they are gigabytes.
-    history_inputs = None
-    embeddings.inputs.pop("fold", None)
-    embeddings.collaborative.pop("fold", None)
-    for entry in tuned.values():
-        entry.history_source = None
     if training is not None:
         training.features = None
-    scorer = ListScorer(
+    return _FoldPhase(
         sources={name: entry.source for name, entry in tuned.items()},
-        matrix=fold.full,
-        config=config,
-        selected=selected,
         fallback=fallback,
-        context=ranker_context(dataset, fold.full, full_inputs) if training is not None else None,
-        ranker=None if training is None else training.ranker,
-        columns=None if training is None else training.columns,
-        keep_source_lists=protocol.test is not None,
-        model_name=str(folder.ranker_dir),
+        selected=selected,
+        training=training,
+        models_summary=_models_summary(tuned),
+        ranker_summary=None if training is None else training.summary(),
     )
-    evaluation = None if protocol.test is None else _Evaluation(protocol.test, fold.full, config)
-    summary = {
-        "m6rec_version": __version__,
-        "data_dir": str(Path(data_dir).resolve()),
-        "protocol": protocol.description,
-        "fold_split": "temporal" if protocol.temporal else "random",
-        "counts": {
-            "users": len(users),
-            "items": len(items),
-            "train_interactions": int(fold.full.matrix.nnz),
-            "test_interactions": 0 if protocol.test is None else len(protocol.test),
-        },
-        "selected_model": selected,
-        "models": {
-            name: {
-                "params": entry.params,
-                "validation_ndcg": entry.validation_ndcg,
-                "trials": entry.trials,
-                "seconds": round(entry.seconds, 3),
-            }
-            for name, entry in tuned.items()
-        },
-        "ranker": ranker_summary,
-        "embeddings": embeddings.summary,
-    }
-    manifest = ModelManifest.create(
-        config=config,
-        data_dir=Path(data_dir),
-        source_params={name: entry.params for name, entry in tuned.items()},
-        selected_model=selected,
-        ranker_used=selected == "ranker",
-        ranker_features=(ranker_summary or {}).get("features", []),
-        lists_from_all_interactions=protocol.test is None or dataset.test is not None,
-        saved_sources=sorted(tuned),
-        interactions=len(fold.full_frame),
-        catalogue_digest=frame_digest(dataset.items),
-    )
-    metrics: dict = {}
-
-    def write(staging: Path) -> None:
-        staged = RunFolder(staging)
-        written = write_lists(scorer, staged, np.arange(len(users)), evaluation, cluster=cluster)
-        if ranker_summary is not None and selected == "ranker":
-            ranker_summary["new_item_places_per_user"] = written.new_item_places / max(len(users), 1)
-        clock.lap("ranking")
-        if evaluation is not None:
-            metrics.update(evaluation.result())
-            log.info("final list (%s): %s", selected, _headline(metrics[FINAL]))
-        clock.lap("evaluate")
-        _save_model(staged, fold, tuned, training, protocol.train)
-        clock.lap("save")
-        summary["counts"]["list_rows"] = written.rows
-        summary.update(clock.report())
-        write_outputs(
-            staged,
-            metrics=metrics,
-            held_out=protocol.test,
-            run_report=summary,
-            validation_report=dataset.report.to_dict(),
-            manifest=manifest,
-        )
-
-    write(folder.root)
-    expected["users"] = int((np.diff(fold.full.matrix.indptr) < len(items)).sum())
-    _report(folder.root, full_inputs.item_vectors)
-    checkpoints.clear()
-    return RunResult(folder.root, metrics, selected, summary)
 
 
-def _save_model(staged: RunFolder, fold, tuned: dict, training, train_frame: pd.DataFrame) -> None:
-    """What a batch loads instead of refitting: every source fitted on all training interactions, the
-    ranker, the user and item indexes and each user's history digest."""
-    for name, entry in tuned.items():
-        entry.source.save(staged.source_dir(name))
-    if training is not None:
-        training.ranker.save(staged.ranker_dir)
-    fold.full.users.save(staged.users_index, USER_ID)
-    fold.full.items.save(staged.items_index, ITEM_ID)
-    write_parquet(user_history_digests(train_frame, fold.full.users), staged.user_histories)
-
-
-def _available(source: str, inputs, has_timestamps: bool) -> bool:
-    """Whether an extra candidate source can run: its side inputs exist, and timestamps if it needs them."""
-    cls = source_class(source)
-    return inputs.provides(cls.side_inputs) and (has_timestamps or not cls.needs_timestamps)
-
-
-def _report(out_dir: Path, item_vectors) -> None:
-    """The run's report.html (drawn with the item vectors already loaded); the lists and metrics are
-    already published, so a failure here only warns."""
-    from pipelines.report import write_report
-
-    try:
-        write_report(out_dir, item_vectors=item_vectors)
-    except Exception as error:  # the report is a view of outputs that are already safe
-        log.warning("report.html not written: %s", error)
-
-
-def _protocol(dataset: Dataset, config: RunConfig) -> _Protocol:
-    """The training and test interactions, and whether the ranker's fold is cut in time
-    (``config.fold_split``; ``auto`` cuts it the way the test set was cut)."""
-    if dataset.test is not None:
-        if config.split != "none":
-            log.warning(
-                "split %s ignored: the dataset has a test file, which the run evaluates on instead",
-                config.split,
-            )
-        temporal = dataset.has_timestamps and is_cut_in_time(dataset.interactions, dataset.test)
-        description = f"explicit test file ({'later than' if temporal else 'interleaved with'} training)"
-        train, test = dataset.interactions, dataset.test
-    elif config.split == "none":
-        train, test, temporal = dataset.interactions, None, False
-        description = "no test set: trained on all interactions"
-    else:
-        spec = SplitSpec.parse(config.split, seed=config.seed)
-        train, test = spec.apply(dataset.interactions)
-        temporal, description = spec.kind != "random", f"split {spec} (seed {config.seed})"
-    if config.fold_split != "auto":
-        temporal = config.fold_split == "temporal"
-    return _Protocol(train, test, description, temporal=temporal)
-
-
-def is_cut_in_time(train: pd.DataFrame, test: pd.DataFrame, share: float = 0.9) -> bool:
-    """Whether at least ``share`` of the ``test`` interactions of users with training history are no
-    earlier than that user's latest training interaction: a test set cut in time, not at random."""
-    latest = train.groupby(USER_ID)[contract.TIMESTAMP].max()
-    test_times = test[[USER_ID, contract.TIMESTAMP]].dropna()
-    user_latest = test_times[USER_ID].map(latest)
-    known = user_latest.notna()
-    if not known.any():
-        return False
-    return bool((test_times[contract.TIMESTAMP][known] >= user_latest[known]).mean() >= share)
-
-
-def _indexes(dataset: Dataset, protocol: _Protocol) -> tuple[IdIndex, IdIndex]:
-    test = protocol.test
-    users = IdIndex.from_values(
-        protocol.train[USER_ID],
-        None if test is None else test[USER_ID],
-        None if dataset.users is None else dataset.users[USER_ID],
-    )
-    items = IdIndex.from_values(
-        None if dataset.items is None else dataset.items[ITEM_ID],
-        protocol.train[ITEM_ID],
-        None if test is None else test[ITEM_ID],
-    )
-    return users, items
-
-
-def _train_ranker(fold, tuned, context, config, *, temporal, checkpoints: Checkpoints, digest: str):
-    """The ranker trained on the fold with ``context`` (the fold history's), and whether it makes the
-    final lists: only when it beats every single source on held-out fold users. Returns (name of the
-    final list, the ranker's training or None, its summary or None). A ranker a run that did not finish
-    trained on the same inputs (``digest``) is taken from ``checkpoints`` instead of trained again."""
+def _train_ranker(
+    fold: Fold,
+    tuned: dict[str, TunedSource],
+    context,
+    config: RunConfig,
+    protocol: Protocol,
+    checkpoints: Checkpoints,
+    digest: str,
+) -> tuple[str, RankerTraining | None]:
+    """The ranker trained on the fold with ``context`` (the fold history's), and the name of the final
+    list: ``ranker`` only when it beats every single source on held-out fold users. A ranker a run that
+    did not finish trained on the same inputs (``digest``) is taken from ``checkpoints`` instead."""
     best_source = select_final(tuned)
     if not config.ranker.enabled or len(tuned) < 2:
-        return best_source, None, None
-    from pipelines.ranking import RankerTraining, train_ranker
+        return best_source, None
+    from pipelines.ranking import train_ranker
     from ranker.model import LightGBMRanker
 
     saved, training = checkpoints.read("ranker", digest), None
     if saved is not None:
         try:
-            training = RankerTraining(
-                ranker=LightGBMRanker.load(checkpoints.directory("ranker")),
-                validation=saved["validation"],
-                candidate_recall=saved["candidate_recall"],
-                features=None,
-                columns=saved["columns"],
-                cold_candidate_recall=saved["cold_candidate_recall"],
-            )
+            training = RankerTraining.from_record(saved, LightGBMRanker.load(checkpoints.directory("ranker")))
         except Exception as error:  # a damaged checkpoint is only not reused
             log.warning("the ranker checkpoint is unreadable (%s); training the ranker again", error)
     if training is None:
@@ -425,92 +335,113 @@ def _train_ranker(fold, tuned, context, config, *, temporal, checkpoints: Checkp
             context,
             config.ranker,
             seed=config.seed,
-            temporal=temporal,
+            temporal=protocol.temporal,
         )
         training.ranker.save(checkpoints.directory("ranker"))
-        checkpoints.write(
-            "ranker",
-            digest,
-            {
-                "validation": training.validation,
-                "candidate_recall": training.candidate_recall,
-                "columns": training.columns,
-                "cold_candidate_recall": training.cold_candidate_recall,
-            },
-        )
-    summary = {
-        "validation_ndcg@10": training.validation,
-        "fold_candidate_recall": training.candidate_recall,
-        "used": training.beats_sources,
-        "features": training.columns,
-        "best_iteration": training.ranker.best_iteration_,
-    }
+        checkpoints.write("ranker", digest, training.record())
     if not training.beats_sources:
         log.warning(
             "the ranker did not beat the best single source (%s) on held-out fold users; using %s",
             best_source,
             best_source,
         )
-        return best_source, training, summary
-    return "ranker", training, summary
+        return best_source, training
+    return "ranker", training
 
 
-@dataclass(frozen=True)
-class _Counted:
-    """The accumulators of an :class:`_Evaluation`, without its test set."""
-
-    lists: dict[str, RankingMetrics]
-    candidates_found: int
-    with_candidates: bool
-
-
-class _Evaluation:
-    """The test metrics of each source's lists and of the final lists, added chunk by chunk of users,
-    and the share of the test items among the final candidates (``candidate_recall``)."""
-
-    def __init__(self, test: pd.DataFrame, train: InteractionMatrix, config: RunConfig):
-        self.relevant = InteractionMatrix.from_frame(test, train.users, train.items).matrix.tocsr()
-        popularity = train.item_popularity()
-        self.settings = {
-            "k_values": tuple(config.k_values),
-            "n_catalogue_items": train.n_items,
-            "item_popularity": popularity,
+def _models_summary(tuned: dict[str, TunedSource]) -> dict:
+    return {
+        name: {
+            "params": entry.params,
+            "validation_ndcg": entry.validation_ndcg,
+            "trials": entry.trials,
+            "seconds": round(entry.seconds, 3),
         }
-        self.lists: dict[str, RankingMetrics] = {}
-        self.candidates_found = 0
-        self.with_candidates = False
+        for name, entry in tuned.items()
+    }
 
-    def add(self, chunk) -> None:
-        relevant = self.relevant[chunk.user_rows]
-        for name, lists in [*chunk.source_lists.items(), (FINAL, chunk.final)]:
-            self.lists.setdefault(name, RankingMetrics(**self.settings)).add(lists.items, relevant)
-        if chunk.candidates is not None:
-            self.with_candidates = True
-            rows, items = chunk.candidates[USER_ROW].to_numpy(), chunk.candidates[ITEM].to_numpy()
-            self.candidates_found += int(np.asarray(self.relevant[rows, items]).ravel().sum())
 
-    def empty(self) -> _Evaluation:
-        """The same test set and settings with nothing counted yet (a partition's, on a Dask worker)."""
-        other = copy.copy(self)
-        other.lists, other.candidates_found, other.with_candidates = {}, 0, False
-        return other
+def _run_summary(
+    data_dir: Path,
+    protocol: Protocol,
+    fold: Fold,
+    phase: _FoldPhase,
+    embeddings: HistoryEmbeddings,
+    rows: int,
+) -> dict:
+    """``run.json`` without its timings."""
+    return {
+        "m6rec_version": __version__,
+        "data_dir": str(data_dir.resolve()),
+        "protocol": protocol.description,
+        "fold_split": "temporal" if protocol.temporal else "random",
+        "counts": {
+            "users": fold.full.n_users,
+            "items": fold.full.n_items,
+            "train_interactions": int(fold.full.matrix.nnz),
+            "test_interactions": 0 if protocol.test is None else len(protocol.test),
+            "list_rows": rows,
+        },
+        "selected_model": phase.selected,
+        "models": phase.models_summary,
+        "ranker": phase.ranker_summary,
+        "embeddings": embeddings.summary,
+    }
 
-    def counted(self) -> _Counted:
-        """What was counted, without the test set (what a partition sends back to :meth:`merge`)."""
-        return _Counted(self.lists, self.candidates_found, self.with_candidates)
 
-    def merge(self, counted: _Counted) -> None:
-        """Count what another copy counted (:meth:`counted`), of other users."""
-        for name, accumulator in counted.lists.items():
-            self.lists.setdefault(name, RankingMetrics(**self.settings)).merge(accumulator)
-        self.candidates_found += counted.candidates_found
-        self.with_candidates |= counted.with_candidates
+def _manifest(
+    config: RunConfig,
+    dataset: Dataset,
+    protocol: Protocol,
+    fold: Fold,
+    phase: _FoldPhase,
+    hashes: MediaHashes,
+    folder: RunFolder,
+) -> ModelManifest:
+    return ModelManifest.create(
+        config=config,
+        data_fingerprint=data_fingerprint(dataset.directory, hashes, media_limits(config.embeddings)),
+        source_params={name: summary["params"] for name, summary in phase.models_summary.items()},
+        selected_model=phase.selected,
+        ranker_used=phase.selected == "ranker",
+        ranker_features=(phase.ranker_summary or {}).get("features", []),
+        lists_from_all_interactions=protocol.test is None or dataset.test is not None,
+        saved_sources=sorted(phase.sources),
+        interactions=len(fold.full_frame),
+        catalogue_digest=frame_digest(dataset.items),
+        item_vectors_digest=item_vectors_digest(folder.features_dir),
+    )
 
-    def result(self) -> dict[str, dict[str, float]]:
-        metrics = {name: accumulator.result() for name, accumulator in self.lists.items()}
-        if self.with_candidates and self.relevant.nnz:
-            metrics[FINAL]["candidate_recall"] = float(self.candidates_found / self.relevant.nnz)
-        return metrics
+
+def _save_model(staged: RunFolder, fold: Fold, phase: _FoldPhase, train_frame: pd.DataFrame) -> None:
+    """What a batch loads instead of refitting: every source fitted on all training interactions, the
+    ranker, the user and item indexes and each user's history digest."""
+    for name, source in phase.sources.items():
+        source.save(staged.source_dir(name))
+    if phase.training is not None:
+        phase.training.ranker.save(staged.ranker_dir)
+    fold.full.users.save(staged.users_index, USER_ID)
+    fold.full.items.save(staged.items_index, ITEM_ID)
+    from m6rec.io import write_parquet
+
+    write_parquet(user_history_digests(train_frame, fold.full.users), staged.user_histories)
+
+
+def _available(source: str, inputs: SideInputs, has_timestamps: bool) -> bool:
+    """Whether an extra candidate source can run: its side inputs exist, and timestamps if it needs them."""
+    cls = source_class(source)
+    return inputs.provides(cls.side_inputs) and (has_timestamps or not cls.needs_timestamps)
+
+
+def _report(out_dir: Path, item_vectors) -> None:
+    """The run's report.html (drawn with the item vectors already loaded); the lists and metrics are
+    already written, so a failure here only warns."""
+    from pipelines.report import write_report
+
+    try:
+        write_report(out_dir, item_vectors=item_vectors)
+    except Exception as error:  # the report is a view of outputs that are already safe
+        log.warning("report.html not written: %s", error)
 
 
 def _headline(metrics: dict[str, float]) -> str:

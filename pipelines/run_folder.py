@@ -4,7 +4,7 @@ One owner for the layout that ``m6rec run`` (training), the batch lists, the rep
 ``m6rec inspect`` and the flows share; nobody else spells these names. ``run.json`` is the run's report
 (protocol, counts, timings, trials); ``model.json`` is the model manifest that serving reads: what was
 trained, with which configuration (kept whole, with its digest), on which data (a fingerprint of the
-dataset's tables), when, and the ranker's feature names.
+dataset's tables and media), when, and the ranker's feature names.
 
     run/
       current -> generations/NNNNNN     the published generation (m6rec.generations): each run writes a
@@ -25,22 +25,18 @@ dataset's tables), when, and the ranker's feature names.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from m6rec import __version__
-from m6rec.config import RunConfig, load_config
-from m6rec.data import contract
-from m6rec.data.columns import COLUMNS_FILE
 from m6rec.data.contract import ITEM_ID, USER_ID
-from m6rec.data.tables import find_table
 from m6rec.errors import M6RecError
-from m6rec.generations import Generations
+from m6rec.generations import EVERYTHING, Generations, Stage
 from m6rec.io import write_json, write_parquet
 
 RECOMMENDATIONS = "recommendations.parquet"
@@ -67,7 +63,9 @@ CHECKPOINTS_DIR = ".checkpoints"
 PARTS_DIR = ".parts"
 # Beside the generations: the nightly embedding flow's cache entry (flows.policies).
 EMBEDDINGS_CACHE = ".m6rec-embeddings-cache.json"
-FINAL = "final"
+# Beside the generations: the content hashes of the dataset's media files by their stat
+# (m6rec.data.contained.MediaHashes).
+MEDIA_HASHES = ".m6rec-media-hashes.json"
 # Every name a run or a batch writes into its folder (what an m6rec from before generations left there).
 OUTPUT_NAMES = (
     RECOMMENDATIONS,
@@ -87,10 +85,6 @@ OUTPUT_NAMES = (
     REPORT_SCREENSHOT,
     ITEM_FEATURES_DIR,
 )
-
-MANIFEST_FORMAT = "m6rec-model"
-MANIFEST_SCHEMA_VERSION = 1
-DATA_TABLES = (contract.INTERACTIONS, contract.ITEMS, contract.USERS, contract.KG)
 
 
 class ModelNotTrainedError(M6RecError):
@@ -128,14 +122,14 @@ class RunFolder:
     items_index = property(lambda self: self.root / INDEX_DIR / "items.parquet")
     user_histories = property(lambda self: self.root / INDEX_DIR / "user_histories.parquet")
     sources_dir = property(lambda self: self.root / SOURCES_DIR)
-    two_tower_dir = property(lambda self: self.root / FEATURES_DIR / TWO_TOWER_DIR)
     features_dir = property(lambda self: self.root / FEATURES_DIR)
     fold_features_dir = property(lambda self: self.root / FEATURES_DIR / FOLD_DIR)
     item_features_dir = property(lambda self: self.root / ITEM_FEATURES_DIR)
     checkpoints_dir = property(lambda self: self.root / CHECKPOINTS_DIR)
     batch_report = property(lambda self: self.root / BATCH_REPORT)
     report_page = property(lambda self: self.root / REPORT_PAGE)
-    report_screenshot = property(lambda self: self.root / REPORT_SCREENSHOT)
+    media_hashes = property(lambda self: self.root / MEDIA_HASHES)
+    embeddings_cache = property(lambda self: self.root / EMBEDDINGS_CACHE)
 
     def source_dir(self, name: str) -> Path:
         """Where the fitted candidate source ``name`` is saved (``CandidateSource.save``)."""
@@ -156,117 +150,163 @@ class RunFolder:
     def read_recommendations(self, columns: list[str] | None = None) -> pd.DataFrame:
         return pd.read_parquet(self.recommendations, columns=columns)
 
-    def write_recommendations(self, frame: pd.DataFrame, path: Path | None = None) -> None:
-        """Write the lists (to ``path``: a staging copy of this folder's file, by default the file itself)."""
-        write_parquet(frame, path or self.recommendations, {"m6rec.version": __version__})
-
-    def read_manifest(self) -> ModelManifest:
-        return ModelManifest.read(self.model_manifest)
+    def stage(self, kind: str, *, keep: int) -> AbstractContextManager[StagedGeneration]:
+        """This output folder's next generation, staged for a writer of ``kind`` (:func:`stage`)."""
+        return stage(self.root, kind, keep=keep)
 
     def has_ranker(self) -> bool:
         return (self.ranker_dir / "model.txt").exists() and self.ranker_features.exists()
 
-
-@dataclass(frozen=True)
-class ModelManifest:
-    """What training left for serving, written as ``model.json`` by ``m6rec run``.
-
-    ``source_params`` are the tuned parameters of every candidate source, ``selected_model`` the list the
-    run published (``ranker`` or a source), ``ranker_used`` whether the ranker beat every single source,
-    ``ranker_features`` the columns it learned from. ``config`` is the whole configuration the model was
-    trained with and ``config_digest`` its SHA-256; ``data_fingerprint`` is a SHA-256 over the dataset's
-    tables (interactions, items, users, kg, columns.yaml). ``lists_from_all_interactions`` says whether
-    the run's own lists came from every interaction (no test share held out of them), so that a batch on
-    the same data would build the same lists. ``saved_sources`` are the sources fitted on all training
-    interactions and saved under ``sources/`` for the batch to fold new data into, ``interactions`` how
-    many training interactions they saw and ``catalogue_digest`` a digest of the items table.
-    """
-
-    trained_at: str
-    config: dict
-    config_digest: str
-    data_fingerprint: str
-    source_params: dict[str, dict]
-    selected_model: str
-    ranker_used: bool
-    ranker_features: list[str] = field(default_factory=list)
-    lists_from_all_interactions: bool = False
-    saved_sources: list[str] = field(default_factory=list)
-    interactions: int = 0
-    catalogue_digest: str = ""
-    m6rec_version: str = __version__
-    schema_version: int = MANIFEST_SCHEMA_VERSION
-
-    @classmethod
-    def create(
-        cls,
+    def write_reports(
+        self,
         *,
-        config: RunConfig,
-        data_dir: Path,
-        source_params: dict[str, dict],
-        selected_model: str,
-        ranker_used: bool,
-        ranker_features: list[str],
-        lists_from_all_interactions: bool,
-        saved_sources: list[str] = (),
-        interactions: int = 0,
-        catalogue_digest: str = "",
-    ) -> ModelManifest:
-        dumped = config.model_dump(mode="json")
-        return cls(
-            trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            config=dumped,
-            config_digest=config_digest(config),
-            data_fingerprint=data_fingerprint(data_dir),
-            source_params=source_params,
-            selected_model=selected_model,
-            ranker_used=ranker_used,
-            ranker_features=list(ranker_features),
-            lists_from_all_interactions=lists_from_all_interactions,
-            saved_sources=list(saved_sources),
-            interactions=interactions,
-            catalogue_digest=catalogue_digest,
-        )
-
-    def run_config(self) -> RunConfig:
-        """The configuration the model was trained with."""
-        return load_config(self.config, MODEL_MANIFEST)
-
-    def write(self, path: Path) -> None:
-        write_json({"format": MANIFEST_FORMAT, **asdict(self)}, path)
-
-    @classmethod
-    def read(cls, path: Path) -> ModelManifest:
-        """Read ``model.json``; a missing, unreadable or newer-schema manifest is a one-line error."""
-        path = Path(path)
-        if not path.is_file():
-            raise ModelNotTrainedError(
-                f"{path.parent}: no trained model ({MODEL_MANIFEST} is missing)",
-                hint=f"train one first: m6rec run DATA_DIR --out {path.parent} (or the train-ranker flow)",
-            )
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise ModelNotTrainedError(f"{path}: cannot read the model manifest ({error})") from None
-        if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
-            raise ModelNotTrainedError(f"{path}: not an m6rec model manifest")
-        version = raw.get("schema_version")
-        if version != MANIFEST_SCHEMA_VERSION:
-            raise ModelNotTrainedError(
-                f"{path}: model manifest schema version {version!r}, this m6rec {__version__} reads version "
-                f"{MANIFEST_SCHEMA_VERSION}",
-                hint="serve it with the m6rec that trained it, or retrain (m6rec run / train-ranker flow)",
-            )
-        raw.pop("format")
-        try:
-            return cls(**raw)
-        except TypeError as error:
-            raise ModelNotTrainedError(f"{path}: malformed model manifest ({error})") from None
+        metrics: dict | None = None,
+        held_out: pd.DataFrame | None = None,
+        run_report: dict | None = None,
+        validation_report: dict | None = None,
+        batch_report: dict | None = None,
+    ) -> None:
+        """Write the reports of a run or lists folder (a staged generation's); what is None (or, for the
+        metrics and the held-out pairs they were computed on, empty) is not written."""
+        if metrics:
+            write_json(metrics, self.metrics)
+            write_parquet(held_out[[USER_ID, ITEM_ID]].astype("string").reset_index(drop=True), self.held_out)
+        for report, path in (
+            (run_report, self.run_report),
+            (validation_report, self.validation_report),
+            (batch_report, self.batch_report),
+        ):
+            if report is not None:
+                write_json(report, path)
 
 
 def generations(directory: str | Path) -> Generations:
     """The generations of the output folder ``directory``."""
     return Generations(directory, legacy_names=OUTPUT_NAMES)
+
+
+@dataclass(frozen=True)
+class StagePolicy:
+    """What a writer of a kind starts from: the names of the published generation it carries over
+    (:data:`m6rec.generations.EVERYTHING` for all), the names it keeps from a run of the same folder
+    that did not finish (``resume``), and the files a stage may rewrite and still count as unchanged
+    (``unchanged_ignoring``: then a stage that changed nothing else adds no generation)."""
+
+    carry: tuple[str, ...]
+    resume: tuple[str, ...] = ()
+    unchanged_ignoring: tuple[str, ...] | None = None
+
+
+_EMBEDDING_REPORTS = (f"{FEATURES_DIR}/{PROBLEMS}", f"{FEATURES_DIR}/{EMBEDDINGS_SUMMARY}")
+# The one table of who publishes what: every writer stages its generation through RunFolder.stage.
+STAGE_POLICIES: dict[str, StagePolicy] = {
+    "training": StagePolicy(carry=(FEATURES_DIR,), resume=(FEATURES_DIR, CHECKPOINTS_DIR)),
+    "embeddings": StagePolicy(
+        carry=EVERYTHING, resume=(FEATURES_DIR,), unchanged_ignoring=_EMBEDDING_REPORTS
+    ),
+    "batch": StagePolicy(carry=EVERYTHING, resume=(FEATURES_DIR,)),
+    "lists": StagePolicy(carry=EVERYTHING, resume=(ITEM_FEATURES_DIR,)),
+    "report": StagePolicy(carry=EVERYTHING),
+    "night": StagePolicy(
+        carry=EVERYTHING, resume=(FEATURES_DIR, CHECKPOINTS_DIR), unchanged_ignoring=_EMBEDDING_REPORTS
+    ),
+}
+
+
+@dataclass(frozen=True)
+class _ListsCheck:
+    lists: RunFolder
+    users: int
+    top_k: int
+
+
+class StagedGeneration:
+    """The next generation of an output folder while it is written: ``folder`` (the staged files),
+    ``public`` (the folder as readers see it) and ``kind``. Writers say what it must hold before it is
+    published (:meth:`expect_lists`, :meth:`expect`); :meth:`join` lets a writer of another kind
+    write into it (one night, one generation)."""
+
+    def __init__(self, stage: Stage, public: RunFolder, kind: str):
+        self._stage, self.public, self.kind = stage, public, kind
+        self.folder = RunFolder(stage.path)
+        self.writers = [kind]
+        self._lists: dict[Path, _ListsCheck] = {}
+        self._checks: list[Callable[[], object]] = []
+        self.published: list[Callable[[], None]] = []
+
+    def join(self, kind: str) -> None:
+        """A writer of ``kind`` writes into this generation from here on: what its policy does not carry
+        over from the published generation goes (a training starts from the item embeddings only), as in
+        a generation of its own; what it writes is published with the rest."""
+        carry = STAGE_POLICIES[kind].carry
+        if carry != EVERYTHING:
+            kept = {*carry, CHECKPOINTS_DIR}
+            for entry in self.folder.root.iterdir():
+                if entry.name not in kept:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            self._lists.clear()
+            self._checks.clear()
+        self.writers.append(kind)
+
+    def expect_lists(self, lists: RunFolder, *, users: int, top_k: int) -> None:
+        """Refuse to publish unless ``lists`` (a folder in this generation) holds the lists of exactly
+        ``users`` users with ranks 1 to at most ``top_k``."""
+        self._lists[lists.root] = _ListsCheck(lists, users, top_k)
+
+    def expect(self, check: Callable[[], object]) -> None:
+        """Refuse to publish when ``check`` raises (a model manifest that does not read back, say)."""
+        self._checks.append(check)
+
+    def on_published(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once the generation is published (or found unchanged), never before."""
+        self.published.append(action)
+
+    def discard(self) -> None:
+        """Publish nothing: the block found nothing to change."""
+        self._stage.discard()
+
+    @property
+    def discarded(self) -> bool:
+        return self._stage.discarded
+
+    def validate(self, _: Path) -> None:
+        for check in self._lists.values():
+            check_lists(check.lists, check.users, check.top_k)
+        for check in self._checks:
+            check()
+
+
+def stage(directory: str | Path, kind: str, *, keep: int) -> AbstractContextManager[StagedGeneration]:
+    """The one door to publish through (also :meth:`RunFolder.stage`): lock the output folder
+    ``directory`` (:func:`m6rec.locking.folder_lock`: a second writer fails at once, naming the first),
+    stage its next generation by the policy of ``kind`` (:data:`STAGE_POLICIES`), and publish it when the
+    block succeeds and what the writers expect holds, keeping ``keep`` generations."""
+    return _staged(Path(directory), kind, keep)
+
+
+@contextmanager
+def _staged(directory: Path, kind: str, keep: int) -> Iterator[StagedGeneration]:
+    from m6rec.locking import folder_lock
+
+    policy = STAGE_POLICIES[kind]
+    with folder_lock(directory):
+        staged_generation = None
+
+        def validate(path: Path) -> None:
+            staged_generation.validate(path)
+
+        with generations(directory).staged(
+            kind=kind,
+            carry=policy.carry,
+            resume=policy.resume,
+            keep=keep,
+            validate=validate,
+            unchanged_ignoring=policy.unchanged_ignoring,
+        ) as staged:
+            staged_generation = StagedGeneration(staged, RunFolder(directory), kind)
+            yield staged_generation
+    for action in staged_generation.published:
+        action()
 
 
 def check_lists(folder: RunFolder, users: int, top_k: int) -> None:
@@ -290,32 +330,6 @@ def check_lists(folder: RunFolder, users: int, top_k: int) -> None:
             f"{path}: the lists cover {found} users (expected {users}) with ranks {ranks['min']}.."
             f"{ranks['max']} (expected 1..{top_k}); nothing published"
         )
-
-
-def config_digest(config: RunConfig) -> str:
-    """SHA-256 of the configuration's canonical JSON: equal digests, equal configurations. Where the
-    stages run (``dask``) is left out: it changes no result."""
-    canonical = json.dumps(
-        config.model_dump(mode="json", exclude={"dask"}), sort_keys=True, separators=(",", ":")
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def data_fingerprint(data_dir: Path) -> str:
-    """SHA-256 over the names and bytes of the dataset's tables (media files are fingerprinted per item
-    by the encoders, not here)."""
-    digest = hashlib.sha256()
-    data_dir = Path(data_dir)
-    paths = [find_table(data_dir, table) for table in DATA_TABLES]
-    paths.append(data_dir / COLUMNS_FILE if (data_dir / COLUMNS_FILE).is_file() else None)
-    for path in paths:
-        if path is None:
-            continue
-        digest.update(f"{path.name}\0".encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_json(path: Path) -> dict:

@@ -35,26 +35,6 @@ def rank_candidates(
     )[0]
 
 
-def rank_final_lists(
-    ranker: LightGBMRanker,
-    table: pd.DataFrame,
-    columns: list[str],
-    user_rows: np.ndarray,
-    depth: int,
-    config: RankerConfig,
-) -> tuple[Candidates, np.ndarray]:
-    """The published lists: :func:`rank_with_new_item_slots` with the places ``config`` reserves."""
-    return rank_with_new_item_slots(
-        ranker,
-        table,
-        columns,
-        user_rows,
-        depth,
-        slots=config.new_item_slots,
-        spacing=config.new_item_slot_spacing,
-    )
-
-
 def rank_with_new_item_slots(
     ranker: LightGBMRanker,
     table: pd.DataFrame,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.stages import ListScorer
+from pipelines.scoring import ListScorer
 
 KILL_USER_ROW = "M6REC_TEST_KILL_USER_ROW"
 KILLS = "M6REC_TEST_KILLS"

@@ -111,9 +111,9 @@ def _before(module, name: str, action) -> None:
 
 def arm(moment: str) -> None:
     if moment == "embeddings":
-        import pipelines.embeddings
+        import pipelines.item_embeddings
 
-        _after(pipelines.embeddings, "_record", lambda result, name, *rest: name == "kg")
+        _after(pipelines.item_embeddings, "record_report", lambda result, name, *rest: name == "kg")
     elif moment == "two-tower":
         import features.two_tower.training
 
@@ -127,7 +127,7 @@ def arm(moment: str) -> None:
 
         _on_call(pipelines.run, "write_lists", 1)
     elif moment == "scoring":
-        from pipelines.stages import ListScorer
+        from pipelines.scoring import ListScorer
 
         _on_call(ListScorer, "score", 2)
     elif moment == "publishing":

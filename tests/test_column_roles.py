@@ -276,7 +276,7 @@ def test_kg_ranker_and_two_tower_attributes_follow_the_roles(tmp_path):
 
 
 def test_media_encoders_read_the_column_declared_for_their_role(tmp_path):
-    from pipelines.embeddings import _encoder_items, _has_modality
+    from pipelines.item_embeddings import _encoder_items, _has_modality
 
     directory = write_catalogue(tmp_path, columns_yaml="items:\n  sku: image_path\n  image_path: ignored\n")
     dataset = load_dataset(directory)

@@ -251,7 +251,8 @@ def test_item_texts_encoded_on_a_two_worker_cluster_are_the_in_process_vectors(c
     """Three partitions of 40 texts; the driver never loads the model, each worker loads it once."""
     from features.base import encode_items
     from features.encoders import create_encoder
-    from m6rec.cluster import cluster_at
+    from m6rec.cluster import open_executor
+    from m6rec.config import DaskSettings
     from m6rec.data.dataset import load_dataset
     from m6rec.embeddings.store import read_embeddings
 
@@ -261,10 +262,8 @@ def test_item_texts_encoded_on_a_two_worker_cluster_are_the_in_process_vectors(c
         create_encoder("text", item_columns=dataset.item_columns), items, catalogue, tmp_path / "here.parquet"
     )
     encoder = create_encoder("text", item_columns=dataset.item_columns)
-    with cluster_at("local:2") as cluster:
-        there = encode_items(
-            encoder, items, catalogue, tmp_path / "there.parquet", cluster=cluster, partition_items=40
-        )
+    with open_executor(DaskSettings(address="local:2", partition_items=40)) as executor:
+        there = encode_items(encoder, items, catalogue, tmp_path / "there.parquet", executor=executor)
     assert encoder._model is None
     assert (
         (there.total, there.computed, there.failed) == (here.total, here.computed, here.failed) == (96, 96, 0)

@@ -46,18 +46,20 @@ from flows.deployments import (  # noqa: E402
 from flows.inputs import load_catalogue, read_run_config  # noqa: E402
 from flows.nightly import nightly, trained_model_age_days  # noqa: E402
 from flows.nightly_embeddings import encode_item_embeddings, nightly_embeddings  # noqa: E402
-from flows.policies import (  # noqa: E402
-    EMBEDDINGS_CACHE,
-    dataset_fingerprint,
-    is_transient_io_error,
-    item_embeddings_key,
+from flows.policies import is_transient_io_error  # noqa: E402
+from flows.train_ranker import fit_two_stage_model  # noqa: E402
+from m6rec.config import EmbeddingConfig, RunConfig  # noqa: E402
+from m6rec.data.fingerprint import data_fingerprint  # noqa: E402
+from m6rec.errors import ConfigError, DataError  # noqa: E402
+from pipelines.embeddings import (  # noqa: E402
+    embeddings_key,
     read_cached_embeddings,
     write_cached_embeddings,
 )
-from flows.train_ranker import fit_two_stage_model  # noqa: E402
-from m6rec.config import EmbeddingConfig, RunConfig  # noqa: E402
-from m6rec.errors import ConfigError, DataError  # noqa: E402
-from pipelines.run_folder import ModelNotTrainedError  # noqa: E402
+from pipelines.run_folder import (
+    EMBEDDINGS_CACHE,  # noqa: E402
+    ModelNotTrainedError,  # noqa: E402
+)
 
 REPO = Path(__file__).resolve().parents[1]
 FLOW_MODULES = (
@@ -153,38 +155,50 @@ def test_no_task_or_flow_result_goes_through_prefect_result_storage():
     assert flows and all(flow.persist_result is False for flow in flows)
 
 
-def test_dataset_fingerprint_follows_the_files_but_not_hidden_ones(tmp_path):
+def test_the_data_fingerprint_follows_tables_and_media_content_but_not_hidden_files(tmp_path):
     (tmp_path / "media").mkdir()
     (tmp_path / "interactions.csv").write_text("user_id,item_id\nu1,i1\n")
     (tmp_path / "media" / "i1.wav").write_bytes(b"RIFF")
-    first = dataset_fingerprint(tmp_path)
-    assert dataset_fingerprint(tmp_path) == first
+    first = data_fingerprint(tmp_path)
+    assert data_fingerprint(tmp_path) == first
     (tmp_path / ".interactions.csv.swp").write_text("editor state")
     (tmp_path / ".staging").mkdir()
     (tmp_path / ".staging" / "part.parquet").write_bytes(b"PAR1")
-    assert dataset_fingerprint(tmp_path) == first
+    assert data_fingerprint(tmp_path) == first
+    later = (tmp_path / "media" / "i1.wav").stat().st_mtime + 60
+    os.utime(tmp_path / "media" / "i1.wav", (later, later))
+    assert data_fingerprint(tmp_path) == first, "a touched media file with the same bytes is the same data"
+    (tmp_path / "media" / "i1.wav").write_bytes(b"RIFX")
+    media_changed = data_fingerprint(tmp_path)
+    assert media_changed != first
     (tmp_path / "interactions.csv").write_text("user_id,item_id\nu1,i1\nu2,i1\n")
-    changed = dataset_fingerprint(tmp_path)
-    assert changed != first
+    changed = data_fingerprint(tmp_path)
+    assert changed != media_changed
     (tmp_path / "media" / "i1.wav").rename(tmp_path / "media" / "i2.wav")
-    assert dataset_fingerprint(tmp_path) != changed
+    assert data_fingerprint(tmp_path) != changed
 
 
 def test_embedding_cache_key_follows_dataset_configuration_and_output_folder(tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
+    (data_dir / "interactions.csv").write_text("user_id,item_id\nu1,i1\n")
     (data_dir / "items.csv").write_text("item_id,title\ni1,a\n")
-    dataset = SimpleNamespace(directory=data_dir)
-    key = item_embeddings_key(dataset, tmp_path / "out", EmbeddingConfig(modalities=["kg"]))
-    assert item_embeddings_key(dataset, tmp_path / "out", EmbeddingConfig(modalities=["kg"])) == key
+    dataset = SimpleNamespace(directory=data_dir, media_hashes=None, item_columns=None, user_columns=None)
+
+    def key(out, config, items_only=True):
+        return embeddings_key(dataset, out, config, items_only)
+
+    first = key(tmp_path / "out", EmbeddingConfig(modalities=["kg"]))
+    assert key(tmp_path / "out", EmbeddingConfig(modalities=["kg"])) == first
     variants = [
-        (tmp_path / "out", EmbeddingConfig(modalities=["text"])),
-        (tmp_path / "out", EmbeddingConfig(modalities=["kg"], kg={"epochs": 3})),
-        (tmp_path / "other", EmbeddingConfig(modalities=["kg"])),
+        key(tmp_path / "out", EmbeddingConfig(modalities=["text"])),
+        key(tmp_path / "out", EmbeddingConfig(modalities=["kg"], kg={"epochs": 3})),
+        key(tmp_path / "other", EmbeddingConfig(modalities=["kg"])),
+        key(tmp_path / "out", EmbeddingConfig(modalities=["kg"]), items_only=False),
     ]
-    assert len({key, *(item_embeddings_key(dataset, *variant) for variant in variants)}) == 4
+    assert len({first, *variants}) == 5
     (data_dir / "items.csv").write_text("item_id,title\ni1,a\ni2,b\n")
-    assert item_embeddings_key(dataset, tmp_path / "out", EmbeddingConfig(modalities=["kg"])) != key
+    assert key(tmp_path / "out", EmbeddingConfig(modalities=["kg"])) != first
 
 
 @pytest.mark.parametrize(
@@ -192,25 +206,26 @@ def test_embedding_cache_key_follows_dataset_configuration_and_output_folder(tmp
     [
         b"\x80\x04\x95 a pickle",
         b'{"metadata": {"serializer": {"type": "pickle"}}, "result": "gASVAAAA"}',
-        b'{"format": "m6rec-embeddings-cache", "version": 1, "key": "K", "summary": {"files": [], "counts": {}}}',
+        b'{"format": "m6rec-embeddings-cache", "version": 2, "key": "K", "summary": {"files": [], "counts": {}}}',
         b'{"format": "m6rec-embeddings-cache", "version": 9, "key": "K", "summary": {}}',
     ],
 )
 def test_a_bad_cache_entry_is_never_trusted(tmp_path, entry, caplog):
     (tmp_path / EMBEDDINGS_CACHE).write_bytes(entry)
-    assert read_cached_embeddings(tmp_path, "K") is None
+    assert read_cached_embeddings(tmp_path / EMBEDDINGS_CACHE, "K") is None
     assert "computing the embeddings again" in caplog.text
 
 
 def test_a_cache_entry_answers_only_its_key_and_only_while_its_files_exist(tmp_path):
     kept = tmp_path / "kg.parquet"
     kept.write_bytes(b"PAR1")
+    cache = tmp_path / EMBEDDINGS_CACHE
     summary = {"files": {"kg": str(kept)}, "counts": {"kg": {"total": 1, "computed": 1}}, "problems": 0}
-    write_cached_embeddings(tmp_path, "K", summary)
-    assert read_cached_embeddings(tmp_path, "K") == summary
-    assert read_cached_embeddings(tmp_path, "other") is None
+    write_cached_embeddings(cache, "K", summary)
+    assert read_cached_embeddings(cache, "K") == summary
+    assert read_cached_embeddings(cache, "other") is None
     kept.unlink()
-    assert read_cached_embeddings(tmp_path, "K") is None
+    assert read_cached_embeddings(cache, "K") is None
 
 
 def test_run_config_task_reads_the_yaml_and_the_cpu_switch(tiny_flow_inputs):
@@ -335,7 +350,10 @@ def test_embeddings_flow_answers_from_the_cache_until_its_inputs_change(
     first = nightly_embeddings(*arguments)
     second = nightly_embeddings(*arguments)
     assert (first["cached"], second["cached"]) == (False, True)
-    assert second["counts"] == first["counts"]
+    assert {name: counts["total"] for name, counts in second["counts"].items()} == {
+        name: counts["total"] for name, counts in first["counts"].items()
+    }
+    assert all(counts["computed"] == 0 for counts in second["counts"].values())
     rows = _artifact_rows("embedding-counts")
     assert {row["modality"] for row in rows} == {"kg", "fused"}
 
@@ -347,6 +365,9 @@ def test_embeddings_flow_answers_from_the_cache_until_its_inputs_change(
     items = catalogue / "items.parquet"
     later = items.stat().st_mtime + 60
     os.utime(items, (later, later))
+    assert nightly_embeddings(*arguments)["cached"], "the same bytes are the same data"
+    interactions = catalogue / "interactions.parquet"
+    pd.read_parquet(interactions).iloc[:-1].to_parquet(interactions, index=False)
     changed = nightly_embeddings(*arguments)
     assert not changed["cached"]
     assert changed["counts"]["kg"]["reused"] == changed["counts"]["kg"]["total"]

@@ -3,8 +3,9 @@
 From the bottom: ``m6rec`` (core) ← ``features`` ← ``ranker`` ← ``pipelines`` ← ``flows``. A module may import
 from its own layer or any below. ``m6rec/cli.py`` is the shell above them all and may import anything;
 ``m6rec/__main__.py`` only calls it. Every import counts, module-level and inside functions, relative ones
-resolved; for the cycle check, imports under ``if TYPE_CHECKING:`` do not (they never run), for the
-direction check they do (they still name a dependency on a layer above). An import is an edge to the most
+resolved, and imports under ``if TYPE_CHECKING:`` too: they never run, but they still name a dependency
+(on a layer above, or back into a module that depends on the importer: a circle a reader must untangle
+just as well). An import is an edge to the most
 specific module it names (``from a import b`` to ``a.b`` where that is a module, else to ``a``), not to the
 packages above it; ``importlib.import_module`` with a computed name is not seen.
 
@@ -194,15 +195,15 @@ def _strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
 
 
 def import_cycles(root: Path, packages: tuple[str, ...] = LAYERS) -> dict[str, str]:
-    """Cycles of the import graph between the project's modules (imports under ``TYPE_CHECKING`` left
-    out): for every module on a cycle, the shortest cycle through it, written from its first module by
+    """Cycles of the import graph between the project's modules (imports under ``TYPE_CHECKING``
+    included): for every module on a cycle, the shortest cycle through it, written from its first module by
     name: ``{"a -> b -> a": "a -> b -> a — an import cycle (a.py:3, b.py:9)"}``, with where each import is."""
     graph: dict[str, set[str]] = {}
     where: dict[tuple[str, str], str] = {}
     for imported in collect_imports(root, packages):
         graph.setdefault(imported.target, set())
         graph.setdefault(imported.importer, set())
-        if not imported.type_checking_only and imported.target != imported.importer:
+        if imported.target != imported.importer:
             graph[imported.importer].add(imported.target)
             where.setdefault((imported.importer, imported.target), f"{imported.path}:{imported.line}")
     cycles = {}
@@ -257,8 +258,9 @@ FAKE_TREE = {
 def fake_tree(tmp_path) -> Path:
     """Two layers, ``low`` under ``high``, whose findings are known: ``low/calls_up.py`` imports up inside
     a function and ``low/typed.py`` only for type checkers (two direction violations), ``high.b`` and
-    ``high.c`` import each other, once inside a function (one cycle), ``high.d`` and ``high.e`` do only
-    through ``TYPE_CHECKING`` (no cycle), ``low/clean.py`` is clean and ``low/cli.py`` is the shell."""
+    ``high.c`` import each other, once inside a function (one cycle), ``high.d`` and ``high.e`` do, one of
+    them only through ``TYPE_CHECKING`` (a cycle too), ``low/clean.py`` is clean and ``low/cli.py`` is the
+    shell."""
     for name, text in FAKE_TREE.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
@@ -273,7 +275,8 @@ def test_direction_check_finds_exactly_the_planted_violations(fake_tree):
     ]
 
 
-def test_cycle_check_finds_exactly_the_planted_cycle(fake_tree):
-    assert list(import_cycles(fake_tree, packages=("low", "high")).values()) == [
-        "high.b -> high.c -> high.b — an import cycle (high/b.py:3, high/c.py:2)"
+def test_cycle_check_finds_exactly_the_planted_cycles_type_only_imports_included(fake_tree):
+    assert sorted(import_cycles(fake_tree, packages=("low", "high")).values()) == [
+        "high.b -> high.c -> high.b — an import cycle (high/b.py:3, high/c.py:2)",
+        "high.d -> high.e -> high.d — an import cycle (high/d.py:4, high/e.py:1)",
     ]

@@ -13,7 +13,7 @@ import pytest
 from m6rec.config import BaselineConfig, EmbeddingConfig, RankerConfig, RunConfig
 from m6rec.data.splits import random_split, temporal_split
 from m6rec.errors import ConfigError
-from pipelines import stages as stages_module
+from pipelines import run_folder as run_folder_module
 from pipelines.run import is_cut_in_time, run_pipeline
 from pipelines.run_folder import RunFolder
 
@@ -147,7 +147,7 @@ def test_failed_run_leaves_previous_outputs_untouched(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(stages_module, "write_json", crash)
+    monkeypatch.setattr(run_folder_module, "write_json", crash)
     with pytest.raises(OSError, match="disk full"):
         run_pipeline(data, out, config)
     assert published() == before

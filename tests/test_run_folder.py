@@ -12,15 +12,11 @@ import pandas as pd
 import pytest
 
 from m6rec.config import RunConfig
+from m6rec.data.fingerprint import data_fingerprint
 from pipelines.batch import batch_recommend
 from pipelines.run import run_pipeline
-from pipelines.run_folder import (
-    MANIFEST_SCHEMA_VERSION,
-    ModelNotTrainedError,
-    RunFolder,
-    config_digest,
-    data_fingerprint,
-)
+from pipelines.run_folder import ModelNotTrainedError, RunFolder
+from pipelines.trained_model import MANIFEST_SCHEMA_VERSION, ModelManifest, config_digest
 
 
 def _dataset(directory, extra_rows: int = 0):
@@ -53,7 +49,7 @@ def trained(tmp_path_factory):
 def test_training_writes_a_manifest_with_its_configuration_and_data(trained):
     data, result, config = trained
     folder = RunFolder(result.out_dir)
-    manifest = folder.read_manifest()
+    manifest = ModelManifest.read(folder.model_manifest)
     report = folder.read_run_report()
     assert manifest.schema_version == MANIFEST_SCHEMA_VERSION
     assert manifest.config_digest == config_digest(config)
@@ -70,9 +66,9 @@ def test_training_writes_a_manifest_with_its_configuration_and_data(trained):
 def test_each_stage_reports_its_own_peak_memory(monkeypatch):
     import numpy as np
 
-    from pipelines import stages
+    from m6rec import progress
 
-    clock = stages.StageClock()
+    clock = progress.StageClock()
     block = np.ones((4096, 8192))  # 256 MiB, freed before the stage ends: the stage's peak still holds it
     del block
     clock.lap("large")
@@ -80,9 +76,9 @@ def test_each_stage_reports_its_own_peak_memory(monkeypatch):
 
     # The bookkeeping, with a fake memory gauge: each lap reads the peak since the previous lap, then resets it.
     gauge = {"peak": 0.0}
-    monkeypatch.setattr(stages, "_peak_rss_mib", lambda: gauge["peak"])
-    monkeypatch.setattr(stages, "_reset_peak_rss", lambda: gauge.update(peak=100.0) or True)
-    clock = stages.StageClock()
+    monkeypatch.setattr(progress, "_peak_rss_mib", lambda: gauge["peak"])
+    monkeypatch.setattr(progress, "_reset_peak_rss", lambda: gauge.update(peak=100.0) or True)
+    clock = progress.StageClock()
     gauge["peak"] = 900.0
     clock.lap("embeddings")
     clock.lap("ranking")
@@ -102,7 +98,7 @@ def test_the_batch_serves_with_the_trained_configuration(trained, tmp_path, capl
     per_user = pd.read_parquet(lists.recommendations_path).groupby("user_id").size()
     assert per_user.max() == 5, "top_k of the trained configuration"
     assert json.loads(RunFolder(tmp_path / "lists").batch_report.read_text())["model_config_digest"] == (
-        RunFolder(result.out_dir).read_manifest().config_digest
+        ModelManifest.read(RunFolder(result.out_dir).model_manifest).config_digest
     )
 
     with caplog.at_level(logging.WARNING, logger="m6rec"):

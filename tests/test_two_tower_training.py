@@ -31,13 +31,9 @@ from m6rec.data.interactions import IdIndex, InteractionMatrix
 from m6rec.demo_catalogue import DemoCatalogueSpec, generate_demo_catalogue
 from m6rec.embeddings.profiles import ProfileCache
 from m6rec.embeddings.store import read_embeddings, write_embeddings
-from pipelines.embeddings import (
-    EmbeddingResult,
-    _matrix,
-    fold_in_collaborative,
-    load_collaborative_model,
-    train_collaborative,
-)
+from pipelines.collaborative import fold_in_collaborative, load_collaborative_model, train_collaborative
+from pipelines.item_embeddings import EmbeddingResult
+from pipelines.item_embeddings import interaction_matrix as _matrix
 
 RANDOM_CONFIG = TwoTowerConfig(
     dimension=16,
@@ -376,7 +372,7 @@ def stage_embeddings(dataset: Dataset, features: Path, **two_tower):
     """The training stage's embeddings of two histories: all interactions and a fold of each user's
     first five, with ``two_tower`` settings over :data:`EMBEDDING_CONFIG`'s."""
     from m6rec.config import RunConfig
-    from pipelines.stages import History, compute_stage_embeddings
+    from pipelines.histories import History, embed_histories
 
     frame = dataset.interactions
     fold_frame = frame.groupby("user_id").head(5)
@@ -387,7 +383,7 @@ def stage_embeddings(dataset: Dataset, features: Path, **two_tower):
     settings = EMBEDDING_CONFIG.model_dump()
     settings["two_tower"] = {**settings["two_tower"], **two_tower}
     config = RunConfig(embeddings=EmbeddingConfig(**settings))
-    return compute_stage_embeddings(dataset, features, config, histories)
+    return embed_histories(dataset, features, config, histories)
 
 
 @pytest.mark.parametrize("warm_start", [False, True])
@@ -415,12 +411,12 @@ def test_the_histories_models_trained_side_by_side_are_those_trained_one_after_t
 ):
     import torch
 
-    import pipelines.stages
+    import pipelines.histories
 
     threads_before = torch.get_num_threads()
     vectors = {}
     for side_by_side in (False, True):
-        monkeypatch.setattr(pipelines.stages, "_trains_side_by_side", lambda *_, flag=side_by_side: flag)
+        monkeypatch.setattr(pipelines.histories, "_trains_side_by_side", lambda *_, flag=side_by_side: flag)
         features = tmp_path / f"side-by-side-{side_by_side}"
         embeddings = stage_embeddings(demo_dataset, features)
         vectors[side_by_side] = {

@@ -11,11 +11,16 @@ contained is a one-line error.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from m6rec.io import write_json
+
+_HASHES_FORMAT = "m6rec-media-hashes"
 
 BLOCK_BYTES = 1 << 20
 
@@ -32,6 +37,14 @@ class MediaLimits:
     extra_roots: tuple[Path, ...] = ()
     max_bytes: int = 1 << 30
     read_timeout_seconds: float = 60.0
+    hashes: MediaHashes | None = field(default=None, compare=False)
+
+    def fingerprint(self, path: Path) -> str:
+        """The content hash of the contained file ``path``: from ``hashes`` (its stored hash while the
+        file's stat is unchanged) or streamed (:func:`streamed_fingerprint`)."""
+        if self.hashes is not None:
+            return self.hashes.digest(path, self)
+        return streamed_fingerprint(path, self)
 
 
 def contained_path(directory: Path, raw: str, extra_roots: tuple[Path, ...] = ()) -> Path:
@@ -80,6 +93,43 @@ def streamed_fingerprint(path: Path, limits: MediaLimits) -> str:
     except OSError as error:
         raise RejectedPath(f"cannot read {path}: {error.strerror}") from None
     return "sha256:" + digest.hexdigest()
+
+
+class MediaHashes:
+    """Content hashes of media files by their stat; ``path`` is where they are kept (None: in memory only)."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = None if path is None else Path(path)
+        self._entries: dict[str, list] = {}
+        self._changed = False
+        if self.path is not None and self.path.is_file():
+            try:
+                stored = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                stored = {}
+            if isinstance(stored, dict) and stored.get("format") == _HASHES_FORMAT:
+                self._entries = dict(stored.get("files") or {})
+
+    def digest(self, path: Path, limits: MediaLimits) -> str:
+        """``sha256:<hex>`` of ``path`` (a resolved, contained file): the stored one while its stat is
+        unchanged, else streamed now; :class:`m6rec.data.RejectedPath` as when streaming."""
+        status = os.stat(path)
+        key, seen = str(path), [status.st_size, status.st_mtime_ns, status.st_ino]
+        entry = self._entries.get(key)
+        if entry is not None and entry[:3] == seen:
+            return entry[3]
+        if status.st_size > limits.max_bytes:
+            raise RejectedPath(f"{path}: larger than the {limits.max_bytes:,}-byte limit for media files")
+        digest = streamed_fingerprint(path, limits)
+        self._entries[key] = [*seen, digest]
+        self._changed = True
+        return digest
+
+    def save(self) -> None:
+        """Keep the hashes for the next run (only when some were added)."""
+        if self.path is not None and self._changed:
+            write_json({"format": _HASHES_FORMAT, "files": self._entries}, self.path)
+            self._changed = False
 
 
 def _kind(mode: int) -> str:

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,10 @@ from m6rec.data.tables import (
 from m6rec.errors import ConfigError, DataError
 
 MAX_PROBLEMS_LISTED = 200
+
+
+if TYPE_CHECKING:
+    from m6rec.data.contained import MediaHashes
 
 
 @dataclass
@@ -86,6 +90,9 @@ class Dataset:
     item_columns: ResolvedColumns = field(default_factory=ResolvedColumns)
     user_columns: ResolvedColumns = field(default_factory=ResolvedColumns)
     allowed_roots: tuple[Path, ...] = ()
+    # Where the content hashes of its media files are kept (m6rec.data.contained.MediaHashes); the
+    # pipelines set it to their output folder's store, so no unchanged media file is read twice.
+    media_hashes: MediaHashes | None = None
 
     @property
     def has_timestamps(self) -> bool:

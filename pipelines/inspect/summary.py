@@ -77,9 +77,23 @@ def inspect_parquet(
             "dimension",
         )
 
+    inspection = _inspection(path, parquet_file, schema, metadata, key_column, scan)
+    if id_value is not None:
+        inspection.id_matches = IdMatches(key_column, str(id_value), scan.id_total, scan.id_rows)
+    if neighbours_of is not None:
+        query = scan.query_vector(neighbours_of)
+        found = _nearest(_open(path), path, key_column, query_column, neighbours_of, query, k)
+        inspection.neighbours = NeighbourList(key_column, str(neighbours_of), query_column, k, found)
+    return inspection
+
+
+def _inspection(
+    path: Path, parquet_file, schema, metadata: dict, key_column: str | None, scan
+) -> ParquetInspection:
+    """What a full scan of the file found, before the ID and neighbour lookups."""
     vectors = [accumulator.summary() for accumulator in scan.vector_stats.values()]
     distinct_ids = scan.distinct_ids()
-    inspection = ParquetInspection(
+    return ParquetInspection(
         path=path,
         size_bytes=path.stat().st_size,
         rows=parquet_file.metadata.num_rows,
@@ -100,13 +114,6 @@ def inspect_parquet(
         warnings=_warnings(metadata, vectors, parquet_file.metadata.num_rows, key_column, distinct_ids),
         sample=scan.sample_rows,
     )
-    if id_value is not None:
-        inspection.id_matches = IdMatches(key_column, str(id_value), scan.id_total, scan.id_rows)
-    if neighbours_of is not None:
-        query = scan.query_vector(neighbours_of)
-        found = _nearest(_open(path), path, key_column, query_column, neighbours_of, query, k)
-        inspection.neighbours = NeighbourList(key_column, str(neighbours_of), query_column, k, found)
-    return inspection
 
 
 def _warnings(

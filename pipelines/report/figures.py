@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from m6rec.evaluation.streamed import FINAL
 from pipelines.report import charts
 from pipelines.report.folder import _Run
-from pipelines.run_folder import FINAL, METRICS, RANKER_DIR, RANKER_FEATURES, RECOMMENDATIONS, RUN_REPORT
+from pipelines.run_folder import METRICS, RANKER_DIR, RANKER_FEATURES, RECOMMENDATIONS, RUN_REPORT
 
 TOP_FEATURES = 20
 FEATURE_FAMILIES = (

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from m6rec.errors import M6RecError
-from pipelines.run_folder import FINAL, RECOMMENDATIONS
+from m6rec.evaluation.streamed import FINAL
+from pipelines.run_folder import RECOMMENDATIONS
 
 if TYPE_CHECKING:
     from m6rec.embeddings.store import EmbeddingTable

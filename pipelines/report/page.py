@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from m6rec import __version__
 from m6rec.errors import M6RecError
+from m6rec.evaluation.streamed import FINAL
 from m6rec.io import atomic_path
 from pipelines.report.figures import (
     _ceiling_chart,
@@ -30,7 +31,15 @@ from pipelines.report.figures import (
 )
 from pipelines.report.folder import _read_json, _read_metrics, _Run
 from pipelines.report.projection import _projection_chart
-from pipelines.run_folder import FINAL, METRICS, REPORT_PAGE, RUN_REPORT, ModelNotTrainedError, RunFolder
+from pipelines.run_folder import (
+    METRICS,
+    REPORT_PAGE,
+    RUN_REPORT,
+    ModelNotTrainedError,
+    RunFolder,
+    StagedGeneration,
+)
+from pipelines.trained_model import ModelManifest
 
 if TYPE_CHECKING:
     from m6rec.embeddings.store import EmbeddingTable
@@ -75,16 +84,17 @@ def write_report(
     return out_path
 
 
-def publish_report(out_dir: Path) -> Path:
-    """Write ``out_dir``'s report page again, into a new generation of the folder (the published files
-    are never written in place); returns the page's path as readers see it."""
-    from m6rec.generations import EVERYTHING
-    from m6rec.locking import folder_lock
-    from pipelines.run_folder import generations
-
+def publish_report(out_dir: Path, *, keep: int, stage: StagedGeneration | None = None) -> Path:
+    """Write ``out_dir``'s report page again, into a new generation of the folder (``keep`` kept; the
+    published files are never written in place), or into ``stage`` (the night's generation of
+    ``out_dir``); returns the page's path as readers see it."""
     out_dir = Path(out_dir)
-    with folder_lock(out_dir), generations(out_dir).staged(kind="report", carry=EVERYTHING) as stage:
-        write_report(stage.path)
+    if stage is not None:
+        stage.join("report")
+        write_report(stage.folder.root)
+    else:
+        with RunFolder(out_dir).stage("report", keep=keep) as staged:
+            write_report(staged.folder.root)
     return out_dir / REPORT_PAGE
 
 
@@ -131,7 +141,7 @@ def _safely(builder: Callable[[_Run], object], run: _Run):
 def _trained_at(directory: Path) -> datetime:
     """When the model was trained (its manifest), else when the run report was written."""
     try:
-        return datetime.fromisoformat(RunFolder(directory).read_manifest().trained_at)
+        return datetime.fromisoformat(ModelManifest.read(RunFolder(directory).model_manifest).trained_at)
     except ModelNotTrainedError:
         return datetime.fromtimestamp((directory / RUN_REPORT).stat().st_mtime, UTC)
 
