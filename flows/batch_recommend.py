@@ -46,27 +46,14 @@ def recommend_for_every_user(
             executor=executor or own,
             stage=stage,
         )
-    return _lists_summary(result)
+    return result.headline()
 
 
 @task(**NO_PERSISTED_RESULT, **NOT_CACHED)
 def publish_training_lists(model_dir: str, *, stage: StagedGeneration | None = None) -> dict:
     """The training run's lists as the batch lists (same data, so a batch would build the same ones);
     returns what :func:`recommend_for_every_user` returns."""
-    return _lists_summary(lists_from_training(model_dir, stage=stage))
-
-
-def _lists_summary(result) -> dict:
-    summary = result.summary
-    return {
-        "lists_dir": str(result.out_dir),
-        "recommendations": str(result.recommendations_path),
-        "selected_model": summary["selected_model"],
-        "sources": summary["sources"],
-        "model_trained_at": summary.get("model_trained_at"),
-        "counts": summary["counts"],
-        "timings_seconds": summary.get("timings_seconds", {}),
-    }
+    return lists_from_training(model_dir, stage=stage).headline()
 
 
 @flow(name="batch-recommend", **NO_PERSISTED_RESULT)

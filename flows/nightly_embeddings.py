@@ -25,8 +25,6 @@ from m6rec.data.dataset import Dataset
 from pipelines.embeddings import compute_embeddings
 from pipelines.run_folder import StagedGeneration
 
-PROBLEM_EXAMPLES = 20
-
 
 @task(**NO_PERSISTED_RESULT, **NOT_CACHED)
 def encode_item_embeddings(
@@ -52,12 +50,7 @@ def encode_item_embeddings(
         result = compute_embeddings(
             dataset, Path(out_dir), config, items_only=True, keep=keep, executor=executor or own, stage=stage
         )
-    return {
-        "features_dir": str(result.features_dir),
-        **result.summary(),
-        "problem_examples": result.problems[:PROBLEM_EXAMPLES],
-        "cached": result.cached,
-    }
+    return result.headline()
 
 
 def log_embedding_counts(logger, embeddings: dict) -> None:

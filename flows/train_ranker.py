@@ -38,21 +38,7 @@ def fit_two_stage_model(
     list, counts, each source's validation NDCG, whether the ranker was used, and stage timings."""
     with flow_executor(config.dask) as own:
         result = run_pipeline(data_dir, out_dir, config, executor=executor or own, stage=stage)
-    summary = result.summary
-    ranker = summary.get("ranker") or {}
-    return {
-        "out_dir": str(result.out_dir),
-        "recommendations": str(result.recommendations_path),
-        "selected_model": result.selected_model,
-        "metrics": result.metrics,
-        "protocol": summary["protocol"],
-        "counts": summary["counts"],
-        "models": {
-            name: {"validation_ndcg": model["validation_ndcg"]} for name, model in summary["models"].items()
-        },
-        "ranker": {key: ranker[key] for key in ("used", "validation_ndcg@10") if key in ranker},
-        "timings_seconds": summary["timings_seconds"],
-    }
+    return result.headline()
 
 
 @task(**NO_PERSISTED_RESULT, **NOT_CACHED)

@@ -13,6 +13,7 @@ import typer
 from m6rec import __version__
 from m6rec.errors import M6RecError
 from m6rec.log import configure_logging
+from m6rec.modalities import MODALITIES
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -132,7 +133,7 @@ def embed(
     config: Annotated[
         Path | None, typer.Option(help="YAML run configuration (its 'embeddings' section).")
     ] = None,
-    modalities: Annotated[str | None, typer.Option(help="Comma-separated: text,image,audio,kg,cf.")] = None,
+    modalities: Annotated[str | None, typer.Option(help=f"Comma-separated: {','.join(MODALITIES)}.")] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Ignore any GPU.")] = False,
     skip_invalid_rows: Annotated[
         bool, typer.Option(help="Skip and count bad rows instead of failing.")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,13 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from m6rec.data.columns import ColumnRoles
 from m6rec.embeddings.profiles import DEFAULT_HALF_LIFE_DAYS
 from m6rec.errors import ConfigError
+from m6rec.modalities import MODALITIES, MODALITY_TABLE
 
-# The one list of modality names. A run chooses among MODALITIES; the first three are encoded from item
-# files by frozen encoders; every item vector space (profiles, similarity features, fusion) is one of
-# ITEM_SPACES: the encoded ones, the KG embeddings, and their fusion.
-MODALITIES = ("text", "image", "audio", "kg", "cf")
-ENCODED_MODALITIES = MODALITIES[:3]
-ITEM_SPACES = (*ENCODED_MODALITIES, "kg", "fused")
 KG_MODELS = ("TransE", "TransH", "RotatE", "DistMult")
 FUSION_MODES = ("concat", "attention")
 TWO_TOWER_LOSSES = ("softmax", "bpr")
@@ -50,6 +46,13 @@ DEFAULT_SEARCH_SPACES: dict[str, dict[str, list]] = {
     "ials": {"factors": [32, 64, 128], "regularization": [3.0, 10.0, 30.0], "alpha": [1.0]},
     "sequential": {"window": [1, 3, 10]},
 }
+
+
+# Field metadata: a batch may set the field for itself (``SERVING``), and it changes no list or model
+# (``SERVING_ONLY``: where and how much the stages run, how many generations are kept). The batch's
+# serving settings and the configuration digest's exclusions are read from it (``ServingSettings``).
+SERVING: dict[str, Any] = {"serving": True}
+SERVING_ONLY: dict[str, Any] = {"serving": True, "shapes_results": False}
 
 
 class Section(BaseModel):
@@ -236,9 +239,11 @@ class TwoTowerSettings(Section):
 class EmbeddingConfig(Section):
     """The nightly embedding stage: which modalities run and each one's options."""
 
-    modalities: list[Literal["text", "image", "audio", "kg", "cf"]] = Field(
+    modalities: list[Literal[MODALITIES]] = Field(
         default_factory=lambda: list(MODALITIES),
-        description="Which embeddings run: text, image, audio, kg, cf (the two-tower model).",
+        description="Which embeddings run: "
+        + "; ".join(f"{modality.name} ({modality.description})" for modality in MODALITY_TABLE)
+        + ".",
     )
     text: TextSettings = Field(default_factory=TextSettings, description="Text encoder.")
     image: ImageSettings = Field(default_factory=ImageSettings, description="Image encoder.")
@@ -437,9 +442,11 @@ class RankerConfig(Section):
         0.1, description="Share of the fold's items treated as new (fold history hidden)."
     )
     new_item_slots: NonNegativeInt = Field(
-        0, description="Places of each final list reserved for new items (0: off)."
+        0, description="Places of each final list reserved for new items (0: off).", json_schema_extra=SERVING
     )
-    new_item_slot_spacing: PositiveInt = Field(10, description="Every this many places, one new-item place.")
+    new_item_slot_spacing: PositiveInt = Field(
+        10, description="Every this many places, one new-item place.", json_schema_extra=SERVING
+    )
     max_training_users: PositiveInt = Field(
         50_000,
         description="Fold label users the ranker trains on (a seeded sample above it): its training table "
@@ -567,17 +574,22 @@ class RunConfig(Section):
         "`cutoff:2024-01-01` (or a unix time), or `none` (train on everything, no metrics).",
     )
     seed: NonNegativeInt = Field(42, description="Seed of the split, the folds and the models.")
-    top_k: PositiveInt = Field(10, description="Length of each user's list.")
+    top_k: PositiveInt = Field(10, description="Length of each user's list.", json_schema_extra=SERVING)
     k_values: list[PositiveInt] = Field(
         default_factory=lambda: [10, 20], min_length=1, description="Cut-offs of the metrics."
     )
-    candidate_depth: PositiveInt = Field(100, description="Candidates per user kept for evaluation.")
+    candidate_depth: PositiveInt = Field(
+        100, description="Candidates per user kept for evaluation.", json_schema_extra=SERVING
+    )
     user_chunk: PositiveInt = Field(
         20_000,
         description="Users the batch scores at once: its memory follows this, not the number of users "
         "(candidates, ranker features and lists stream chunk by chunk into Parquet row groups).",
+        json_schema_extra=SERVING,
     )
-    skip_invalid_rows: bool = Field(False, description="Skip and count bad input rows instead of failing.")
+    skip_invalid_rows: bool = Field(
+        False, description="Skip and count bad input rows instead of failing.", json_schema_extra=SERVING
+    )
     min_rating: float | None = Field(
         None,
         description="Interactions whose weight (rating, play count) is below this are not positives: "
@@ -592,9 +604,12 @@ class RunConfig(Section):
         3,
         description="Generations of the output folder kept (each run publishes a new one whole; "
         "`m6rec rollback` goes back to the previous one).",
+        json_schema_extra=SERVING_ONLY,
     )
     batch: BatchSettings = Field(
-        default_factory=lambda: BatchSettings(), description="How the nightly batch follows what changed."
+        default_factory=lambda: BatchSettings(),
+        description="How the nightly batch follows what changed.",
+        json_schema_extra=SERVING_ONLY,
     )
     fold_split: Literal["auto", "random", "temporal"] = Field(
         "auto", description="How the ranker's fold is cut: auto, random or temporal."
@@ -609,6 +624,7 @@ class RunConfig(Section):
     dask: DaskSettings = Field(
         default_factory=lambda: DaskSettings(),
         description="Where the partitioned stages run: in-process, or on a Dask cluster.",
+        json_schema_extra=SERVING_ONLY,
     )
 
     FOLD_SPLITS: typing.ClassVar[tuple[str, ...]] = FOLD_SPLITS
@@ -640,6 +656,22 @@ class RunConfig(Section):
         content = set(self.embeddings.modalities) - {"cf"}
         return self.ranker.cold_item_share if self.ranker.enabled and content else 0.0
 
+    def serving(self) -> ServingSettings:
+        """What a batch may set for itself (the fields marked ``SERVING``), as one object."""
+        return ServingSettings(
+            run={name: getattr(self, name) for name in _marked(RunConfig, "serving", True)},
+            ranker={name: getattr(self.ranker, name) for name in _marked(RankerConfig, "serving", True)},
+        )
+
+    def with_serving(self, serving: ServingSettings) -> RunConfig:
+        """This configuration with ``serving`` in place of its own serving settings, as a whole."""
+        return self.replace(**serving.run, ranker=self.ranker.replace(**serving.ranker))
+
+    def result_dump(self) -> dict:
+        """The configuration as JSON without what changes no list or model (the fields marked
+        ``SERVING_ONLY``: where the stages run, how much a batch redoes, how many generations are kept)."""
+        return self.model_dump(mode="json", exclude=set(_marked(RunConfig, "shapes_results", False)))
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:
         """Read and validate a YAML file whose keys mirror these models."""
@@ -651,6 +683,40 @@ class RunConfig(Section):
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
             raise ConfigError(f"{path}: cannot read config: {' '.join(str(error).split())}") from None
         return load_config(raw if raw is not None else {}, str(path))
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """The settings a batch brings to a model trained with another configuration (list length and depth,
+    chunking, bad rows, new-item places, what a batch redoes, where it runs, generations kept), by
+    section: ``run`` (top-level fields) and ``ranker``. Read from the field metadata, so a new serving
+    knob is one ``json_schema_extra=SERVING`` away."""
+
+    run: dict[str, Any]
+    ranker: dict[str, Any]
+
+
+def _marked(section: type[BaseModel], key: str, value: Any) -> tuple[str, ...]:
+    """The fields of ``section`` whose metadata says ``key: value``."""
+    return tuple(
+        name
+        for name, field in section.model_fields.items()
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get(key) == value
+    )
+
+
+def config_differences(left: BaseModel, right: BaseModel) -> list[str]:
+    """The dotted keys whose values differ between two configurations of the same model."""
+    return _differences(left.model_dump(mode="json"), right.model_dump(mode="json"), "")
+
+
+def _differences(left: Any, right: Any, prefix: str) -> list[str]:
+    if isinstance(left, dict) and isinstance(right, dict):
+        found = []
+        for key in sorted(set(left) | set(right)):
+            found += _differences(left.get(key), right.get(key), f"{prefix}{key}.")
+        return found
+    return [] if left == right else [prefix.rstrip(".")]
 
 
 def load_config(raw: Any, where: str, model: type[Section] = RunConfig):

@@ -75,6 +75,19 @@ class BatchResult:
     def recommendations_path(self) -> Path:
         return RunFolder(self.out_dir).recommendations
 
+    def headline(self) -> dict:
+        """What the flows show of the batch, JSON-ready: where the lists are, the model that ranked them,
+        the candidate sources, when the model was trained, the counts and the timings."""
+        return {
+            "lists_dir": str(self.out_dir),
+            "recommendations": str(self.recommendations_path),
+            "selected_model": self.summary["selected_model"],
+            "sources": self.summary["sources"],
+            "model_trained_at": self.summary.get("model_trained_at"),
+            "counts": self.summary["counts"],
+            "timings_seconds": self.summary.get("timings_seconds", {}),
+        }
+
 
 def batch_recommend(
     data_dir: str | Path,
@@ -88,7 +101,7 @@ def batch_recommend(
     """Write every user's top-``config.top_k`` list for ``data_dir`` with the model in ``model_dir``.
 
     ``out_dir`` defaults to ``model_dir/lists``. The configuration is the one the model was trained with
-    (``model.json``); ``config`` sets only what a batch may (:meth:`TrainedModel.serving_config`).
+    (``model.json``); ``config`` brings only its serving settings (:meth:`TrainedModel.serving_config`).
 
     Work follows what changed. With the same data (:func:`m6rec.data.fingerprint.data_fingerprint`:
     tables and media files) as the last lists of this model, nothing is redone (and no generation is
@@ -156,7 +169,7 @@ def _lists_place(
         return
     root = Path(out_dir) if own_folder else model_root
     model = TrainedModel.read(model_root)
-    keep = model.serving_config(config).keep_generations
+    keep = (config or model.manifest.run_config()).keep_generations  # a serving setting: today's wins
     with RunFolder(root).stage("lists" if own_folder else "batch", keep=keep) as stage:
         staged = stage.folder
         if own_folder:

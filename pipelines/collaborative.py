@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from m6rec.config import ITEM_SPACES, EmbeddingConfig
+from m6rec.config import EmbeddingConfig
 from m6rec.data.contract import USER_ID
 from m6rec.data.dataset import Dataset
 from m6rec.data.interactions import interaction_digest
 from m6rec.embeddings.profiles import ProfileCache
 from m6rec.embeddings.store import EmbeddingTable
+from m6rec.modalities import ITEM_SPACES
 from pipelines.run_folder import (
     TWO_TOWER_DIR,
 )

@@ -16,10 +16,11 @@ import pandas as pd
 
 from features.device import resolve_device
 from m6rec.candidates.side_inputs import SideInputs
-from m6rec.config import ITEM_SPACES, RunConfig
+from m6rec.config import RunConfig
 from m6rec.data.dataset import Dataset
 from m6rec.data.interactions import InteractionMatrix
 from m6rec.embeddings.profiles import ProfileCache
+from m6rec.modalities import ITEM_SPACES
 from pipelines.collaborative import fold_in_collaborative, load_collaborative_model, train_collaborative
 from pipelines.item_embeddings import EmbeddingResult, compute_item_embeddings
 

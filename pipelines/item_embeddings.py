@@ -19,22 +19,21 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from m6rec.config import ENCODED_MODALITIES, ITEM_SPACES, EmbeddingConfig
+from m6rec.config import EmbeddingConfig
 from m6rec.data.columns import MEDIA_ROLES
 from m6rec.data.contained import MediaLimits
-from m6rec.data.contract import AUDIO_PATH, IMAGE_PATH, ITEM_ID, USER_ID
+from m6rec.data.contract import ITEM_ID, USER_ID
 from m6rec.data.dataset import Dataset
 from m6rec.data.interactions import IdIndex, InteractionMatrix
 from m6rec.embeddings.store import METADATA_KEY, EmbeddingTable
 from m6rec.errors import ConfigError
+from m6rec.modalities import ENCODED_MODALITIES, ITEM_SPACES, MEDIA_COLUMNS
 
 if TYPE_CHECKING:
     from m6rec.cluster import Executor
 
 
 log = logging.getLogger("m6rec")
-
-REQUIRED_COLUMN = {"image": IMAGE_PATH, "audio": AUDIO_PATH}
 
 
 @dataclass
@@ -74,6 +73,16 @@ class EmbeddingResult:
         """Point the paths under ``old`` at the same names under ``new``."""
         self.features_dir = Path(new) / Path(self.features_dir).relative_to(old)
         self.paths = {name: Path(new) / Path(path).relative_to(old) for name, path in self.paths.items()}
+
+    def headline(self, problem_examples: int = 20) -> dict:
+        """What the flows show of the run, JSON-ready: :meth:`summary` with the features folder, the
+        first ``problem_examples`` problems and whether the cache answered."""
+        return {
+            "features_dir": str(self.features_dir),
+            **self.summary(),
+            "problem_examples": self.problems[:problem_examples],
+            "cached": self.cached,
+        }
 
     def summary(self) -> dict:
         return {
@@ -218,7 +227,7 @@ def timed(result: EmbeddingResult, stage: str, work) -> None:
 def _has_modality(dataset: Dataset, modality: str) -> bool:
     if dataset.items is None:
         return False
-    if modality not in REQUIRED_COLUMN:
+    if modality not in MEDIA_COLUMNS:
         return True
     column = _media_column(dataset, modality)
     return column is not None and dataset.items[column].fillna("").astype(str).str.strip().ne("").any()
@@ -226,16 +235,16 @@ def _has_modality(dataset: Dataset, modality: str) -> bool:
 
 def _media_column(dataset: Dataset, modality: str) -> str | None:
     """The items column whose role is ``image_path`` / ``audio_path``, by default the column of that name."""
-    found = dataset.item_columns.with_role(MEDIA_ROLES[REQUIRED_COLUMN[modality]])
+    found = dataset.item_columns.with_role(MEDIA_ROLES[MEDIA_COLUMNS[modality]])
     return found[0] if found else None
 
 
 def _encoder_items(dataset: Dataset, modality: str) -> pd.DataFrame:
     """The items as the encoder of ``modality`` reads them: the media column of its role under the
     contract's name (``image_path``, ``audio_path``), whichever column the dataset declared."""
-    if modality not in REQUIRED_COLUMN:
+    if modality not in MEDIA_COLUMNS:
         return dataset.items
-    name, column = REQUIRED_COLUMN[modality], _media_column(dataset, modality)
+    name, column = MEDIA_COLUMNS[modality], _media_column(dataset, modality)
     if column == name:
         return dataset.items
     items = dataset.items.drop(columns=[name], errors="ignore")

@@ -27,9 +27,10 @@ import pandas as pd
 from m6rec.candidates import Candidates, CandidateSource, create_source
 from m6rec.candidates.merge import ITEM, USER_ROW, merge_candidates
 from m6rec.candidates.registry import source_class
-from m6rec.config import RankerConfig
+from m6rec.config import RankerConfig, RunConfig
 from m6rec.evaluation.metrics import ranking_metrics
-from pipelines.source_tuning import Fold, make_fold, sample_users
+from pipelines.checkpoints import Checkpoints
+from pipelines.source_tuning import Fold, TunedSource, make_fold, sample_users, select_final
 from ranker.features import RankerContext, build_ranker_features, feature_columns
 from ranker.lists import rank_candidates
 from ranker.model import LightGBMRanker
@@ -270,3 +271,45 @@ def _group_sizes(table: pd.DataFrame) -> np.ndarray:
 def _group_sizes_of(rows: np.ndarray) -> np.ndarray:
     boundaries = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
     return np.diff(np.r_[boundaries, len(rows)])
+
+
+def train_or_resume_ranker(
+    fold: Fold,
+    tuned: dict[str, TunedSource],
+    context,
+    config: RunConfig,
+    temporal: bool,
+    checkpoints: Checkpoints,
+    digest: str,
+) -> tuple[str, RankerTraining | None]:
+    """The ranker trained on the fold with ``context`` (the fold history's), and the name of the final
+    list: ``ranker`` only when it beats every single source on held-out fold users. A ranker a run that
+    did not finish trained on the same inputs (``digest``) is taken from ``checkpoints`` instead."""
+    best_source = select_final(tuned)
+    if not config.ranker.enabled or len(tuned) < 2:
+        return best_source, None
+    saved, training = checkpoints.read("ranker", digest), None
+    if saved is not None:
+        try:
+            training = RankerTraining.from_record(saved, LightGBMRanker.load(checkpoints.directory("ranker")))
+        except Exception as error:  # a damaged checkpoint is only not reused
+            log.warning("the ranker checkpoint is unreadable (%s); training the ranker again", error)
+    if training is None:
+        training = train_ranker(
+            fold,
+            {name: entry.history_source for name, entry in tuned.items()},
+            context,
+            config.ranker,
+            seed=config.seed,
+            temporal=temporal,
+        )
+        training.ranker.save(checkpoints.directory("ranker"))
+        checkpoints.write("ranker", digest, training.record())
+    if not training.beats_sources:
+        log.warning(
+            "the ranker did not beat the best single source (%s) on held-out fold users; using %s",
+            best_source,
+            best_source,
+        )
+        return best_source, training
+    return "ranker", training

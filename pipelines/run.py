@@ -38,7 +38,7 @@ from pipelines.histories import History, HistoryEmbeddings, embed_histories, ran
 from pipelines.item_embeddings import item_vectors_digest, media_limits
 from pipelines.lists import write_lists
 from pipelines.protocol import Protocol, evaluation_protocol, is_cut_in_time, run_indexes
-from pipelines.ranking import RankerTraining
+from pipelines.ranking import RankerTraining, train_or_resume_ranker
 from pipelines.run_folder import (
     EMBEDDINGS_SUMMARY,
     PROBLEMS,
@@ -46,7 +46,7 @@ from pipelines.run_folder import (
     StagedGeneration,
 )
 from pipelines.scoring import ListScorer, ListSettings
-from pipelines.source_tuning import Fold, TunedSource, make_fold, select_final, tune_and_fit
+from pipelines.source_tuning import Fold, TunedSource, make_fold, tune_and_fit
 from pipelines.trained_model import ModelManifest
 
 __all__ = ["RunResult", "is_cut_in_time", "run_pipeline"]
@@ -74,6 +74,25 @@ class RunResult:
     @property
     def report_path(self) -> Path:
         return self.folder.report_page
+
+    def headline(self) -> dict:
+        """What the flows show of the run, JSON-ready: output folder, lists, selected model, metrics,
+        protocol, counts, each source's validation NDCG, the ranker's use and validation, timings."""
+        ranker = self.summary.get("ranker") or {}
+        return {
+            "out_dir": str(self.out_dir),
+            "recommendations": str(self.recommendations_path),
+            "selected_model": self.selected_model,
+            "metrics": self.metrics,
+            "protocol": self.summary["protocol"],
+            "counts": self.summary["counts"],
+            "models": {
+                name: {"validation_ndcg": model["validation_ndcg"]}
+                for name, model in self.summary["models"].items()
+            },
+            "ranker": {key: ranker[key] for key in ("used", "validation_ndcg@10") if key in ranker},
+            "timings_seconds": self.summary["timings_seconds"],
+        }
 
 
 def run_pipeline(
@@ -283,12 +302,12 @@ def _fold_phase(
     ranker_digest = stage_digest(
         "ranker", tuning_digest, config.ranker.model_dump(mode="json"), protocol.temporal
     )
-    selected, training = _train_ranker(
+    selected, training = train_or_resume_ranker(
         fold,
         tuned,
         ranker_context(dataset, fold.history, history_inputs),
         config,
-        protocol,
+        protocol.temporal,
         checkpoints,
         ranker_digest,
     )
@@ -302,51 +321,6 @@ def _fold_phase(
         models_summary=_models_summary(tuned),
         ranker_summary=None if training is None else training.summary(),
     )
-
-
-def _train_ranker(
-    fold: Fold,
-    tuned: dict[str, TunedSource],
-    context,
-    config: RunConfig,
-    protocol: Protocol,
-    checkpoints: Checkpoints,
-    digest: str,
-) -> tuple[str, RankerTraining | None]:
-    """The ranker trained on the fold with ``context`` (the fold history's), and the name of the final
-    list: ``ranker`` only when it beats every single source on held-out fold users. A ranker a run that
-    did not finish trained on the same inputs (``digest``) is taken from ``checkpoints`` instead."""
-    best_source = select_final(tuned)
-    if not config.ranker.enabled or len(tuned) < 2:
-        return best_source, None
-    from pipelines.ranking import train_ranker
-    from ranker.model import LightGBMRanker
-
-    saved, training = checkpoints.read("ranker", digest), None
-    if saved is not None:
-        try:
-            training = RankerTraining.from_record(saved, LightGBMRanker.load(checkpoints.directory("ranker")))
-        except Exception as error:  # a damaged checkpoint is only not reused
-            log.warning("the ranker checkpoint is unreadable (%s); training the ranker again", error)
-    if training is None:
-        training = train_ranker(
-            fold,
-            {name: entry.history_source for name, entry in tuned.items()},
-            context,
-            config.ranker,
-            seed=config.seed,
-            temporal=protocol.temporal,
-        )
-        training.ranker.save(checkpoints.directory("ranker"))
-        checkpoints.write("ranker", digest, training.record())
-    if not training.beats_sources:
-        log.warning(
-            "the ranker did not beat the best single source (%s) on held-out fold users; using %s",
-            best_source,
-            best_source,
-        )
-        return best_source, training
-    return "ranker", training
 
 
 def _models_summary(tuned: dict[str, TunedSource]) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from m6rec import __version__
 from m6rec.candidates.registry import source_class
-from m6rec.config import RunConfig, load_config
+from m6rec.config import RunConfig, config_differences, load_config
 from m6rec.io import write_json
 from pipelines.run_folder import MODEL_MANIFEST, ModelNotTrainedError, RunFolder
 
@@ -124,27 +124,14 @@ class ModelManifest:
 
 
 def config_digest(config: RunConfig) -> str:
-    """SHA-256 of the configuration's canonical JSON: equal digests, equal configurations. Where the
-    stages run (``dask``) is left out: it changes no result."""
-    canonical = json.dumps(
-        config.model_dump(mode="json", exclude={"dask"}), sort_keys=True, separators=(",", ":")
-    )
+    """SHA-256 of the configuration's canonical JSON, without what changes no list or model
+    (:meth:`RunConfig.result_dump`): equal digests, the same lists from the same data."""
+    canonical = json.dumps(config.result_dump(), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-# What a batch may set for itself; everything else comes from the configuration the model was trained with.
-SERVING_KEYS = (
-    "top_k",
-    "candidate_depth",
-    "skip_invalid_rows",
-    "user_chunk",
-    "batch",
-    "keep_generations",
-    "dask",
-)
-# What a batch may set that does not shape the lists.
-_UNSHAPING_KEYS = ("batch", "keep_generations", "dask")
-SERVING_RANKER_KEYS = ("new_item_slots", "new_item_slot_spacing")
+# Lists built under serving settings that shape no list are still the lists of this configuration.
+serving_digest = config_digest
 
 
 @dataclass(frozen=True)
@@ -183,33 +170,20 @@ class TrainedModel:
         return self.manifest.ranker_used or bool(set(side) - {"kg"})
 
     def serving_config(self, config: RunConfig | None) -> RunConfig:
-        """The configuration the model was trained with; ``config`` (today's) sets only what a batch may
-        (:data:`SERVING_KEYS`, :data:`SERVING_RANKER_KEYS`: list length and depth, new-item places). A
-        ``config`` that differs elsewhere is reported, not applied."""
+        """The configuration the model was trained with; ``config`` (today's) brings only its serving
+        settings (:meth:`RunConfig.serving`: list length and depth, new-item places, what a batch redoes,
+        where it runs). A ``config`` that differs elsewhere is reported once, naming the keys, and not
+        applied."""
         trained = self.manifest.run_config()
         if config is None:
             return trained
-        if config_digest(_serving_keys_from(trained, config)) != self.manifest.config_digest:
+        ignored = config_differences(config.with_serving(trained.serving()), trained)
+        if ignored:
             log.warning(
-                "the configuration differs from the one the model in %s was trained with (%s); the lists "
-                "use the trained one, retrain to apply the change",
+                "the configuration differs from the one the model in %s was trained with (%s) in %s; the "
+                "lists use the trained one, retrain to apply the change",
                 self.directory,
                 self.trained_at,
+                ", ".join(ignored),
             )
-        return _serving_keys_from(config, trained)
-
-
-def serving_digest(config: RunConfig) -> str:
-    """The digest of what shapes the lists: the configuration apart from how much a batch redoes
-    (``batch``) and how many generations it keeps, so lists built under other such settings are still
-    the lists of this configuration."""
-    defaults = {
-        key: RunConfig.model_fields[key].get_default(call_default_factory=True) for key in _UNSHAPING_KEYS
-    }
-    return config_digest(config.replace(**defaults))
-
-
-def _serving_keys_from(source: RunConfig, target: RunConfig) -> RunConfig:
-    """``target`` with the serving keys of ``source``."""
-    ranker = target.ranker.replace(**{key: getattr(source.ranker, key) for key in SERVING_RANKER_KEYS})
-    return target.replace(**{key: getattr(source, key) for key in SERVING_KEYS}, ranker=ranker)
+        return trained.with_serving(config.serving())

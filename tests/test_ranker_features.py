@@ -288,7 +288,7 @@ def test_categorical_attributes_keep_low_cardinality_strings_only(tiny_features)
 def test_missing_inputs_give_nan(tiny_context):
     features = build_ranker_features(tiny_candidates(), RankerContext(tiny_train(timestamps=False)))
     for name in (
-        *(f"cos_{modality}" for modality in ranker_features.MODALITIES),
+        *(f"cos_{modality}" for modality in ranker_features.ITEM_SPACES),
         "two_tower_dot",
         "item_pop_recent",
         "item_age_days",

@@ -108,10 +108,38 @@ def test_the_batch_serves_with_the_trained_configuration(trained, tmp_path, capl
         "a serving key may change without a warning"
     )
 
+    caplog.clear()
     changed = _config(baselines={"models": ["popularity"], "validation_ratio": 0.3})
     with caplog.at_level(logging.WARNING, logger="m6rec"):
         batch_recommend(data, result.out_dir, tmp_path / "changed", changed)
-    assert any("differs from the one the model" in record.getMessage() for record in caplog.records)
+    warned = [
+        record.getMessage() for record in caplog.records if "differs from the one" in record.getMessage()
+    ]
+    assert len(warned) == 1, "said once"
+    assert "baselines.models, baselines.validation_ratio;" in warned[0], "naming the keys"
+
+
+def test_serving_settings_come_from_the_field_metadata_and_replace_as_a_whole():
+    trained = _config()
+    today = _config(top_k=3, keep_generations=9, ranker={"new_item_slots": 2}, seed=5)
+    served = trained.with_serving(today.serving())
+    assert (served.top_k, served.keep_generations, served.ranker.new_item_slots) == (3, 9, 2)
+    assert served.seed == trained.seed, "not a serving setting: the trained value stays"
+    assert set(today.serving().run) == {
+        "top_k",
+        "candidate_depth",
+        "user_chunk",
+        "skip_invalid_rows",
+        "keep_generations",
+        "batch",
+        "dask",
+    }
+    assert set(today.serving().ranker) == {"new_item_slots", "new_item_slot_spacing"}
+    # What changes no list or model stays out of the digest; what shapes the lists does not.
+    assert config_digest(trained.replace(keep_generations=9, dask={"partition_users": 7})) == config_digest(
+        trained
+    )
+    assert config_digest(trained.replace(top_k=3)) != config_digest(trained)
 
 
 def test_a_manifest_of_an_unknown_schema_version_is_refused_in_one_line(trained, tmp_path):

@@ -10,7 +10,7 @@ import pandas as pd
 
 from m6rec.data.interactions import InteractionMatrix
 from ranker.features.context import RankerContext
-from ranker.features.schema import ITEM, MODALITIES, N_SOURCES, SECONDS_PER_DAY, SOURCES, USER_ROW
+from ranker.features.schema import ITEM, ITEM_SPACES, N_SOURCES, SECONDS_PER_DAY, SOURCES, USER_ROW
 
 # Pairs of (user, item) vectors are scored through a dense block product when at least 1/16 of the block
 # is wanted, otherwise row by row; blocks hold at most this many scores.
@@ -47,7 +47,7 @@ def build_ranker_features(candidates: pd.DataFrame, context: RankerContext) -> p
             columns[f"{name}_z"] = _within_user_z(columns[name], user_rows)
     columns[N_SOURCES] = _n_sources(candidates, source_columns)
 
-    for modality in MODALITIES:
+    for modality in ITEM_SPACES:
         columns[f"cos_{modality}"] = _cosine(context, modality, users, known_user, items)
     columns["two_tower_dot"] = _two_tower_dot(context, users, known_user, items)
 

@@ -18,7 +18,7 @@ from m6rec.data.interactions import InteractionMatrix
 from m6rec.embeddings.profiles import DEFAULT_HALF_LIFE_DAYS, DEFAULT_MAX_HISTORY, ProfileCache, history_pairs
 from m6rec.embeddings.store import EmbeddingTable
 from m6rec.vectors import unit_rows
-from ranker.features.schema import _DECLARED, MODALITIES, SECONDS_PER_DAY
+from ranker.features.schema import _DECLARED, ITEM_SPACES, SECONDS_PER_DAY
 
 # sim_last_* compares items in the first of these spaces that the context has embeddings for.
 SIM_LAST_SPACES = ("fused", "text", "image", "audio", "kg")
@@ -114,7 +114,7 @@ class RankerContext:
         """Modality to (L2-normalised item vectors aligned with matrix columns, present mask)."""
         return {
             modality: _unit(*self.item_embeddings[modality].lookup(self.item_ids))
-            for modality in MODALITIES
+            for modality in ITEM_SPACES
             if modality in self.item_embeddings
         }
 

@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from m6rec.config import ITEM_SPACES
 from m6rec.io import StreamedParquet
+from m6rec.modalities import ITEM_SPACES
 
 USER_ROW = "user_row"
 ITEM = "item"
 N_SOURCES = "n_sources"
 SOURCES = "sources"
-MODALITIES = ITEM_SPACES
 
 SECONDS_PER_DAY = 86_400.0
 METADATA_KEY = b"m6rec"
@@ -67,7 +66,7 @@ FEATURES = [
             f"cosine between the user's {modality} profile and the item's {modality} vector; "
             "NaN when either is missing",
         )
-        for modality in MODALITIES
+        for modality in ITEM_SPACES
     ),
     FeatureSpec(
         "two_tower_dot",
