@@ -118,7 +118,10 @@ def _write_section(doc: Path, before: dict, after: dict, verdict: str, args) -> 
         [
             "## Contracts between stages: one `m6rec run` on the demo catalogue (seed 7, default configuration)",
             "",
-            f"`.venv/bin/python benchmarks/run_contract.py --compare {args.compare} --out {args.out} --doc {doc}`; the "
+            f"`.venv/bin/python benchmarks/run_contract.py --compare {args.compare} --out {args.out} --doc {doc}"
+            + (f" --allow-new {args.allow_new}" if args.allow_new != "model.json" else "")
+            + (f" --before-commit {args.before_commit}" if args.before_commit else "")
+            + "`; the "
             "before file was measured the same way on the code before the change"
             + (f" (commit {args.before_commit})." if args.before_commit else "."),
             "",
