@@ -3,7 +3,8 @@
 Each item's text is rendered from its columns, either with a user ``template`` (a Python format string
 such as ``"{title}. {genres}"``) or, by default, as one ``column: value`` line per non-empty column among
 ``title, name, description, genres, tags, category, brand`` (in that order) whose role is text or
-categorical, then one per other column declared ``text`` (see ``m6rec/data/columns.py``). Missing values
+categorical, then one per other column whose role is text, declared or inferred (see
+``m6rec/data/columns.py``). Missing values
 render as empty strings; an item whose text comes out empty gets a null embedding with the problem
 ``"empty text"``. The rendered text is the row's fingerprint, so editing a title recomputes that item only.
 """
@@ -214,9 +215,9 @@ def _render_value(value) -> str:
 
 def default_text_columns(columns: ResolvedColumns) -> list[str]:
     """The columns of the default text, in order: those of ``DEFAULT_TEXT_COLUMNS`` whose role is text or
-    categorical, then the other columns declared ``text``, in table order."""
+    categorical, then every other column whose role is text (declared or inferred), in table order."""
     named = [column for column in DEFAULT_TEXT_COLUMNS if columns.role(column) in ("text", "categorical")]
-    return named + [column for column in columns.text if column in columns.declared and column not in named]
+    return named + [column for column in columns.text if column not in named]
 
 
 def _template_fields(template: str) -> list[str]:

@@ -31,7 +31,7 @@ from flows.nightly_embeddings import encode_item_embeddings, log_embedding_count
 from flows.policies import NO_PERSISTED_RESULT, NOT_CACHED
 from flows.train_ranker import fit_two_stage_model, write_run_report
 from pipelines.run_folder import ModelNotTrainedError, RunFolder, StagedGeneration
-from pipelines.trained_model import ModelManifest
+from pipelines.trained_model import ModelManifest, dataset_identity
 
 SECONDS_PER_DAY = 86400.0
 
@@ -60,7 +60,11 @@ def nightly(data_dir: str, out_dir: str, config_path: str | None = None, retrain
     config = read_run_config(config_path)
     dataset = load_catalogue(data_dir, config)
     with (
-        RunFolder(out_dir).stage("night", keep=config.keep_generations) as night,
+        RunFolder(out_dir).stage(
+            "night",
+            keep=config.keep_generations,
+            identity=dataset_identity(data_dir, out_dir, config, "night"),
+        ) as night,
         flow_executor(config.dask) as executor,
     ):
         embeddings = encode_item_embeddings(

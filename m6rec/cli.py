@@ -121,6 +121,49 @@ def _use_dask(run_config, address: str | None) -> None:
         run_config.dask = run_config.dask.replace(address=check_dask_address(address))
 
 
+@app.command(short_help="The nightly batch alone: lists from a trained model.")
+def batch(
+    data_dir: Annotated[
+        Path, typer.Argument(metavar="DATA_DIR", help="Dataset directory with tonight's interactions.")
+    ],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Output folder of the training run.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder of the lists (default: MODEL/lists).")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="YAML run configuration: its serving settings apply (top_k, batch, ...)."),
+    ] = None,
+    dask: DaskOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write every user's list of DATA_DIR with the model trained into MODEL: the same code as the
+    batch-recommend flow, with no Prefect. Work follows what changed (sources fold in the new
+    interactions, only changed users are scored; nothing is redone when nothing changed).
+
+    Example: m6rec batch demo-out/catalogue --model demo-out/run
+    """
+    from m6rec.cluster import open_executor
+    from m6rec.config import RunConfig
+    from pipelines.batch import batch_recommend
+    from pipelines.run_folder import RunFolder
+
+    run_config = RunConfig.from_yaml(config) if config else RunConfig()
+    _use_dask(run_config, dask)
+    lists = out if out is not None else RunFolder(model).lists.root
+    with open_executor(run_config.dask) as executor:
+        result = batch_recommend(data_dir, model, lists, run_config, executor=executor)
+    if as_json:
+        typer.echo(json.dumps(result.headline(), indent=2, default=str))
+        return
+    counts = result.summary.get("counts", {})
+    typer.echo(f"recommendations: {result.recommendations_path}")
+    typer.echo(
+        f"{counts.get('users', '?')} users ({counts.get('users_scored', 0)} scored, the others kept), "
+        f"{counts.get('list_rows', '?')} list rows, ranked by {result.summary.get('selected_model')}"
+    )
+
+
 @app.command(short_help="The nightly embedding stage alone (incremental).")
 def embed(
     data_dir: Annotated[
@@ -214,16 +257,22 @@ def recommend(
     as_json: JsonOption = False,
 ) -> None:
     """Print one user's list with reasons: the candidate sources that proposed each item (with their ranks)
-    and the ranker features that pushed it up.
+    and, when the ranker made the list, the ranker features that pushed it up. The list is the one the
+    folder serves now: its published batch lists (OUT_DIR/lists) when there are any, else the training
+    run's; the first line says which file and generation.
 
     Example: m6rec recommend demo-out/run --user user-0001
     """
     from pipelines.explain import explain_user
 
     frame = explain_user(out, user, top_features=top_features)
+    served = frame.attrs.pop("served")
     if as_json:
         typer.echo(frame.to_json(orient="records", indent=2, default_handler=str))
         return
+    typer.echo(
+        f"lists: {served.lists.recommendations} (generation {served.generation}, ranked by {served.selected})"
+    )
     label = next((column for column in ("title", "name", "description") if column in frame.columns), None)
     for _, row in frame.iterrows():
         name = f"  {row[label]}" if label and isinstance(row[label], str) else ""
@@ -670,6 +719,11 @@ def main(argv: list[str] | None = None) -> None:
     except FileNotFoundError as error:
         typer.echo(f"error: {error.filename}: no such file or directory", err=True)
         sys.exit(2)
+    except OSError as error:  # exists, not a directory, read-only, no space, permission: the machine's
+        typer.echo(
+            f"error: {_os_error_line(error)}; nothing was published, the last good outputs are kept", err=True
+        )
+        sys.exit(2)
     except click_exceptions.UsageError as error:
         sys.exit(_usage_error(error, argv))
     except click_exceptions.ClickException as error:
@@ -680,3 +734,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     if isinstance(exit_code, int) and exit_code:
         sys.exit(exit_code)
+
+
+def _os_error_line(error: OSError) -> str:
+    """An operating-system error as one line: the path(s) it names and what went wrong."""
+    import errno
+
+    reason = error.strerror or str(error)
+    if error.errno == errno.ENOSPC:
+        reason = "no space left on the device"
+    paths = [str(path) for path in (error.filename, error.filename2) if path]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason

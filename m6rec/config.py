@@ -677,9 +677,11 @@ class RunConfig(Section):
         """Read and validate a YAML file whose keys mirror these models."""
         import yaml
 
+        from m6rec.io import load_yaml
+
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = load_yaml(path.read_text())
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
             raise ConfigError(f"{path}: cannot read config: {' '.join(str(error).split())}") from None
         return load_config(raw if raw is not None else {}, str(path))

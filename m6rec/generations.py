@@ -42,6 +42,8 @@ log = logging.getLogger("m6rec")
 GENERATIONS_DIR = "generations"
 CURRENT = "current"
 MARKER = "generation.json"
+# In a staged generation only: whose run it is (its inputs' identity), so only that run resumes it.
+STAGE_IDENTITY = ".stage-identity"
 DEFAULT_KEEP = 3
 # ``carry`` value: every name of the published generation.
 EVERYTHING = ("*",)
@@ -108,6 +110,7 @@ class Generations:
         keep: int = DEFAULT_KEEP,
         validate: Callable[[Path], None] | None = None,
         unchanged_ignoring: Iterable[str] | None = None,
+        identity: str | None = None,
     ) -> Iterator[Stage]:
         """Stage the next generation and publish it when the block succeeds (after ``validate`` of its
         folder, which raises to refuse it). The block may :meth:`Stage.discard` it instead (nothing to
@@ -115,10 +118,13 @@ class Generations:
         :data:`EVERYTHING` for all); ``resume``: names kept from a run that did not finish. With
         ``unchanged_ignoring`` (paths relative to the generation), a stage that holds exactly the
         published generation's files apart from those is discarded: a run that changed nothing adds no
-        generation (and so pushes none out)."""
+        generation (and so pushes none out). ``identity`` (a digest of the run's inputs: its dataset and
+        configuration) gates resuming: an unfinished generation staged under another identity is
+        discarded, not resumed, and the log says so."""
         self._adopt_legacy()
-        stage = Stage(self._prepare(tuple(carry), tuple(resume)))
+        stage = Stage(self._prepare(tuple(carry), tuple(resume), identity))
         yield stage
+        (stage.path / STAGE_IDENTITY).unlink(missing_ok=True)
         if unchanged_ignoring is not None and self._same_files(stage.path, set(unchanged_ignoring)):
             log.info("%s: nothing changed; generation %s stays published", self.root, self.current().name)
             stage.discard()
@@ -152,7 +158,7 @@ class Generations:
 
     # --- staging ---------------------------------------------------------------------------------------
 
-    def _prepare(self, carry: tuple[str, ...], resume: tuple[str, ...]) -> Path:
+    def _prepare(self, carry: tuple[str, ...], resume: tuple[str, ...], identity: str | None = None) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         complete = {generation.name for generation in self.complete()}
         unfinished = sorted(
@@ -162,6 +168,8 @@ class Generations:
             shutil.rmtree(path, ignore_errors=True)
         if unfinished:
             stage = unfinished[-1]
+            if not self._resumable(stage, identity):
+                resume = ()
             kept = sorted(entry.name for entry in stage.iterdir() if entry.name in resume)
             for entry in stage.iterdir():
                 if entry.name not in kept:
@@ -180,6 +188,8 @@ class Generations:
             numbers = [int(path.name) for path in self.folder.iterdir() if _NAME.match(path.name)]
             stage = self.folder / f"{max(numbers, default=0) + 1:06d}"
             stage.mkdir()
+        if identity is not None:
+            (stage / STAGE_IDENTITY).write_text(identity)
         base = self.current()
         if base is not None:
             names = [entry.name for entry in base.iterdir() if entry.name != MARKER]
@@ -187,6 +197,23 @@ class Generations:
                 if not (stage / name).exists():
                     link_tree(base / name, stage / name)
         return stage
+
+    def _resumable(self, stage: Path, identity: str | None) -> bool:
+        """Whether the unfinished generation ``stage`` belongs to a run with ``identity`` (always, when
+        the run states none); when not, the log says it is discarded."""
+        if identity is None:
+            return True
+        found = stage / STAGE_IDENTITY
+        if found.is_file() and found.read_text() == identity:
+            return True
+        if any(entry.name != STAGE_IDENTITY for entry in stage.iterdir()):
+            log.warning(
+                "%s: the run that did not finish (generation %s) had another dataset or configuration; "
+                "its files are discarded, not resumed",
+                self.root,
+                stage.name,
+            )
+        return False
 
     def _same_files(self, stage: Path, ignoring: set[str]) -> bool:
         """Whether ``stage`` holds the published generation's files (the same inodes) and no others."""

@@ -54,6 +54,10 @@ def folder_lock(directory: str | Path, *, wait_seconds: float | None = None) -> 
     if wait_seconds is None:
         wait_seconds = _wait_from_environment()
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise M6RecError(
+            f"{directory}: not a folder (a file of that name is in the way); choose another --out"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     key = directory.resolve()
     with _held_guard:

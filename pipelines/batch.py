@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -36,8 +35,6 @@ import numpy as np
 
 from m6rec import __version__
 from m6rec.candidates import create_source
-from m6rec.candidates.registry import source_class
-from m6rec.candidates.side_inputs import SideInputs
 from m6rec.cluster import Executor, open_executor
 from m6rec.config import RunConfig
 from m6rec.data.contained import MediaHashes
@@ -49,9 +46,10 @@ from m6rec.generations import link_tree
 from m6rec.io import write_parquet
 from m6rec.progress import StageClock
 from pipelines.batch_plan import BatchPlan, PreviousLists, batch_plan
+from pipelines.current_sources import current_sources
 from pipelines.histories import History, embed_histories, ranker_context
 from pipelines.item_embeddings import item_vectors_digest, media_limits
-from pipelines.lists import write_lists
+from pipelines.lists import log_short_lists, write_lists
 from pipelines.run_folder import (
     LISTS_DIR,
     ModelNotTrainedError,
@@ -59,7 +57,7 @@ from pipelines.run_folder import (
     StagedGeneration,
 )
 from pipelines.scoring import ListScorer, ListSettings
-from pipelines.trained_model import TrainedModel, serving_digest
+from pipelines.trained_model import TrainedModel, inputs_identity, serving_digest
 
 log = logging.getLogger("m6rec")
 
@@ -117,7 +115,7 @@ def batch_recommend(
     cluster is started only when the lists are built).
     """
     with ExitStack() as stack:
-        place = stack.enter_context(_lists_place(model_dir, out_dir, config, stage))
+        place = stack.enter_context(_lists_place(model_dir, out_dir, config, stage, Path(data_dir)))
         settings = place.model.serving_config(config)
         if executor is None:
             executor = stack.enter_context(open_executor(settings.dask))
@@ -138,6 +136,7 @@ class _ListsPlace:
     public: RunFolder
     media_hashes: Path
     shared: bool
+    fingerprint: str | None = None
 
 
 @contextmanager
@@ -146,10 +145,12 @@ def _lists_place(
     out_dir: str | Path | None,
     config: RunConfig | None,
     shared: StagedGeneration | None,
+    data_dir: Path | None = None,
 ) -> Iterator[_ListsPlace]:
     """Stage the lists' next generation: the model's folder when the lists are its ``lists/`` (the
     default), else ``out_dir``'s; or join the ``shared`` one. Published when the block returns and the
-    lists cover every user."""
+    lists cover every user. With ``data_dir``, only a batch of the same data, model and settings resumes
+    what a killed one left (the dataset's fingerprint is kept in the place for the batch)."""
     model_root = Path(model_dir)
     own_folder = out_dir is not None and not _same_path(Path(out_dir), model_root / LISTS_DIR)
     if shared is not None:
@@ -169,15 +170,28 @@ def _lists_place(
         return
     root = Path(out_dir) if own_folder else model_root
     model = TrainedModel.read(model_root)
-    keep = (config or model.manifest.run_config()).keep_generations  # a serving setting: today's wins
-    with RunFolder(root).stage("lists" if own_folder else "batch", keep=keep) as stage:
+    today = config or model.manifest.run_config()
+    fingerprint, identity = None, None
+    if data_dir is not None:
+        hashes = MediaHashes(RunFolder(root).media_hashes)
+        fingerprint = data_fingerprint(data_dir, hashes, media_limits(today.embeddings))
+        identity = inputs_identity(fingerprint, today, model=str(model.directory.resolve()))
+    kind = "lists" if own_folder else "batch"
+    with RunFolder(root).stage(kind, keep=today.keep_generations, identity=identity) as stage:
         staged = stage.folder
         if own_folder:
             item_features = staged.item_features_dir
             if not item_features.exists() and model.folder.features_dir.is_dir():
                 link_tree(model.folder.features_dir, item_features)
             yield _ListsPlace(
-                model, stage, staged, item_features, stage.public, stage.public.media_hashes, False
+                model,
+                stage,
+                staged,
+                item_features,
+                stage.public,
+                stage.public.media_hashes,
+                False,
+                fingerprint,
             )
         else:
             model = TrainedModel.at(staged)  # the model this generation carries, read under the lock
@@ -189,6 +203,7 @@ def _lists_place(
                 stage.public.lists,
                 stage.public.media_hashes,
                 False,
+                fingerprint,
             )
 
 
@@ -200,7 +215,7 @@ def _batch_recommend(
     data_dir: Path, place: _ListsPlace, config: RunConfig, executor: Executor
 ) -> BatchResult:
     hashes = MediaHashes(place.media_hashes)
-    fingerprint = data_fingerprint(data_dir, hashes, media_limits(config.embeddings))
+    fingerprint = place.fingerprint or data_fingerprint(data_dir, hashes, media_limits(config.embeddings))
     folder = place.lists
     previous = PreviousLists.find(place.model, folder, config) if config.batch.incremental else None
     if previous is None or previous.data_fingerprint != fingerprint:
@@ -264,13 +279,14 @@ def _score_batch(
     if previous is not None and previous.item_vectors_digest != vectors:
         plan = plan.rescoring_everyone("the item embeddings changed since those lists", matrix.n_users)
         log.info("batch: %s", plan.reason)
-    sources = _current_sources(matrix, model, inputs, refit=plan.refit)
+    sources = current_sources(matrix, model, inputs, refit=plan.refit)
     clock.lap("candidates")
 
     scorer = _scorer(model, sources, dataset, matrix, inputs, config)
     rescored = plan.rescored_rows(matrix)
     carried = previous.lists_except(matrix.users.ids[rescored]) if previous and plan.keeps_lists else None
     written = write_lists(scorer, folder, rescored, carried=carried, executor=executor)
+    log_short_lists(written, config.top_k)
     if not scorer.context or config.ranker.feature_table == "none":
         folder.ranker_features.unlink(missing_ok=True)
     write_parquet(plan.digests, folder.user_histories)
@@ -335,6 +351,8 @@ def _batch_counts(matrix: InteractionMatrix, rescored: np.ndarray, written) -> d
         "list_rows": written.rows,
         "feature_rows": written.feature_rows,
         "users_served_by_fallback": written.served_by_fallback,
+        "users_topped_up": written.topped_up_users,
+        "lists_shorter_than_top_k": written.short_lists,
     }
 
 
@@ -364,12 +382,13 @@ def _scorer(model, sources, dataset, matrix, inputs, config) -> ListScorer:
     return ListScorer(
         sources=sources,
         matrix=matrix,
-        settings=ListSettings.of(config),
+        settings=ListSettings.of(config, matrix.n_items),
         selected=selected,
         fallback=fallback,
         context=context,
         ranker=ranker,
         model_name=str(model.folder.ranker_dir),
+        absent_sources=tuple(sorted(set(model.manifest.source_params) - set(sources))) if ranker else (),
     )
 
 
@@ -379,35 +398,6 @@ def _interactions(dataset: Dataset) -> InteractionMatrix:
     users = IdIndex.from_values(frame[USER_ID], None if dataset.users is None else dataset.users[USER_ID])
     items = IdIndex.from_values(None if dataset.items is None else dataset.items[ITEM_ID], frame[ITEM_ID])
     return InteractionMatrix.from_frame(frame, users, items)
-
-
-def _current_sources(
-    matrix: InteractionMatrix, model: TrainedModel, inputs: SideInputs, *, refit: bool
-) -> dict:
-    """Every source the model was trained with, brought up to ``matrix``: loaded as the training run
-    saved it and folded into ``matrix`` (the item side as trained), or, with ``refit`` or for a source
-    not saved (or saved without what fold-in needs), refitted with its tuned parameters."""
-    from m6rec.candidates.base import FoldInError
-    from m6rec.candidates.registry import load_source
-
-    sources = {}
-    for name, params in model.manifest.source_params.items():
-        if not inputs.provides(source_class(name).side_inputs):
-            log.warning("source %s skipped: its side inputs are not configured for this batch", name)
-            continue
-        started, how = time.perf_counter(), "refitted"
-        if not refit and name in model.manifest.saved_sources:
-            try:
-                sources[name], how = (
-                    load_source(model.folder.source_dir(name)).fold_in(matrix, inputs),
-                    "folded in",
-                )
-            except FoldInError as error:
-                log.warning("%s; refitting it", error)
-        if name not in sources:
-            sources[name] = create_source(name, **params).fit(matrix, inputs)
-        log.info("%s %s in %.1f s", name, how, time.perf_counter() - started)
-    return sources
 
 
 def lists_from_training(

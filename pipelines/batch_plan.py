@@ -143,7 +143,10 @@ def batch_plan(
     catalogue = frame_digest(dataset.items)
     trained = model.manifest
     age_days = (datetime.now(UTC) - datetime.fromisoformat(trained.trained_at)).total_seconds() / 86_400
-    growth = (len(dataset.interactions) - trained.interactions) / max(trained.interactions, 1)
+    # New since training: beyond what the dataset held then (its held-out test share is not new), as a
+    # share of the interactions the sources were trained on.
+    new = len(dataset.interactions) - (trained.dataset_interactions or trained.interactions)
+    growth = new / max(trained.interactions, 1)
     refit_reasons = []
     if not settings.incremental:
         refit_reasons.append("incremental batches are off")
@@ -155,7 +158,8 @@ def batch_plan(
         )
     if growth > settings.refit_drift_share:
         refit_reasons.append(
-            f"the interactions grew by {growth:.1%} since training (refit_drift_share {settings.refit_drift_share:g})"
+            f"{new} interactions are new since training, {growth:.1%} of the {trained.interactions} trained on "
+            f"(refit_drift_share {settings.refit_drift_share:g})"
         )
     if refit_reasons:
         log.warning(

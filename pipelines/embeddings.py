@@ -81,7 +81,7 @@ def compute_embeddings(
     train = dataset.interactions if train is None else train
     with ExitStack() as stack:
         if stage is None:
-            stage = stack.enter_context(public.stage("embeddings", keep=keep))
+            stage = stack.enter_context(public.stage("embeddings", keep=keep, identity=key))
         else:
             stage.join("embeddings")
         features_dir = stage.folder.features_dir

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -216,6 +217,16 @@ def record_report(result: EmbeddingResult, name: str, path: Path, report) -> Non
         report.reused,
         report.failed,
     )
+    if report.total and report.failed * 2 > report.total:
+        reasons = Counter(str(problem.get("problem", problem)) for problem in report.problems)
+        reason = reasons.most_common(1)[0][0] if reasons else "unknown"
+        log.warning(
+            "%s: %d of %d items have no vector (most often: %s); what needs them steps aside",
+            name,
+            report.failed,
+            report.total,
+            reason,
+        )
 
 
 def timed(result: EmbeddingResult, stage: str, work) -> None:

@@ -38,14 +38,17 @@ log = logging.getLogger("m6rec")
 
 @dataclass
 class WrittenLists:
-    """What :func:`write_lists` wrote: list rows, feature-table rows, users served by the fallback and
-    list places given to new items."""
+    """What :func:`write_lists` wrote: list rows, feature-table rows, users served by the fallback whole,
+    list places given to new items, users kept from earlier lists, users whose list was topped up from
+    the fallback, and lists still shorter than ``top_k`` (the catalogue has no more for those users)."""
 
     rows: int = 0
     feature_rows: int = 0
     served_by_fallback: int = 0
     new_item_places: int = 0
     carried_users: int = 0
+    topped_up_users: int = 0
+    short_lists: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class ListRows:
     features: pd.DataFrame | None = None
     served_by_fallback: int = 0
     new_item_places: int = 0
+    topped_up_users: int = 0
+    short_lists: int = 0
 
 
 def write_lists(
@@ -82,6 +87,20 @@ def write_lists(
     return write_rows(scored, staged.recommendations, staged.ranker_features, carried)
 
 
+def log_short_lists(written: WrittenLists, top_k: int) -> None:
+    """Say how many lists the fallback completed, and how many stay short (the catalogue is exhausted)."""
+    if written.topped_up_users:
+        log.info(
+            "lists: %d users' lists topped up to %d items from the fallback", written.topped_up_users, top_k
+        )
+    if written.short_lists:
+        log.warning(
+            "lists: %d users have fewer than %d items: nothing more in the catalogue to recommend them",
+            written.short_lists,
+            top_k,
+        )
+
+
 def scored_chunks(
     scorer: ListScorer, user_rows: np.ndarray, evaluation: StreamedEvaluation | None = None
 ) -> Iterator[ListRows]:
@@ -95,7 +114,14 @@ def scored_chunks(
         features = None
         if chunk.features is not None and kept != "none":
             features = chunk.features if kept == "all" else _listed_rows(chunk, settings.top_k)
-        yield ListRows(chunk.recommendations, features, chunk.served_by_fallback, chunk.new_item_places)
+        yield ListRows(
+            chunk.recommendations,
+            features,
+            chunk.served_by_fallback,
+            chunk.new_item_places,
+            chunk.topped_up,
+            chunk.short_lists,
+        )
 
 
 def write_rows(
@@ -114,6 +140,8 @@ def write_rows(
                 table.write(rows.features)
             written.served_by_fallback += rows.served_by_fallback
             written.new_item_places += rows.new_item_places
+            written.topped_up_users += rows.topped_up_users
+            written.short_lists += rows.short_lists
         for frame in carried or ():
             lists.write(frame)
             written.carried_users += int(frame[USER_ID].nunique())
@@ -259,6 +287,8 @@ def _row_groups(part: _Part) -> Iterator[ListRows]:
     counts = {
         "served_by_fallback": part.written.served_by_fallback,
         "new_item_places": part.written.new_item_places,
+        "topped_up_users": part.written.topped_up_users,
+        "short_lists": part.written.short_lists,
     }
     yield ListRows(None, None, **counts)
     for path, field in ((part.lists, "lists"), (part.features, "features")):

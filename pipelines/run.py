@@ -36,7 +36,7 @@ from m6rec.progress import StageClock
 from pipelines.checkpoints import Checkpoints, embeddings_digest, stage_digest
 from pipelines.histories import History, HistoryEmbeddings, embed_histories, ranker_context
 from pipelines.item_embeddings import item_vectors_digest, media_limits
-from pipelines.lists import write_lists
+from pipelines.lists import log_short_lists, write_lists
 from pipelines.protocol import Protocol, evaluation_protocol, is_cut_in_time, run_indexes
 from pipelines.ranking import RankerTraining, train_or_resume_ranker
 from pipelines.run_folder import (
@@ -47,7 +47,7 @@ from pipelines.run_folder import (
 )
 from pipelines.scoring import ListScorer, ListSettings
 from pipelines.source_tuning import Fold, TunedSource, make_fold, tune_and_fit
-from pipelines.trained_model import ModelManifest
+from pipelines.trained_model import ModelManifest, inputs_identity
 
 __all__ = ["RunResult", "is_cut_in_time", "run_pipeline"]
 
@@ -118,14 +118,20 @@ def run_pipeline(
     :func:`m6rec.cluster.open_executor` of ``config.dask``).
     """
     config = config or RunConfig()
+    hashes = MediaHashes(RunFolder(out_dir).media_hashes)
+    fingerprint = data_fingerprint(Path(data_dir), hashes, media_limits(config.embeddings))
     with ExitStack() as stack:
         if executor is None:
             executor = stack.enter_context(open_executor(config.dask))
         if stage is None:
-            stage = stack.enter_context(RunFolder(out_dir).stage("training", keep=config.keep_generations))
+            identity = inputs_identity(fingerprint, config, kind="training")
+            folder = RunFolder(out_dir)
+            stage = stack.enter_context(
+                folder.stage("training", keep=config.keep_generations, identity=identity)
+            )
         else:
             stage.join("training")
-        result = _run_pipeline(Path(data_dir), Path(out_dir), stage, config, executor)
+        result = _run_pipeline(Path(data_dir), hashes, fingerprint, stage, config, executor)
     return dataclasses.replace(result, out_dir=Path(out_dir))
 
 
@@ -144,11 +150,15 @@ class _FoldPhase:
 
 
 def _run_pipeline(
-    data_dir: Path, out_dir: Path, stage: StagedGeneration, config: RunConfig, executor: Executor
+    data_dir: Path,
+    hashes: MediaHashes,
+    fingerprint: str,
+    stage: StagedGeneration,
+    config: RunConfig,
+    executor: Executor,
 ) -> RunResult:
-    """The run, written into ``stage`` (the staged generation)."""
+    """The run on the dataset of ``fingerprint`` (its media hashes in ``hashes``), written into ``stage``."""
     folder, clock = stage.folder, StageClock()
-    hashes = MediaHashes(RunFolder(out_dir).media_hashes)
     dataset = dataclasses.replace(load_dataset(data_dir, **config.reading()), media_hashes=hashes)
     protocol = evaluation_protocol(dataset, config)
     fold = _fold(dataset, protocol, config)
@@ -165,7 +175,7 @@ def _run_pipeline(
     scorer = ListScorer(
         sources=phase.sources,
         matrix=fold.full,
-        settings=ListSettings.of(config),
+        settings=ListSettings.of(config, fold.full.n_items),
         selected=phase.selected,
         fallback=phase.fallback,
         context=ranker_context(dataset, fold.full, full_inputs) if phase.training is not None else None,
@@ -179,6 +189,7 @@ def _run_pipeline(
     )
     users = fold.full.n_users
     written = write_lists(scorer, folder, np.arange(users), evaluation, executor=executor)
+    log_short_lists(written, config.top_k)
     if phase.ranker_summary is not None and phase.selected == "ranker":
         phase.ranker_summary["new_item_places_per_user"] = written.new_item_places / max(users, 1)
     clock.lap("ranking")
@@ -190,6 +201,9 @@ def _run_pipeline(
     clock.lap("save")
 
     summary = _run_summary(data_dir, protocol, fold, phase, embeddings, written.rows)
+    summary["counts"].update(
+        users_topped_up=written.topped_up_users, lists_shorter_than_top_k=written.short_lists
+    )
     summary.update(clock.report())
     folder.write_reports(
         metrics=metrics,
@@ -197,7 +211,7 @@ def _run_pipeline(
         run_report=summary,
         validation_report=dataset.report.to_dict(),
     )
-    _manifest(config, dataset, protocol, fold, phase, hashes, folder).write(folder.model_manifest)
+    _manifest(config, dataset, protocol, fold, phase, fingerprint, folder).write(folder.model_manifest)
     stage.expect_lists(
         folder, users=int((np.diff(fold.full.matrix.indptr) < fold.full.n_items).sum()), top_k=config.top_k
     )
@@ -267,7 +281,11 @@ def _fold_phase(
     models = list(config.baselines.models)
     if config.ranker.enabled:
         has_times = fold.full.timestamps is not None
-        models += [name for name in config.ranker.extra_sources if _available(name, full_inputs, has_times)]
+        available = [name for name in config.ranker.extra_sources if _available(name, full_inputs, has_times)]
+        for name in sorted(set(config.ranker.extra_sources) - set(available)):
+            needs = ", ".join(source_class(name).side_inputs) or "timestamps"
+            log.info("%s steps aside: this dataset gives it no %s", name, needs)
+        models += available
     tuning_digest = stage_digest(
         "tuning",
         fold.history,
@@ -369,12 +387,12 @@ def _manifest(
     protocol: Protocol,
     fold: Fold,
     phase: _FoldPhase,
-    hashes: MediaHashes,
+    fingerprint: str,
     folder: RunFolder,
 ) -> ModelManifest:
     return ModelManifest.create(
         config=config,
-        data_fingerprint=data_fingerprint(dataset.directory, hashes, media_limits(config.embeddings)),
+        data_fingerprint=fingerprint,
         source_params={name: summary["params"] for name, summary in phase.models_summary.items()},
         selected_model=phase.selected,
         ranker_used=phase.selected == "ranker",
@@ -382,6 +400,7 @@ def _manifest(
         lists_from_all_interactions=protocol.test is None or dataset.test is not None,
         saved_sources=sorted(phase.sources),
         interactions=len(fold.full_frame),
+        dataset_interactions=len(dataset.interactions),
         catalogue_digest=frame_digest(dataset.items),
         item_vectors_digest=item_vectors_digest(folder.features_dir),
     )

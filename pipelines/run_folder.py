@@ -147,12 +147,11 @@ class RunFolder:
         """The test metrics per list (``{}`` when the run had no test set)."""
         return _read_json(self.metrics) if self.metrics.exists() else {}
 
-    def read_recommendations(self, columns: list[str] | None = None) -> pd.DataFrame:
-        return pd.read_parquet(self.recommendations, columns=columns)
-
-    def stage(self, kind: str, *, keep: int) -> AbstractContextManager[StagedGeneration]:
+    def stage(
+        self, kind: str, *, keep: int, identity: str | None = None
+    ) -> AbstractContextManager[StagedGeneration]:
         """This output folder's next generation, staged for a writer of ``kind`` (:func:`stage`)."""
-        return stage(self.root, kind, keep=keep)
+        return stage(self.root, kind, keep=keep, identity=identity)
 
     def has_ranker(self) -> bool:
         return (self.ranker_dir / "model.txt").exists() and self.ranker_features.exists()
@@ -276,16 +275,20 @@ class StagedGeneration:
             check()
 
 
-def stage(directory: str | Path, kind: str, *, keep: int) -> AbstractContextManager[StagedGeneration]:
+def stage(
+    directory: str | Path, kind: str, *, keep: int, identity: str | None = None
+) -> AbstractContextManager[StagedGeneration]:
     """The one door to publish through (also :meth:`RunFolder.stage`): lock the output folder
     ``directory`` (:func:`m6rec.locking.folder_lock`: a second writer fails at once, naming the first),
     stage its next generation by the policy of ``kind`` (:data:`STAGE_POLICIES`), and publish it when the
-    block succeeds and what the writers expect holds, keeping ``keep`` generations."""
-    return _staged(Path(directory), kind, keep)
+    block succeeds and what the writers expect holds, keeping ``keep`` generations. ``identity`` (a
+    digest of the run's dataset and configuration) lets only a run with the same inputs resume what a
+    killed one left; another one starts afresh and the log says so."""
+    return _staged(Path(directory), kind, keep, identity)
 
 
 @contextmanager
-def _staged(directory: Path, kind: str, keep: int) -> Iterator[StagedGeneration]:
+def _staged(directory: Path, kind: str, keep: int, identity: str | None) -> Iterator[StagedGeneration]:
     from m6rec.locking import folder_lock
 
     policy = STAGE_POLICIES[kind]
@@ -302,6 +305,7 @@ def _staged(directory: Path, kind: str, keep: int) -> Iterator[StagedGeneration]
             keep=keep,
             validate=validate,
             unchanged_ignoring=policy.unchanged_ignoring,
+            identity=identity,
         ) as staged:
             staged_generation = StagedGeneration(staged, RunFolder(directory), kind)
             yield staged_generation

@@ -35,7 +35,9 @@ class ModelManifest:
     the same data would build the same lists. ``saved_sources`` are the sources fitted on all training
     interactions and saved under ``sources/`` for the batch to fold new data into, ``interactions`` how
     many training interactions they saw, ``catalogue_digest`` a digest of the items table and
-    ``item_vectors_digest`` one of the item vector files the lists were scored with.
+    ``item_vectors_digest`` one of the item vector files the lists were scored with;
+    ``dataset_interactions`` how many interactions the dataset held then, test share included (what a
+    batch's growth is counted from).
     """
 
     trained_at: str
@@ -51,6 +53,7 @@ class ModelManifest:
     interactions: int = 0
     catalogue_digest: str = ""
     item_vectors_digest: str = ""
+    dataset_interactions: int = 0
     m6rec_version: str = __version__
     schema_version: int = MANIFEST_SCHEMA_VERSION
 
@@ -69,6 +72,7 @@ class ModelManifest:
         interactions: int = 0,
         catalogue_digest: str = "",
         item_vectors_digest: str = "",
+        dataset_interactions: int = 0,
     ) -> ModelManifest:
         dumped = config.model_dump(mode="json")
         return cls(
@@ -85,6 +89,7 @@ class ModelManifest:
             interactions=interactions,
             catalogue_digest=catalogue_digest,
             item_vectors_digest=item_vectors_digest,
+            dataset_interactions=dataset_interactions,
         )
 
     def run_config(self) -> RunConfig:
@@ -128,6 +133,25 @@ def config_digest(config: RunConfig) -> str:
     (:meth:`RunConfig.result_dump`): equal digests, the same lists from the same data."""
     canonical = json.dumps(config.result_dump(), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def inputs_identity(fingerprint: str, config: RunConfig | None = None, **more) -> str:
+    """A digest of what a run reads: the dataset (its :func:`m6rec.data.fingerprint.data_fingerprint`),
+    the configuration (:func:`config_digest`) and anything else that decides its files (``more``, JSON)."""
+    parts = {"data": fingerprint, "config": None if config is None else config_digest(config), **more}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def dataset_identity(data_dir: str | Path, out_dir: str | Path, config: RunConfig, kind: str) -> str:
+    """:func:`inputs_identity` of the dataset in ``data_dir`` (its media hashes from ``out_dir``'s store)
+    for a writer of ``kind`` with ``config``: what a staged generation of ``out_dir`` belongs to."""
+    from m6rec.data.contained import MediaHashes
+    from m6rec.data.fingerprint import data_fingerprint
+    from pipelines.item_embeddings import media_limits
+
+    hashes = MediaHashes(RunFolder(out_dir).media_hashes)
+    fingerprint = data_fingerprint(Path(data_dir), hashes, media_limits(config.embeddings))
+    return inputs_identity(fingerprint, config, kind=kind)
 
 
 # Lists built under serving settings that shape no list are still the lists of this configuration.

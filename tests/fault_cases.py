@@ -182,6 +182,12 @@ def _with_config(text: str) -> Callable[[Path], None]:
     return build
 
 
+def _items_only_ids(root: Path) -> None:
+    _good(root)
+    (root / "items.csv").write_text("item_id\n" + "".join(f"{item}\n" for item in "abcdefgh"))
+    (root.parent / "config.yaml").write_text("baselines: {models: [popularity, itemknn]}\n")
+
+
 def _with_media(path_value: str, prepare: Callable[[Path], None] | None = None) -> Callable[[Path], None]:
     """A catalogue whose item ``x`` has ``audio_path`` ``path_value`` (the other items have a good clip)."""
 
@@ -288,6 +294,8 @@ CASES: list[Case] = [
     Case("config-split-ratio", "config", "split random:2", _with_config("split: 'random:2'\n"), RUN, "error", "test ratio must be between 0 and 1"),
     Case("config-yaml-syntax", "config", "a YAML syntax error", _with_config("top_k: [1,\n"), RUN, "error", "cannot read config"),
     Case("config-not-a-mapping", "config", "a YAML list instead of a mapping", _with_config("- top_k\n"), RUN, "error", "expected a mapping of keys"),
+    Case("config-huge-depth", "config", "candidate_depth and candidates_per_source of a billion on 8 items", _with_config("candidate_depth: 1000000000\nranker: {candidates_per_source: 1000000000}\nbaselines: {models: [popularity, itemknn]}\nembeddings: {modalities: []}\n"), RUN, "accepted", "recommendations:"),
+    Case("config-duplicate-key", "config", "top_k given twice", _with_config("top_k: 5\nseed: 1\ntop_k: 7\n"), RUN, "error", "duplicate key 'top_k' (line 3)"),
     Case("config-keep-zero", "config", "keep_generations 0", _with_config("keep_generations: 0\n"), RUN, "error", "keep_generations"),
     Case("config-missing-file", "config", "--config names no file", _good, RUN, "error", "cannot read config: [Errno 2] No such file"),
     # --- command line ---
@@ -299,6 +307,9 @@ CASES: list[Case] = [
     # --- the run ---
     Case("too-few-interactions", "run", "three interactions and a held-out split", _fast(_with_interactions("user_id,item_id,timestamp\nu1,a,1\nu1,b,2\nu2,a,3\n")), (*RUN, "--split", "leave-last-out:1"), "error", "too few training interactions to tune the sources"),
     Case("single-user", "run", "one user only", _fast(_with_interactions("user_id,item_id\nu1,a\nu1,b\nu1,c\n")), RUN, "accepted", "recommendations:"),
+    Case("out-is-a-file", "run", "--out names a file, not a folder", _fast(_with_file("../out", "not a folder")), RUN, "error", "not a folder (a file of that name is in the way)"),
+    Case("items-only-ids", "run", "an items file with only item_id, the default embeddings and extra sources", _items_only_ids, RUN, "accepted", "recommendations:"),
+    Case("batch-without-model", "cli", "m6rec batch with a --model folder that holds no model", _good, ("batch", "DATA", "--model", "OUT"), "error", "no trained model"),
 ]
 # fmt: on
 

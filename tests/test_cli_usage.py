@@ -15,7 +15,18 @@ import pytest
 from m6rec import __version__, cli
 
 M6REC = Path(sys.executable).with_name("m6rec")
-COMMANDS = ("run", "embed", "demo", "recommend", "rollback", "validate", "inspect", "datasets", "flows")
+COMMANDS = (
+    "run",
+    "batch",
+    "embed",
+    "demo",
+    "recommend",
+    "rollback",
+    "validate",
+    "inspect",
+    "datasets",
+    "flows",
+)
 
 
 @pytest.mark.parametrize(
@@ -134,6 +145,7 @@ def test_commands_that_print_results_take_json():
     group = typer.main.get_command(cli.app)
     printing = {
         "run",
+        "batch",
         "embed",
         "demo",
         "recommend",

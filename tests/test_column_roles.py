@@ -72,12 +72,12 @@ TEST = pd.DataFrame(
 KG = pd.DataFrame({"head": ["i1", "i2", "i7"], "relation": ["similar_to"] * 3, "tail": ["i2", "i3", "i1"]})
 
 INFERRED_ITEMS = {
-    "text": ["title", "description", "sku"],
+    "text": ["title", "description"],
     "categorical": ["genres", "brand", "in_stock"],
     "numeric": ["price", "year"],
     "image_path": ["image_path"],
     "audio_path": ["audio_path"],
-    "ignored": ["notes"],
+    "ignored": ["sku", "notes"],  # a code per row (A1 ... A8): no words, no shared category
     "declared": [],
 }
 INFERRED_USERS = {

@@ -36,8 +36,16 @@ class SideInputs:
 
     @property
     def content_space(self) -> str | None:
-        """The name of the space the content source retrieves in, or None without content vectors."""
-        return next((space for space in CONTENT_SPACES if space in self.item_vectors), None)
+        """The name of the space the content source retrieves in: the first of :data:`CONTENT_SPACES`
+        with a vector for some item; None without one (a modality that embedded no item is no space)."""
+        return next(
+            (
+                space
+                for space in CONTENT_SPACES
+                if space in self.item_vectors and self.item_vectors[space].valid.any()
+            ),
+            None,
+        )
 
     def available(self) -> set[str]:
         """The side-input names (as sources declare them) these inputs provide."""

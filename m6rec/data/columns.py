@@ -134,7 +134,8 @@ def infer_role(column: pd.Series, name: str) -> Role:
     ``text`` when named ``title``, ``name`` or ``description``, when their values average at least
     :data:`MAX_CATEGORY_TEXT_LENGTH` characters, or when they take more than half as many distinct values as
     they have values (after splitting multi-valued fields, see :func:`value_separator`), else
-    ``categorical``. Anything else (lists, mixed objects) is ``text``.
+    ``categorical``; single words, one distinct per row (codes such as ASINs or SKUs), are ``ignored``.
+    Anything else (lists, mixed objects) is ``text``.
     """
     import pandas as pd
 
@@ -161,7 +162,11 @@ def infer_role(column: pd.Series, name: str) -> Role:
     if name in FREE_TEXT_COLUMN_NAMES or present.str.len().mean() >= MAX_CATEGORY_TEXT_LENGTH:
         return "text"
     values = split_values(present, value_separator(name, present))
-    return "categorical" if values.nunique() <= max(2, len(values) // 2) else "text"
+    if values.nunique() <= max(2, len(values) // 2):
+        return "categorical"
+    if present.is_unique and not present.str.contains(r"\s", regex=True).any():
+        return "ignored"  # a code per row (an ASIN, a SKU): neither words to read nor a category to share
+    return "text"
 
 
 def value_separator(name: str, values: pd.Series) -> str | None:

@@ -208,11 +208,13 @@ def read_columns_file(directory: str | Path) -> ColumnRoles:
     """
     import yaml
 
+    from m6rec.io import load_yaml
+
     path = Path(directory) / COLUMNS_FILE
     if not path.is_file():
         return ColumnRoles()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise DataError(str(path), "not valid UTF-8; re-encode the file as UTF-8") from None
     except yaml.YAMLError as error:
