@@ -39,12 +39,36 @@ class ProgressBar(Protocol):
     def update(self, n: int = 1) -> object: ...
 
 
-class _HiddenBar:
+HEARTBEAT_SECONDS = 30.0
+
+
+class Heartbeat:
+    """The bar of a stage when bars are off (a log file, Prefect): ``update`` counts, and at most every
+    :data:`HEARTBEAT_SECONDS` one INFO line says how many ``unit``s of ``total`` are done."""
+
+    def __init__(self, *, desc: str, total: int | None, unit: str, every: float = HEARTBEAT_SECONDS):
+        self.desc, self.total, self.unit, self.every = desc, total, unit, every
+        self.done = 0
+        self._started = self._last = time.monotonic()
+
     def update(self, n: int = 1) -> None:
-        """Nothing is shown, so there is nothing to advance."""
+        self.done += n
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            of = f" of {self.total}" if self.total else ""
+            logging.getLogger("m6rec").info(
+                "%s: %d%s %ss done (%.0f s)", self.desc, self.done, of, self.unit, now - self._started
+            )
 
 
-_HIDDEN_BAR = _HiddenBar()
+def _with_heartbeat(iterable: Iterable[T], *, desc: str, total: int | None, unit: str) -> Iterator[T]:
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    beat = Heartbeat(desc=desc, total=total, unit=unit)
+    for element in iterable:
+        yield element
+        beat.update()
 
 
 def progress_enabled() -> bool:
@@ -79,10 +103,11 @@ def progress(
     """Iterate over ``iterable`` unchanged, with a bar labelled ``desc`` counting ``unit``s when shown.
 
     ``total`` is the expected number of elements (default ``len(iterable)`` where it has one). When
-    progress is off this is ``iter(iterable)``: no output and no per-element cost.
+    progress is off there is no bar: a :class:`Heartbeat` log line at most every
+    :data:`HEARTBEAT_SECONDS` says how far the stage got (nothing for a stage shorter than that).
     """
     if not progress_enabled():
-        return iter(iterable)
+        return _with_heartbeat(iterable, desc=desc, total=total, unit=unit)
     return _iterate_with_bar(iterable, desc=desc, total=total, unit=unit)
 
 
@@ -91,10 +116,11 @@ def progress_bar(*, total: int | None, desc: str, unit: str = "item") -> Iterato
     """A bar labelled ``desc`` for a stage that reports its own progress with ``bar.update(n)``.
 
     ``total`` is the number of ``unit``s the stage will report (``None``: unknown, the bar only counts).
-    When progress is off the bar's ``update`` does nothing and nothing is written.
+    When progress is off the bar is a :class:`Heartbeat`: a log line at most every
+    :data:`HEARTBEAT_SECONDS`, so a run off a terminal is never silent for long.
     """
     if not progress_enabled():
-        yield _HIDDEN_BAR
+        yield Heartbeat(desc=desc, total=total, unit=unit)
         return
     with _log_lines_above_bars(), _new_bar(total=total, desc=desc, unit=unit) as bar:
         yield bar

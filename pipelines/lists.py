@@ -30,6 +30,7 @@ from m6rec.cluster import Executor, PartitionFailed
 from m6rec.data.contract import USER_ID
 from m6rec.evaluation.streamed import CountedMetrics, StreamedEvaluation
 from m6rec.io import StreamedParquet
+from m6rec.progress import progress_bar
 from pipelines.run_folder import RunFolder
 from pipelines.scoring import ListScorer, ScoredChunk
 
@@ -104,24 +105,28 @@ def log_short_lists(written: WrittenLists, top_k: int) -> None:
 def scored_chunks(
     scorer: ListScorer, user_rows: np.ndarray, evaluation: StreamedEvaluation | None = None
 ) -> Iterator[ListRows]:
-    """The list and feature-table rows of ``user_rows``, ``settings.user_chunk`` users at a time."""
+    """The list and feature-table rows of ``user_rows``, ``settings.user_chunk`` users at a time (a bar,
+    or off a terminal a heartbeat line, counts the users scored)."""
     settings = scorer.settings
     kept = settings.feature_table
-    for start in range(0, len(user_rows), settings.user_chunk):
-        chunk = scorer.score(np.asarray(user_rows[start : start + settings.user_chunk], dtype=np.int64))
-        if evaluation is not None:
-            evaluation.add(chunk)
-        features = None
-        if chunk.features is not None and kept != "none":
-            features = chunk.features if kept == "all" else _listed_rows(chunk, settings.top_k)
-        yield ListRows(
-            chunk.recommendations,
-            features,
-            chunk.served_by_fallback,
-            chunk.new_item_places,
-            chunk.topped_up,
-            chunk.short_lists,
-        )
+    with progress_bar(total=len(user_rows), desc="lists", unit="user") as bar:
+        for start in range(0, len(user_rows), settings.user_chunk):
+            rows = np.asarray(user_rows[start : start + settings.user_chunk], dtype=np.int64)
+            chunk = scorer.score(rows)
+            bar.update(len(rows))
+            if evaluation is not None:
+                evaluation.add(chunk)
+            features = None
+            if chunk.features is not None and kept != "none":
+                features = chunk.features if kept == "all" else _listed_rows(chunk, settings.top_k)
+            yield ListRows(
+                chunk.recommendations,
+                features,
+                chunk.served_by_fallback,
+                chunk.new_item_places,
+                chunk.topped_up,
+                chunk.short_lists,
+            )
 
 
 def write_rows(

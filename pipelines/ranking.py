@@ -119,9 +119,8 @@ def train_ranker(
     validation NDCG@10, which is measured on ``fold`` alone.
     """
     users = sample_users(fold.label_users, config.max_training_users, seed=seed, purpose="ranker training")
-    candidates, lists = candidate_table(
-        sources, users, min(config.candidates_per_source, fold.full.n_items), fold.seen
-    )
+    width = min(config.candidates_per_source, fold.full.n_items)  # no wider than the catalogue
+    candidates, lists = candidate_table(sources, users, width, fold.seen)
     labels = _labels(candidates, fold)
     found = pd.Series(labels).groupby(candidates[USER_ROW].to_numpy()).sum()
     recall = float(found.sum() / fold.labels.matrix[users].nnz)
@@ -152,9 +151,7 @@ def train_ranker(
         extra_users = sample_users(
             extra.label_users, config.max_training_users, seed=seed + number, purpose="ranker training"
         )
-        extra_candidates, _ = candidate_table(
-            extra_sources, extra_users, min(config.candidates_per_source, extra.full.n_items), extra.seen
-        )
+        extra_candidates, _ = candidate_table(extra_sources, extra_users, width, extra.seen)
         extra_table = build_ranker_features(
             extra_candidates, dataclasses.replace(context, train=extra.history, profiles=None)
         )

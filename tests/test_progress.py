@@ -242,3 +242,26 @@ def test_text_encoding_shows_its_bar_only_when_progress_is_on(
     if not shown:
         assert err == ""
     assert result.vectors.shape[0] == 3 and not result.failures
+
+
+def test_off_a_terminal_a_heartbeat_line_says_how_far_a_long_stage_got(monkeypatch, caplog):
+    import logging
+
+    from m6rec import progress as progress_module
+
+    monkeypatch.setenv("M6REC_PROGRESS", "0")
+    beat = progress_module.Heartbeat(desc="lists", total=30, unit="user", every=0.0)
+    with caplog.at_level(logging.INFO, logger="m6rec"):
+        beat.update(10)
+        beat.update(5)
+    assert [record.getMessage().split(" (")[0] for record in caplog.records] == [
+        "lists: 10 of 30 users done",
+        "lists: 15 of 30 users done",
+    ]
+    quiet = progress_module.Heartbeat(
+        desc="lists", total=30, unit="user"
+    )  # every 30 s: a short stage is silent
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="m6rec"):
+        quiet.update(30)
+    assert not caplog.records

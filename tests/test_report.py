@@ -251,6 +251,32 @@ def test_report_charts_are_in_the_page_itself_without_javascript(report_run):
     _check_charts(elements, report_run)
 
 
+def test_the_report_says_when_image_vectors_come_from_random_init_weights(report_run, tmp_path):
+    import numpy as np
+
+    from m6rec.embeddings.store import write_embeddings
+
+    run_dir = shutil.copytree(report_run, tmp_path / "run", symlinks=True)
+    metadata = {
+        "encoder": "image",
+        "weights": "random-init (seed 0)",
+        "modality": "image",
+        "pretrained": False,
+    }
+    write_embeddings(
+        run_dir / "features" / "image.parquet",
+        "item_id",
+        ["a", "b"],
+        np.eye(2, dtype=np.float32),
+        metadata=metadata,
+    )
+    elements = parse_elements(write_report(run_dir).read_text())
+    notes = [e.text for e in elements if "note" in e.classes]
+    assert (
+        len(notes) == 1 and "image vectors come from random-init weights (random-init (seed 0))" in notes[0]
+    )
+
+
 def test_report_without_a_test_set_or_dataset_still_draws_what_it_can(report_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(report_run, run_dir, symlinks=True)

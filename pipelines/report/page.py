@@ -32,6 +32,7 @@ from pipelines.report.figures import (
 from pipelines.report.folder import _read_json, _read_metrics, _Run
 from pipelines.report.projection import _projection_chart
 from pipelines.run_folder import (
+    FEATURES_DIR,
     METRICS,
     REPORT_PAGE,
     RUN_REPORT,
@@ -76,12 +77,37 @@ def write_report(
     except M6RecError as error:
         metrics = {}
         problems.append(f"The test-set charts are skipped: {error}")
+    problems += _random_weight_notes(run_dir / FEATURES_DIR)
     run = _Run(run_dir, _read_json(summary_path), metrics, problems, dict(item_vectors or {}))
     page = _page(run)
     out_path = Path(out_path) if out_path is not None else run_dir / REPORT_PAGE
     with atomic_path(out_path) as temporary:
         temporary.write_text(page, encoding="utf-8")
     return out_path
+
+
+def _random_weight_notes(features_dir: Path) -> list[str]:
+    """A line when the image vectors come from random-init weights (``image.parquet``'s metadata says
+    ``pretrained: false``): they carry no meaning learned from data."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from m6rec.embeddings.store import METADATA_KEY
+
+    notes = []
+    for path in sorted(features_dir.glob("*.parquet")) if features_dir.is_dir() else []:
+        try:
+            stored = json.loads((pq.read_schema(path).metadata or {}).get(METADATA_KEY, b"{}"))
+        except (OSError, ValueError):
+            continue
+        if stored.get("modality") == "image" and stored.get("pretrained") is False:
+            notes.append(
+                f"The {path.stem} vectors come from random-init weights ({stored.get('weights', 'no weights')}): "
+                "no pretrained model was available, so they carry no learned meaning; put real weights in place "
+                "(embeddings.image.checkpoint or a cached pretrained tag) for real image features."
+            )
+    return notes
 
 
 def publish_report(out_dir: Path, *, keep: int, stage: StagedGeneration | None = None) -> Path:
