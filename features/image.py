@@ -76,6 +76,9 @@ class ImageEncoder(ItemEncoder):
         self.device = resolve_device(force_cpu)
         with quiet_model_loading():
             self.architecture, self._architecture_digest, self.dimension = _resolve_architecture(model)
+            # A custom architecture travels with the encoder, so a worker process that never saw the
+            # config file (a Dask worker on another machine) can build the network too.
+            self._architecture_config = _custom_config(self.architecture, self._architecture_digest)
             self._source = _resolve_weights(
                 self.architecture, pretrained, checkpoint, allow_random_weights, seed
             )
@@ -152,6 +155,7 @@ class ImageEncoder(ItemEncoder):
         """(model on the device, eval preprocess), built from the weights chosen at construction on the
         first call."""
         if self._model is None:
+            _register_architecture(self.architecture, self._architecture_config)
             with quiet_model_loading():
                 model, self._preprocess = _build_model(self.architecture, self._source)
             self._model = model.to(self.device.name).eval()
@@ -201,6 +205,29 @@ def collate_decoded_images(batch: list[tuple]):
     failures = {position: reason for position, pixels, reason in batch if pixels is None}
     pixels = torch.stack([pixels for _, pixels, _ in batch if pixels is not None]) if positions else None
     return positions, pixels, failures
+
+
+def _custom_config(architecture: str, digest: str | None) -> dict | None:
+    """The open_clip config of a custom architecture (one read from a config file), else None."""
+    import open_clip
+
+    return open_clip.get_model_config(architecture) if digest is not None else None
+
+
+def _register_architecture(architecture: str, config: dict | None) -> None:
+    """Make a custom architecture known to this process's open_clip (through its public
+    ``add_model_config``, from a file in a temporary folder), unless it already is."""
+    import json
+    import tempfile
+
+    import open_clip
+
+    if config is None or open_clip.get_model_config(architecture) is not None:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{architecture}.json"
+        path.write_text(json.dumps(config))
+        open_clip.add_model_config(path)
 
 
 def _resolve_architecture(model: str) -> tuple[str, str | None, int]:

@@ -260,7 +260,21 @@ def scored_on_cluster(
             if evaluation is not None:
                 evaluation.merge(part.counted)
         for part in parts:
-            yield from _row_groups(part)
+            yield ListRows(None, None, **_counts(part))
+        # The parts' row groups, regrouped by the chunks of user_chunk users the in-process run writes:
+        # the committed files are those bytes, wherever the partitions ran.
+        chunk = scorer.settings.user_chunk
+        by_id = pd.Index(pd.Series(scorer.matrix.users.ids[user_rows]).astype(str))
+        by_row = pd.Index(np.asarray(user_rows, dtype=np.int64))
+        for frame in _in_chunks(
+            [part.lists for part in parts], lambda f: by_id.get_indexer(f[USER_ID].astype(str)) // chunk
+        ):
+            yield ListRows(lists=frame)
+        features = [part.features for part in parts if part.features is not None]
+        for frame in _in_chunks(
+            features, lambda f: by_row.get_indexer(f[USER_ROW].to_numpy(np.int64)) // chunk
+        ):
+            yield ListRows(features=frame)
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
 
@@ -285,20 +299,33 @@ def _score_partition(shared: _Shared, user_rows: np.ndarray, parts_dir: Path, in
     )
 
 
-def _row_groups(part: _Part) -> Iterator[ListRows]:
-    """A part's files back as rows, one row group at a time; its counts ride on the first."""
+def _counts(part: _Part) -> dict[str, int]:
+    written = part.written
+    return {
+        "served_by_fallback": written.served_by_fallback,
+        "new_item_places": written.new_item_places,
+        "topped_up_users": written.topped_up_users,
+        "short_lists": written.short_lists,
+    }
+
+
+def _in_chunks(paths: list[Path], chunk_of) -> Iterator[pd.DataFrame]:
+    """The rows of the part files ``paths`` in order, one frame per chunk (``chunk_of(frame)``: each row's
+    chunk number, rising through the files)."""
     import pyarrow.parquet as pq
 
-    counts = {
-        "served_by_fallback": part.written.served_by_fallback,
-        "new_item_places": part.written.new_item_places,
-        "topped_up_users": part.written.topped_up_users,
-        "short_lists": part.written.short_lists,
-    }
-    yield ListRows(None, None, **counts)
-    for path, field in ((part.lists, "lists"), (part.features, "features")):
-        if path is None:
-            continue
+    pending, current = [], None
+    for path in paths:
         file = pq.ParquetFile(path)
         for group in range(file.num_row_groups):
-            yield ListRows(**{field: file.read_row_group(group).to_pandas()})
+            frame = file.read_row_group(group).to_pandas()
+            chunks = np.asarray(chunk_of(frame))
+            starts = np.flatnonzero(np.r_[True, chunks[1:] != chunks[:-1]]) if len(chunks) else []
+            for begin, end in zip(starts, [*starts[1:], len(chunks)], strict=True):
+                if current is not None and chunks[begin] != current:
+                    yield pd.concat(pending, ignore_index=True)
+                    pending = []
+                current = chunks[begin]
+                pending.append(frame.iloc[begin:end])
+    if pending:
+        yield pd.concat(pending, ignore_index=True)

@@ -275,3 +275,95 @@ def test_item_texts_encoded_on_a_two_worker_cluster_are_the_in_process_vectors(c
     assert list(there_table.keys) == list(here_table.keys)
     assert there_table.valid.all()
     np.testing.assert_allclose(there_table.vectors, here_table.vectors, atol=1e-5)
+
+
+@pytest.fixture
+def command_line_cluster(tmp_path):
+    """A scheduler and one single-threaded worker started as separate processes from the ``dask``
+    command line, as an operator starts them; yields the scheduler's address."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    dask = Path(sys.executable).with_name("dask")
+    file = tmp_path / "scheduler.json"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    scheduler = subprocess.Popen(
+        [dask, "scheduler", "--scheduler-file", file, "--port", "0", "--no-dashboard"], **quiet
+    )
+    worker = subprocess.Popen(
+        [dask, "worker", "--scheduler-file", file, "--nthreads", "1", "--no-dashboard"],
+        env=environment,
+        **quiet,
+    )
+    try:
+        from distributed import Client
+
+        deadline = time.monotonic() + 120
+        while not file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(file.read_text())["address"]
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(1, timeout=120)
+        yield address
+    finally:
+        for process in (worker, scheduler):
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def test_a_cluster_started_from_the_dask_command_line_gives_the_in_process_lists_byte_for_byte(
+    command_line_cluster, tmp_path
+):
+    """Text, image (a seeded two-layer CLIP saved here) and audio encoded on the worker, the two-tower
+    trained on their vectors, the ranker over them: the lists file is the in-process one, byte for byte."""
+    import json
+
+    import open_clip
+    import torch
+    from test_image_encoder import TINY_VIT
+
+    from m6rec.demo_catalogue import DemoCatalogueSpec, generate_demo_catalogue
+
+    spec = DemoCatalogueSpec(
+        n_users=60,
+        n_items=48,
+        n_cold_items=6,
+        interactions_per_user=(8, 20),
+        seed=3,
+        image_size=16,
+        audio_seconds=0.25,
+    )
+    catalogue = generate_demo_catalogue(tmp_path / "catalogue", spec)
+    architecture = tmp_path / "m6rec-dask-tiny-vit.json"
+    architecture.write_text(json.dumps(TINY_VIT))
+    open_clip.add_model_config(architecture)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        model = open_clip.create_model("m6rec-dask-tiny-vit")
+    torch.save(model.state_dict(), tmp_path / "tiny.pt")
+    config = RunConfig(
+        user_chunk=16,
+        baselines=BaselineConfig(
+            models=["popularity", "ease"], search_spaces={"popularity": {}, "ease": {"l2": [100.0]}}
+        ),
+        embeddings=EmbeddingConfig(
+            modalities=["text", "image", "audio", "cf"],
+            image={"model": str(architecture), "checkpoint": str(tmp_path / "tiny.pt"), "num_workers": 0},
+            audio={"max_seconds": 0.25, "num_workers": 0},
+            two_tower={"epochs": 3},
+            force_cpu=True,
+        ),
+        ranker=RankerConfig(training_folds=1, params={"n_estimators": 30, "min_child_samples": 20}),
+    )
+    here = run_pipeline(catalogue, tmp_path / "here", config)
+    there = run_pipeline(
+        catalogue,
+        tmp_path / "there",
+        config.replace(dask=DaskSettings(address=command_line_cluster, partition_users=20)),
+    )
+    for name in ("text", "image", "audio"):
+        assert (here.out_dir / "features" / f"{name}.parquet").is_file()
+    assert there.recommendations_path.read_bytes() == here.recommendations_path.read_bytes()
