@@ -103,23 +103,50 @@ ranker:
 """
 
 
-@pytest.fixture(scope="session")
-def tiny_flow_inputs(tmp_path_factory):
-    """(catalogue directory, run configuration YAML) on which every flow runs in seconds: a 60-user,
-    48-item demo catalogue; KG embeddings only, two candidate sources and a small ranker. Read-only."""
-    from m6rec.demo_catalogue import DemoCatalogueSpec, generate_demo_catalogue
+def tiny_catalogue_spec(seed: int = 3):
+    """The 60-user, 48-item demo catalogue (6 cold items, small pictures and clips) the flows' tests use."""
+    from m6rec.demo_catalogue import DemoCatalogueSpec
 
-    root = tmp_path_factory.mktemp("tiny-flow-inputs")
-    spec = DemoCatalogueSpec(
+    return DemoCatalogueSpec(
         n_users=60,
         n_items=48,
         n_cold_items=6,
         interactions_per_user=(8, 20),
-        seed=3,
+        seed=seed,
         image_size=16,
         audio_seconds=0.25,
     )
-    catalogue = generate_demo_catalogue(root / "catalogue", spec)
+
+
+def save_tiny_clip(folder: Path, name: str, seed: int) -> tuple[Path, Path]:
+    """A seeded two-layer ViT CLIP (``test_image_encoder.TINY_VIT``) saved as an open_clip config file and a
+    state-dict checkpoint in ``folder``: real open_clip loading, no hub. Returns (config, checkpoint)."""
+    import json
+
+    import open_clip
+    import torch
+    from test_image_encoder import TINY_VIT
+
+    architecture = folder / f"{name}.json"
+    architecture.write_text(json.dumps(TINY_VIT))
+    open_clip.add_model_config(architecture)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.create_model(name)
+    checkpoint = folder / f"{name}.pt"
+    torch.save(model.state_dict(), checkpoint)
+    return architecture, checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_flow_inputs(tmp_path_factory):
+    """(catalogue directory, run configuration YAML) on which every flow runs in seconds: the
+    :func:`tiny_catalogue_spec` catalogue; KG embeddings only, two candidate sources and a small ranker.
+    Read-only."""
+    from m6rec.demo_catalogue import generate_demo_catalogue
+
+    root = tmp_path_factory.mktemp("tiny-flow-inputs")
+    catalogue = generate_demo_catalogue(root / "catalogue", tiny_catalogue_spec())
     config_path = root / "run.yaml"
     config_path.write_text(TINY_FLOW_RUN_CONFIG)
     return catalogue, config_path

@@ -319,31 +319,12 @@ def test_a_cluster_started_from_the_dask_command_line_gives_the_in_process_lists
 ):
     """Text, image (a seeded two-layer CLIP saved here) and audio encoded on the worker, the two-tower
     trained on their vectors, the ranker over them: the lists file is the in-process one, byte for byte."""
-    import json
+    from conftest import save_tiny_clip, tiny_catalogue_spec
 
-    import open_clip
-    import torch
-    from test_image_encoder import TINY_VIT
+    from m6rec.demo_catalogue import generate_demo_catalogue
 
-    from m6rec.demo_catalogue import DemoCatalogueSpec, generate_demo_catalogue
-
-    spec = DemoCatalogueSpec(
-        n_users=60,
-        n_items=48,
-        n_cold_items=6,
-        interactions_per_user=(8, 20),
-        seed=3,
-        image_size=16,
-        audio_seconds=0.25,
-    )
-    catalogue = generate_demo_catalogue(tmp_path / "catalogue", spec)
-    architecture = tmp_path / "m6rec-dask-tiny-vit.json"
-    architecture.write_text(json.dumps(TINY_VIT))
-    open_clip.add_model_config(architecture)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(7)
-        model = open_clip.create_model("m6rec-dask-tiny-vit")
-    torch.save(model.state_dict(), tmp_path / "tiny.pt")
+    catalogue = generate_demo_catalogue(tmp_path / "catalogue", tiny_catalogue_spec())
+    architecture, checkpoint = save_tiny_clip(tmp_path, "m6rec-dask-tiny-vit", seed=7)
     config = RunConfig(
         user_chunk=16,
         baselines=BaselineConfig(
@@ -351,7 +332,7 @@ def test_a_cluster_started_from_the_dask_command_line_gives_the_in_process_lists
         ),
         embeddings=EmbeddingConfig(
             modalities=["text", "image", "audio", "cf"],
-            image={"model": str(architecture), "checkpoint": str(tmp_path / "tiny.pt"), "num_workers": 0},
+            image={"model": str(architecture), "checkpoint": str(checkpoint), "num_workers": 0},
             audio={"max_seconds": 0.25, "num_workers": 0},
             two_tower={"epochs": 3},
             force_cpu=True,

@@ -19,8 +19,7 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from conftest import TINY_FLOW_RUN_CONFIG  # noqa: E402
-from test_image_encoder import TINY_VIT  # noqa: E402
+from conftest import TINY_FLOW_RUN_CONFIG, save_tiny_clip, tiny_catalogue_spec  # noqa: E402
 
 from m6rec.config import RunConfig  # noqa: E402
 from m6rec.data import contained  # noqa: E402
@@ -91,19 +90,9 @@ def image_night_inputs(tiny_flow_inputs, tmp_path):
     """A copy of the tiny catalogue and a configuration whose only content modality is images, from a
     seeded two-layer CLIP checkpoint saved here (no hub): the content source and the ranker (over it and
     popularity) read them."""
-    import open_clip
-    import torch
-
     source, _ = tiny_flow_inputs
     catalogue = shutil.copytree(source, tmp_path / "catalogue")
-    architecture = tmp_path / "m6rec-publishing-tiny-vit.json"
-    architecture.write_text(json.dumps(TINY_VIT))
-    open_clip.add_model_config(architecture)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(5)
-        model = open_clip.create_model("m6rec-publishing-tiny-vit")
-    checkpoint = tmp_path / "tiny.pt"
-    torch.save(model.state_dict(), checkpoint)
+    architecture, checkpoint = save_tiny_clip(tmp_path, "m6rec-publishing-tiny-vit", seed=5)
     settings = yaml.safe_load(TINY_FLOW_RUN_CONFIG)
     settings["embeddings"] = {
         "modalities": ["image"],
@@ -181,22 +170,11 @@ def test_a_failed_run_on_one_dataset_is_not_resumed_by_a_run_on_another(tmp_path
     import logging
 
     import pipelines.run
-    from m6rec.demo_catalogue import DemoCatalogueSpec, generate_demo_catalogue
+    from m6rec.demo_catalogue import generate_demo_catalogue
     from m6rec.embeddings.store import read_embeddings
 
-    def tiny(seed: int) -> DemoCatalogueSpec:
-        return DemoCatalogueSpec(
-            n_users=60,
-            n_items=48,
-            n_cold_items=6,
-            interactions_per_user=(8, 20),
-            seed=seed,
-            image_size=16,
-            audio_seconds=0.25,
-        )
-
-    first = generate_demo_catalogue(tmp_path / "a", tiny(1))
-    second = generate_demo_catalogue(tmp_path / "b", tiny(2))
+    first = generate_demo_catalogue(tmp_path / "a", tiny_catalogue_spec(1))
+    second = generate_demo_catalogue(tmp_path / "b", tiny_catalogue_spec(2))
     for catalogue, prefix in ((first, "a-"), (second, "b-")):
         items = pd.read_parquet(catalogue / "items.parquet")
         for table in ("interactions", "items", "test", "kg"):
