@@ -57,7 +57,7 @@ from pipelines.run_folder import (
     StagedGeneration,
 )
 from pipelines.scoring import ListScorer, ListSettings
-from pipelines.trained_model import TrainedModel, inputs_identity, serving_digest
+from pipelines.trained_model import TrainedModel, config_digest, inputs_identity
 
 log = logging.getLogger("m6rec")
 
@@ -327,7 +327,7 @@ def _batch_summary(
         "data_dir": str(data_dir.resolve()),
         "data_fingerprint": fingerprint,
         "catalogue_digest": plan.catalogue_digest,
-        "serving_digest": serving_digest(config),
+        "serving_digest": config_digest(config),
         "model_dir": str(model.directory.resolve()),
         "model_trained_at": model.trained_at,
         "model_config_digest": model.manifest.config_digest,

@@ -21,7 +21,7 @@ from m6rec.data.contract import USER_ID
 from m6rec.data.dataset import Dataset
 from m6rec.data.interactions import HISTORY_DIGEST, InteractionMatrix, frame_digest, user_history_digests
 from pipelines.run_folder import RunFolder
-from pipelines.trained_model import TrainedModel, serving_digest
+from pipelines.trained_model import TrainedModel, config_digest
 
 log = logging.getLogger("m6rec")
 
@@ -47,7 +47,7 @@ class PreviousLists:
             same_model = summary.get("model_trained_at") == model.trained_at and (
                 summary.get("model_config_digest") == model.manifest.config_digest
             )
-            if same_model and summary.get("serving_digest") == serving_digest(config):
+            if same_model and summary.get("serving_digest") == config_digest(config):
                 return cls(
                     folder,
                     summary,
@@ -57,7 +57,7 @@ class PreviousLists:
                     summary.get("item_vectors_digest", ""),
                 )
         if model.manifest.lists_from_all_interactions and model.folder.user_histories.is_file():
-            if serving_digest(model.manifest.run_config()) == serving_digest(config):
+            if config_digest(model.manifest.run_config()) == config_digest(config):
                 return cls.of_training_run(model)
         return None
 
@@ -74,7 +74,7 @@ class PreviousLists:
             "data_fingerprint": manifest.data_fingerprint,
             "catalogue_digest": manifest.catalogue_digest,
             "item_vectors_digest": manifest.item_vectors_digest,
-            "serving_digest": serving_digest(manifest.run_config()),
+            "serving_digest": config_digest(manifest.run_config()),
             "selected_model": manifest.selected_model,
             "sources": sorted(manifest.source_params),
             "from_training_run": True,

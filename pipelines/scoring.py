@@ -66,7 +66,7 @@ class ListSettings:
 
 
 @dataclass(frozen=True)
-class ServedLists:
+class FilledLists:
     """The final lists of a chunk with every user's list filled to ``top_k`` where the catalogue allows:
     ``origin`` is the source behind each place; ``served_by_fallback`` users got the fallback's list
     whole (the selected one had none for them), ``topped_up`` users had a shorter list completed from the
@@ -81,7 +81,7 @@ class ServedLists:
 
 def with_fallback(
     lists: Candidates, fallback: CandidateSource, user_rows: np.ndarray, depth: int, name: str, top_k: int
-) -> ServedLists:
+) -> FilledLists:
     """``lists`` (from the source ``name``) with the users it cannot serve served by ``fallback`` (with its
     scores), and the lists shorter than ``top_k`` completed from it: items not already in the list, after
     them, with a NaN score (the model gave them none)."""
@@ -99,7 +99,7 @@ def with_fallback(
                 # The model gave these places no score, and the fallback's are on another scale.
                 items[row, place], scores[row, place], origin[row, place] = item, np.nan, fallback.name
     after = (items[:, : min(top_k, items.shape[1])] >= 0).sum(axis=1)
-    return ServedLists(
+    return FilledLists(
         Candidates(items, scores),
         origin,
         served_by_fallback=int(((found == 0) & (after > 0)).sum()),

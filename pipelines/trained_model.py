@@ -154,10 +154,6 @@ def dataset_identity(data_dir: str | Path, out_dir: str | Path, config: RunConfi
     return inputs_identity(fingerprint, config, kind=kind)
 
 
-# Lists built under serving settings that shape no list are still the lists of this configuration.
-serving_digest = config_digest
-
-
 @dataclass(frozen=True)
 class TrainedModel:
     """A trained run folder and its manifest, as a batch serves it."""
